@@ -1,0 +1,277 @@
+"""Datasets: the IDX reader, the dataset registry and where files are looked for.
+
+    from seqmnist import load_dataset
+    ds = load_dataset("mnist")          # Dataset(x_train uint8 (60000, 28, 28), y_train, ...)
+
+Files are looked for, in order: an explicit ``data_dir``; ``$SEQMNIST_DATA/<name>``; the user cache
+(``$XDG_CACHE_HOME/seqmnist/<name>``, default ``~/.cache/seqmnist/<name>``);
+``/usr/share/datasets/<name>`` (Debian's ``dataset-fashion-mnist``); then a download into the cache.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import struct
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import DataError, DataNotFoundError, UsageError
+
+IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+SPLIT_FILES = {
+    "train_images": "train-images-idx3-ubyte",
+    "train_labels": "train-labels-idx1-ubyte",
+    "test_images": "t10k-images-idx3-ubyte",
+    "test_labels": "t10k-labels-idx1-ubyte",
+}
+# Refuse absurd headers before allocating: no IDX dataset we read is anywhere near this.
+MAX_IDX_ITEMS = 1 << 31
+
+
+def _open_bytes(path: Path) -> bytes:
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read file ({exc.strerror or exc})") from None
+    if raw[:2] != b"\x1f\x8b":
+        return raw
+    try:
+        return gzip.decompress(raw)
+    except (EOFError, OSError, zlib.error) as exc:
+        raise DataError(f"{path}: corrupt or truncated gzip data ({exc})") from None
+
+
+def parse_idx(data: bytes, name: str = "<bytes>", expect_ndim: int | None = None) -> np.ndarray:
+    """Parse IDX bytes into an array, checking the header against the payload length."""
+    if len(data) < 4:
+        raise DataError(f"{name}: file is too short to be IDX ({len(data)} bytes)")
+    zero, dtype_code, ndim = struct.unpack(">HBB", data[:4])
+    if zero != 0 or dtype_code not in IDX_DTYPES or ndim == 0:
+        raise DataError(f"{name}: not an IDX file (magic 0x{data[:4].hex()})")
+    if expect_ndim is not None and ndim != expect_ndim:
+        raise DataError(f"{name}: expected {expect_ndim} dimensions, header says {ndim}")
+    header = 4 + 4 * ndim
+    if len(data) < header:
+        raise DataError(f"{name}: truncated header ({len(data)} of {header} bytes)")
+    dims = struct.unpack(f">{ndim}I", data[4:header])
+    dtype = np.dtype(IDX_DTYPES[dtype_code])
+    count = int(np.prod(dims, dtype=np.int64)) if dims else 0
+    if count > MAX_IDX_ITEMS:
+        raise DataError(f"{name}: header claims {count} items, more than any dataset we read")
+    need = header + count * dtype.itemsize
+    if len(data) < need:
+        raise DataError(f"{name}: truncated: header promises {need} bytes, file has {len(data)}")
+    if len(data) > need:
+        raise DataError(f"{name}: {len(data) - need} unexpected bytes after the data")
+    return np.frombuffer(data, dtype=dtype, count=count, offset=header).reshape(dims)
+
+
+def read_idx(path: str | Path, expect_ndim: int | None = None) -> np.ndarray:
+    """Read an IDX file, gzip-compressed or raw, validating magic, dimensions and length."""
+    path = Path(path)
+    return parse_idx(_open_bytes(path), str(path), expect_ndim)
+
+
+@dataclass
+class Dataset:
+    """A dataset in memory: uint8 images (N, H, W) and int64 labels, train and test."""
+
+    name: str
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    classes: list[str]
+    source: str = ""
+
+    @property
+    def image_shape(self) -> tuple[int, int]:
+        return tuple(self.x_train.shape[1:])  # type: ignore[return-value]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def limit(self, n: int | None) -> Dataset:
+        """The first ``n`` training images (the test set is kept whole)."""
+        if n is None or n >= len(self.x_train):
+            return self
+        if n < 1:
+            raise UsageError(f"--limit must be at least 1, got {n}")
+        return Dataset(self.name, self.x_train[:n], self.y_train[:n], self.x_test, self.y_test,
+                       self.classes, self.source)
+
+
+@dataclass
+class DatasetSpec:
+    """A registry entry: how to find, check and load one dataset."""
+
+    name: str
+    classes: list[str]
+    description: str
+    files: dict[str, str] = field(default_factory=dict)  # role -> file name, without .gz
+    sha256: dict[str, str] = field(default_factory=dict)  # file name -> hash of decompressed bytes
+    mirrors: list[str] = field(default_factory=list)
+    loader: Callable[[DatasetSpec, Path | None], Dataset] | None = None
+
+    @property
+    def downloadable(self) -> bool:
+        return bool(self.mirrors)
+
+
+DATASETS: dict[str, DatasetSpec] = {}
+
+
+def register_dataset(spec: DatasetSpec) -> DatasetSpec:
+    DATASETS[spec.name] = spec
+    return spec
+
+
+def list_datasets() -> list[str]:
+    return list(DATASETS)
+
+
+def get_spec(name: str) -> DatasetSpec:
+    try:
+        return DATASETS[name]
+    except KeyError:
+        raise UsageError(f"unknown dataset {name!r}; choose from {', '.join(DATASETS)}") from None
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "seqmnist"
+
+
+def search_dirs(name: str, data_dir: str | Path | None = None) -> list[Path]:
+    """The folders looked in for dataset ``name``, in order."""
+    dirs: list[Path] = []
+    if data_dir is not None:
+        dirs.append(Path(data_dir))
+    if os.environ.get("SEQMNIST_DATA"):
+        dirs.append(Path(os.environ["SEQMNIST_DATA"]) / name)
+    dirs.append(cache_dir() / name)
+    dirs.append(Path("/usr/share/datasets") / name)
+    return dirs
+
+
+def find_file(folder: Path, base: str) -> Path | None:
+    for candidate in (folder / f"{base}.gz", folder / base):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def locate(name: str, data_dir: str | Path | None = None) -> Path | None:
+    """The first folder holding all of the dataset's files, or None."""
+    spec = get_spec(name)
+    for folder in search_dirs(name, data_dir):
+        if all(find_file(folder, f) for f in spec.files.values()):
+            return folder
+    return None
+
+
+def not_found_message(name: str, data_dir: str | Path | None, reason: str = "") -> str:
+    looked = "\n".join(f"  - {d}" for d in search_dirs(name, data_dir))
+    files = ", ".join(f"{f}.gz" for f in get_spec(name).files.values())
+    lines = [f"dataset {name!r} not found{': ' + reason if reason else ''}.", "Looked in:", looked,
+             f"Supply the files ({files}) with --data-dir DIR, or set SEQMNIST_DATA to a folder",
+             f"holding {name}/, or run `seqmnist data fetch {name}` where the network is reachable.",
+             "To try everything offline now, use the bundled digits: --dataset digits"]
+    return "\n".join(lines)
+
+
+def _load_idx_dataset(spec: DatasetSpec, data_dir: Path | None) -> Dataset:
+    folder = locate(spec.name, data_dir)
+    if folder is None:
+        from .download import fetch
+
+        try:
+            folder = fetch(spec.name)
+        except DataError as exc:
+            raise DataNotFoundError(not_found_message(spec.name, data_dir, str(exc))) from None
+    arrays = {}
+    for role, base in spec.files.items():
+        arrays[role] = read_idx(find_file(folder, base), 3 if role.endswith("images") else 1)
+    for split in ("train", "test"):
+        images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
+        if len(images) != len(labels):
+            raise DataError(f"{folder}: {split} has {len(images)} images but {len(labels)} labels")
+        if labels.size and int(labels.max()) >= len(spec.classes):
+            raise DataError(f"{folder}: {split} label {int(labels.max())} out of range "
+                            f"for {len(spec.classes)} classes")
+    if arrays["train_images"].shape[1:] != arrays["test_images"].shape[1:]:
+        raise DataError(f"{folder}: train images are {arrays['train_images'].shape[1:]}, "
+                        f"test images {arrays['test_images'].shape[1:]}")
+    return Dataset(spec.name, arrays["train_images"], arrays["train_labels"].astype(np.int64),
+                   arrays["test_images"], arrays["test_labels"].astype(np.int64),
+                   list(spec.classes), str(folder))
+
+
+def _load_digits(spec: DatasetSpec, data_dir: Path | None) -> Dataset:
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError:
+        raise DataNotFoundError("the digits dataset comes with scikit-learn: "
+                                "pip install 'seqmnist[digits]'") from None
+    bunch = load_digits()
+    # Pixel values are 0..16; rescale to 0..255 so every dataset shares the 1/255 scaling.
+    images = np.rint(bunch.images * (255.0 / 16.0)).astype(np.uint8)
+    labels = bunch.target.astype(np.int64)
+    order = np.random.default_rng(0).permutation(len(images))  # fixed, seeded split
+    test, train = order[:360], order[360:]
+    return Dataset("digits", images[train], labels[train], images[test], labels[test],
+                   [str(i) for i in range(10)], "scikit-learn (bundled)")
+
+
+DIGITS = [str(i) for i in range(10)]
+
+register_dataset(DatasetSpec(
+    name="mnist", classes=DIGITS, description="MNIST handwritten digits, 28x28, 60k/10k",
+    files=SPLIT_FILES,
+    sha256={
+        "train-images-idx3-ubyte": "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
+        "train-labels-idx1-ubyte": "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
+        "t10k-images-idx3-ubyte": "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
+        "t10k-labels-idx1-ubyte": "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
+    },
+    mirrors=["https://ossci-datasets.s3.amazonaws.com/mnist/",
+             "https://storage.googleapis.com/cvdf-datasets/mnist/"],
+    loader=_load_idx_dataset,
+))
+
+register_dataset(DatasetSpec(
+    name="fashion-mnist",
+    classes=["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
+             "Bag", "Ankle boot"],
+    description="Fashion-MNIST (Zalando), 28x28, 60k/10k",
+    files=SPLIT_FILES,
+    sha256={
+        "train-images-idx3-ubyte": "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
+        "train-labels-idx1-ubyte": "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
+        "t10k-images-idx3-ubyte": "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
+        "t10k-labels-idx1-ubyte": "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
+    },
+    mirrors=["http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
+             "https://storage.googleapis.com/tensorflow/tf-keras-datasets/"],
+    loader=_load_idx_dataset,
+))
+
+register_dataset(DatasetSpec(
+    name="digits", classes=DIGITS,
+    description="UCI 8x8 digits shipped with scikit-learn, 1437/360 (no download)",
+    loader=_load_digits,
+))
+
+
+def load_dataset(name: str = "mnist", data_dir: str | Path | None = None,
+                 limit: int | None = None) -> Dataset:
+    """Load a registered dataset, downloading it into the cache if it is nowhere on disk."""
+    spec = get_spec(name)
+    ds = spec.loader(spec, Path(data_dir) if data_dir is not None else None)
+    return ds.limit(limit)

@@ -1,0 +1,88 @@
+"""Evaluation: loss, accuracy, confusion and throughput on a test set, for a model or a run folder."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from .storage import Run, load_run
+
+
+@dataclass
+class Evaluation:
+    loss: float
+    accuracy: float
+    predictions: np.ndarray  # predicted class per test image
+    confidence: np.ndarray  # probability of the predicted class
+    labels: np.ndarray
+    seconds: float
+
+    @property
+    def images_per_second(self) -> float:
+        return len(self.labels) / self.seconds if self.seconds > 0 else float("nan")
+
+    def confusion(self, num_classes: int) -> np.ndarray:
+        cm = np.zeros((num_classes, num_classes), dtype=np.int64)
+        np.add.at(cm, (self.labels, self.predictions), 1)
+        return cm
+
+    def per_class_accuracy(self, num_classes: int) -> list[float]:
+        cm = self.confusion(num_classes)
+        totals = cm.sum(axis=1)
+        return [float(cm[i, i] / totals[i]) if totals[i] else float("nan")
+                for i in range(num_classes)]
+
+    def misclassified(self, limit: int = 100) -> list[list]:
+        """[index, true, predicted, confidence] for the most confident mistakes."""
+        wrong = np.flatnonzero(self.predictions != self.labels)
+        wrong = wrong[np.argsort(-self.confidence[wrong])][:limit]
+        return [[int(i), int(self.labels[i]), int(self.predictions[i]),
+                 round(float(self.confidence[i]), 4)] for i in wrong]
+
+
+def autocast(device: torch.device, precision: str):
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
+@torch.inference_mode()
+def evaluate_tensors(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
+                     batch_size: int = 1000, precision: str = "fp32") -> Evaluation:
+    """Evaluate ``model`` on inputs already in the view's layout, in eval mode, in big batches."""
+    was_training = model.training
+    model.eval()
+    total_loss, preds, confs = 0.0, [], []
+    start = time.perf_counter()
+    for i in range(0, len(x), batch_size):
+        with autocast(x.device, precision):
+            logits = model(x[i:i + batch_size]).float()
+        total_loss += F.cross_entropy(logits, y[i:i + batch_size], reduction="sum").item()
+        probs = logits.softmax(-1)
+        conf, pred = probs.max(-1)
+        preds.append(pred.cpu())
+        confs.append(conf.cpu())
+    seconds = time.perf_counter() - start
+    model.train(was_training)
+    predictions = torch.cat(preds).numpy() if preds else np.zeros(0, dtype=np.int64)
+    labels = y.cpu().numpy()
+    n = max(len(labels), 1)
+    return Evaluation(total_loss / n, float((predictions == labels).sum() / n), predictions,
+                      torch.cat(confs).numpy() if confs else np.zeros(0), labels, seconds)
+
+
+def evaluate(run: Run | str | Path, data_dir: str | Path | None = None,
+             dataset: str | None = None) -> Evaluation:
+    """Reload a run (or take a loaded one) and evaluate it on its dataset's test set."""
+    from .data import load_dataset
+    from .views import to_input
+
+    if not isinstance(run, Run):
+        run = load_run(run)
+    cfg = run.config
+    ds = load_dataset(dataset or cfg.dataset, data_dir)
+    x = to_input(ds.x_test, cfg.view, cfg.seed)
+    return evaluate_tensors(run.model, x, torch.as_tensor(ds.y_test), cfg.eval_batch_size)

@@ -1,0 +1,158 @@
+"""User images: safe decoding and MNIST-style preparation, and prediction with a trained run.
+
+MNIST digits were made by fitting the ink into a 20 x 20 box, keeping its aspect ratio, and centring
+that box by its centre of mass in a 28 x 28 field, white ink on black. ``prepare_image`` does the same
+to a photo or drawing of any size, dark on light or light on dark.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from .errors import ImageError
+
+ALLOWED_FORMATS = ("PNG", "JPEG", "BMP", "GIF", "WEBP")
+MAX_PIXELS = 16_000_000  # far below Pillow's default bomb limit (~89 MP)
+MAX_BYTES = 20 * 1024 * 1024
+
+
+def decode_image(data: bytes, name: str = "image") -> np.ndarray:
+    """Decode allow-listed image bytes to a float grayscale array in [0, 1] (first frame)."""
+    from PIL import Image, UnidentifiedImageError
+
+    if not data:
+        raise ImageError(f"{name}: empty file")
+    if len(data) > MAX_BYTES:
+        raise ImageError(f"{name}: {len(data):,} bytes is larger than the {MAX_BYTES:,} allowed")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
+            w, h = img.size
+            if w * h > MAX_PIXELS:
+                raise ImageError(f"{name}: {w}x{h} pixels is more than the {MAX_PIXELS:,} allowed")
+            if w < 1 or h < 1:
+                raise ImageError(f"{name}: image has no pixels")
+            img.seek(0)
+            img.load()
+    except ImageError:
+        raise
+    except UnidentifiedImageError:
+        raise ImageError(f"{name}: not a supported image (allowed: "
+                         f"{', '.join(ALLOWED_FORMATS)})") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageError(f"{name}: refused as a decompression bomb ({exc})") from None
+    except (OSError, ValueError, SyntaxError, EOFError) as exc:
+        raise ImageError(f"{name}: corrupt or truncated image ({exc})") from None
+    return _to_gray(img)
+
+
+def _to_gray(img) -> np.ndarray:
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        top = arr.max()
+        return (arr / top if top > 0 else arr).astype(np.float32)
+    has_alpha = img.mode in ("RGBA", "LA", "PA") or "transparency" in img.info
+    rgba = np.asarray(img.convert("RGBA"), dtype=np.float32) / 255.0
+    gray = rgba[..., :3] @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+    if has_alpha:
+        alpha = rgba[..., 3]
+        if alpha.min() < 1.0:
+            # Strokes drawn on a transparent canvas: the alpha is the ink. Put them on a background
+            # that contrasts with their colour.
+            ink = gray[alpha > 0.5]
+            background = 1.0 if ink.size and ink.mean() < 0.5 else 0.0
+            gray = gray * alpha + background * (1 - alpha)
+    return gray.astype(np.float32)
+
+
+def prepare_array(gray: np.ndarray, size: tuple[int, int] = (28, 28)) -> np.ndarray:
+    """Grayscale [0, 1] array of any size -> uint8 ``size`` image, MNIST-style (white on black)."""
+    from PIL import Image
+
+    gray = np.asarray(gray, dtype=np.float32)
+    if gray.ndim != 2 or gray.size == 0:
+        raise ImageError(f"expected a 2-D grayscale image, got shape {gray.shape}")
+    def border_level(a: np.ndarray) -> float:
+        return float(np.median(np.concatenate([a[0], a[-1], a[:, 0], a[:, -1]])))
+
+    if border_level(gray) > 0.5:  # light background: invert so the ink is bright
+        gray = 1.0 - gray
+    gray = np.clip(gray - border_level(gray), 0.0, None)
+    peak = gray.max()
+    if peak < 0.1:
+        raise ImageError("the image is blank: no ink found")
+    gray = gray / peak
+    rows = np.flatnonzero((gray > 0.2).any(axis=1))
+    cols = np.flatnonzero((gray > 0.2).any(axis=0))
+    crop = gray[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+    height, width = size
+    box = max(1, round(min(height, width) * 20 / 28))
+    scale = box / max(crop.shape)
+    new_h = max(1, round(crop.shape[0] * scale))
+    new_w = max(1, round(crop.shape[1] * scale))
+    small = np.asarray(Image.fromarray(crop, mode="F").resize((new_w, new_h), Image.LANCZOS))
+    small = np.clip(small, 0.0, 1.0)
+    field = np.zeros(size, dtype=np.float32)
+    top, left = (height - new_h) // 2, (width - new_w) // 2
+    field[top:top + new_h, left:left + new_w] = small
+    # Shift so that the centre of mass sits in the middle, as MNIST did.
+    ys, xs = np.indices(field.shape)
+    mass = field.sum()
+    dy = int(round((height - 1) / 2 - (ys * field).sum() / mass))
+    dx = int(round((width - 1) / 2 - (xs * field).sum() / mass))
+    dy = int(np.clip(dy, -top, height - top - new_h))
+    dx = int(np.clip(dx, -left, width - left - new_w))
+    field = np.roll(field, (dy, dx), axis=(0, 1))
+    return np.rint(field * 255).astype(np.uint8)
+
+
+def prepare_image(source: str | Path | bytes, size: tuple[int, int] = (28, 28)) -> np.ndarray:
+    """A file path or image bytes -> uint8 ``size`` array ready for a model."""
+    if isinstance(source, (str, Path)):
+        path = Path(source)
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise ImageError(f"{path}: cannot read ({exc.strerror or exc})") from None
+        return prepare_array(decode_image(data, str(path)), size)
+    return prepare_array(decode_image(bytes(source)), size)
+
+
+def predict_arrays(run, images: np.ndarray, steps: bool = False) -> list[dict]:
+    """Class probabilities for uint8 images (N, H, W); with ``steps``, also after every step."""
+    import torch
+
+    from .views import to_input
+
+    x = to_input(images, run.config.view, run.config.seed)
+    out = []
+    with torch.inference_mode():
+        probs = run.model(x).softmax(-1).numpy()
+        step_probs = run.model.forward_steps(x).softmax(-1).numpy() \
+            if steps and hasattr(run.model, "forward_steps") else None
+    classes = run.metrics.get("classes") or [str(i) for i in range(run.num_classes)]
+    for i, p in enumerate(probs):
+        top = np.argsort(-p)[:3]
+        item = dict(prediction=classes[top[0]], index=int(top[0]), probabilities=p.tolist(),
+                    top3=[[classes[k], float(p[k])] for k in top])
+        if step_probs is not None:
+            item["steps"] = step_probs[i].tolist()
+        out.append(item)
+    return out
+
+
+def predict(run, sources: list[str | Path | bytes]) -> list[dict]:
+    """Prepare each image the MNIST way and classify it with ``run`` (a Run or a run folder)."""
+    from .storage import Run, load_run
+
+    if not isinstance(run, Run):
+        run = load_run(run)
+    size = tuple(run.metrics.get("image_shape") or (28, 28))
+    arrays = np.stack([prepare_image(s, size) for s in sources])
+    return predict_arrays(run, arrays)
+

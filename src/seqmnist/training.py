@@ -1,0 +1,250 @@
+"""The training loop. ``train(TrainConfig(model="lstm"))`` is the tutorial's recipe.
+
+The training set lives as one tensor on the device in the view's layout; each epoch gathers it once
+in a shuffled order and batches are contiguous slices of that (no per-step copies, no DataLoader).
+After every epoch the test set is evaluated (the tutorial's ``validation_data``), and a checkpoint,
+the history files and nothing else are written atomically, so a kill never costs more than an epoch.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import torch
+from torch.nn import functional as F
+
+from .config import TrainConfig
+from .data import Dataset, load_dataset
+from .errors import CheckpointError, SeqmnistError, UsageError
+from .evaluation import Evaluation, autocast, evaluate_tensors
+from .models import create_model, summary_text, trainable_parameters
+from .storage import (
+    PREVIOUS_CHECKPOINT,
+    load_checkpoint,
+    new_run_dir,
+    read_json,
+    save_checkpoint,
+    save_weights,
+    write_history,
+    write_json,
+)
+from .views import VIEWS, to_input
+
+
+class TrainingInterrupted(SeqmnistError):
+    """Ctrl-C or SIGTERM: the last complete epoch's checkpoint is kept for ``--resume``."""
+
+    def __init__(self, signum: int, folder: Path, epochs_done: int):
+        self.signum, self.folder, self.epochs_done = signum, folder, epochs_done
+        self.exit_code = 128 + signum
+        super().__init__(f"interrupted by {signal.Signals(signum).name} after {epochs_done} "
+                         f"complete epoch(s); resume with: seqmnist train --resume {folder}")
+
+
+@dataclass
+class TrainResult:
+    path: Path
+    config: TrainConfig
+    metrics: dict
+    history: list[dict]
+    model: torch.nn.Module
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError("--device cuda asked for, but PyTorch sees no CUDA GPU")
+    return torch.device(name)
+
+
+@contextmanager
+def stop_on_signals():
+    """Turn SIGINT/SIGTERM into a flag checked between batches (main thread only)."""
+    flag: dict[str, int | None] = {"signum": None}
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+
+    def handler(signum, _frame):
+        flag["signum"] = signum
+
+    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield flag
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def _start_or_resume(cfg: TrainConfig | None, resume: str | Path | None, out: str | Path):
+    """The config, the run folder and the checkpoint state (None for a new run)."""
+    if resume is None:
+        cfg = (cfg or TrainConfig()).resolved()
+        return cfg, None, None
+    folder = Path(resume)
+    if not (folder / "config.json").is_file():
+        raise CheckpointError(f"{folder}: not a run folder (no config.json)")
+    state, warnings = load_checkpoint(folder)
+    for w in warnings:
+        print(f"warning: {w}; using {PREVIOUS_CHECKPOINT}")
+    saved = read_json(folder / "config.json")
+    return TrainConfig.from_dict(saved).resolved(), folder, state
+
+
+def train(config: TrainConfig | None = None, *, out: str | Path = "runs",
+          data_dir: str | Path | None = None, resume: str | Path | None = None,
+          dataset: Dataset | None = None, progress: bool = True,
+          log: Callable[[str], None] = print) -> TrainResult:
+    """Train a model and write its run folder; ``resume`` continues a run from its checkpoint."""
+    cfg, folder, state = _start_or_resume(config, resume, out)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    if cfg.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    device = resolve_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+
+    ds = dataset.limit(cfg.limit) if dataset is not None else \
+        load_dataset(cfg.dataset, data_dir, cfg.limit)
+    input_shape = VIEWS[cfg.view].shape(*ds.image_shape)
+    model = create_model(cfg.model, input_shape, ds.num_classes, **cfg.model_options).to(device)
+    fmt = torch.channels_last if cfg.view == "image" and cfg.precision == "bf16" \
+        else torch.contiguous_format
+    model = model.to(memory_format=fmt)
+    x_train = to_input(ds.x_train, cfg.view, cfg.seed, device)
+    if x_train.dim() == 4:
+        x_train = x_train.contiguous(memory_format=fmt)
+    y_train = torch.as_tensor(ds.y_train, device=device)
+    x_test = to_input(ds.x_test, cfg.view, cfg.seed, device)
+    y_test = torch.as_tensor(ds.y_test, device=device)
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=cfg.lr, eps=cfg.adam_eps)
+    steps = -(-len(x_train) // cfg.batch_size)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.epochs * steps) \
+        if cfg.schedule == "onecycle" else None
+    gen = torch.Generator().manual_seed(cfg.seed)
+    history: list[dict] = []
+
+    if state is None:
+        folder = new_run_dir(out, cfg)
+        write_json(folder / "config.json", asdict(cfg))
+        (folder / "summary.txt").write_text(summary_text(model, input_shape, cfg.model) + "\n")
+        start = 0
+    else:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        if sched is not None:
+            sched.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng_torch"])
+        gen.set_state(state["rng_shuffle"])
+        history, start = list(state["history"]), int(state["epoch"])
+        log(f"Resuming {folder} after epoch {start}/{cfg.epochs}")
+    if start == 0:
+        log(f"Training {cfg.model} on {cfg.dataset} ({len(x_train):,} images, view {cfg.view}, "
+            f"batch {cfg.batch_size}, lr {cfg.lr:g}, {cfg.epochs} epochs, {device}); "
+            f"validating on the {len(x_test):,} test images after each epoch, as the tutorial does.")
+        log(f"Run folder: {folder}")
+
+    val: Evaluation | None = None
+    with stop_on_signals() as flag:
+        for epoch in range(start, cfg.epochs):
+            t0 = time.perf_counter()
+            loss, acc = _train_epoch(model, opt, sched, x_train, y_train, gen, cfg, epoch, flag,
+                                     progress)
+            if flag["signum"] is not None:
+                raise TrainingInterrupted(flag["signum"], folder, epoch)
+            seconds = time.perf_counter() - t0
+            val = evaluate_tensors(model, x_test, y_test, cfg.eval_batch_size, cfg.precision)
+            history.append(dict(epoch=epoch + 1, loss=loss, accuracy=acc, val_loss=val.loss,
+                                val_accuracy=val.accuracy, seconds=round(seconds, 3)))
+            save_checkpoint(folder, dict(
+                model=model.state_dict(), optimizer=opt.state_dict(),
+                scheduler=sched.state_dict() if sched is not None else None,
+                rng_torch=torch.get_rng_state(), rng_shuffle=gen.get_state(),
+                epoch=epoch + 1, history=history, config=asdict(cfg)))
+            write_history(folder, history)
+            log(f"Epoch {epoch + 1}/{cfg.epochs} - {seconds:.1f}s - loss: {loss:.4f} - accuracy: "
+                f"{acc:.4f} - val_loss: {val.loss:.4f} - val_accuracy: {val.accuracy:.4f}")
+            if flag["signum"] is not None:
+                raise TrainingInterrupted(flag["signum"], folder, epoch + 1)
+
+    if val is None:  # resumed a run whose last epoch was done but whose outputs were not written
+        val = evaluate_tensors(model, x_test, y_test, cfg.eval_batch_size, cfg.precision)
+    metrics = finish_run(folder, model, cfg, ds, input_shape, history, val)
+    log(f"Test accuracy {metrics['test_accuracy']:.4f}, test loss {metrics['test_loss']:.4f}, "
+        f"{metrics['train_seconds']:.1f}s training. Results in {folder}")
+    return TrainResult(folder, cfg, metrics, history, model)
+
+
+def _train_epoch(model, opt, sched, x, y, gen, cfg: TrainConfig, epoch: int, flag: dict,
+                 progress: bool) -> tuple[float, float]:
+    from tqdm.auto import tqdm
+
+    model.train()
+    perm = torch.randperm(len(x), generator=gen).to(x.device)
+    xs, ys = x[perm], y[perm]  # one gather per epoch; batches below are views
+    total_loss = torch.zeros((), device=x.device)
+    correct = torch.zeros((), device=x.device, dtype=torch.long)
+    seen = 0
+    steps = -(-len(x) // cfg.batch_size)
+    bar = tqdm(total=steps, desc=f"Epoch {epoch + 1}/{cfg.epochs}", unit="batch",
+               disable=None if progress else True, leave=False)
+    for step, i in enumerate(range(0, len(x), cfg.batch_size)):
+        xb, yb = xs[i:i + cfg.batch_size], ys[i:i + cfg.batch_size]
+        with autocast(x.device, cfg.precision):
+            logits = model(xb)
+        loss = F.cross_entropy(logits.float(), yb)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if sched is not None:
+            sched.step()
+        total_loss += loss.detach() * len(yb)
+        correct += (logits.argmax(-1) == yb).sum()
+        seen += len(yb)
+        if step % 50 == 0 or step == steps - 1:
+            bar.set_postfix(loss=f"{total_loss.item() / seen:.4f}",
+                            acc=f"{correct.item() / seen:.4f}", refresh=False)
+        bar.update()
+        if flag["signum"] is not None:
+            break
+    bar.close()
+    return total_loss.item() / max(seen, 1), correct.item() / max(seen, 1)
+
+
+def finish_run(folder: Path, model, cfg: TrainConfig, ds: Dataset, input_shape, history: list,
+               val: Evaluation) -> dict:
+    """Write weights, metrics and plots of a finished run."""
+    from .reports import plot_confusion, plot_history
+
+    cm = val.confusion(ds.num_classes)
+    metrics = dict(
+        model=cfg.model, dataset=cfg.dataset, view=cfg.view, test_accuracy=val.accuracy,
+        test_loss=val.loss, params=trainable_parameters(model),
+        train_seconds=round(sum(h["seconds"] for h in history), 3), epochs=len(history),
+        seconds_per_epoch=round(sum(h["seconds"] for h in history) / max(len(history), 1), 3),
+        inference_images_per_second=round(val.images_per_second, 1),
+        per_class_accuracy=dict(zip(ds.classes, val.per_class_accuracy(ds.num_classes))),
+        classes=ds.classes, image_shape=list(ds.image_shape), confusion=cm.tolist(),
+        misclassified=val.misclassified(),
+        train_images=len(ds.x_train), test_images=len(ds.x_test))
+    save_weights(folder, model.to("cpu", memory_format=torch.contiguous_format), cfg,
+                 input_shape, ds.num_classes)
+    write_json(folder / "metrics.json", metrics)
+    plot_history(history, folder, title=f"{cfg.model} on {cfg.dataset} ({cfg.view})")
+    plot_confusion(cm, ds.classes, folder / "confusion.png", title=f"{cfg.model}: confusion")
+    (folder / PREVIOUS_CHECKPOINT).unlink(missing_ok=True)
+    return metrics
+
+
+def config_from_args(model: str, **kwargs) -> TrainConfig:
+    """A TrainConfig from keyword arguments, ignoring ``None`` (the CLI's unset options)."""
+    return replace(TrainConfig(model=model), **{k: v for k, v in kwargs.items() if v is not None})

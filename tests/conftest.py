@@ -1,0 +1,76 @@
+"""Shared fixtures: real data from ../shared/data (or $SEQMNIST_DATA), small slices of it, and
+helpers that write IDX files."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def data_root() -> Path:
+    return Path(os.environ.get("SEQMNIST_DATA") or REPO.parent / "shared" / "data")
+
+
+def idx_bytes(array: np.ndarray) -> bytes:
+    """Encode a uint8 array as IDX (the format MNIST ships in)."""
+    array = np.ascontiguousarray(array, dtype=np.uint8)
+    header = struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    return header + array.tobytes()
+
+
+def write_idx(path: Path, array: np.ndarray, compress: bool = True) -> Path:
+    data = idx_bytes(array)
+    path.write_bytes(gzip.compress(data) if compress else data)
+    return path
+
+
+def write_dataset(folder: Path, x_train, y_train, x_test, y_test, compress: bool = True) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    suffix = ".gz" if compress else ""
+    write_idx(folder / f"train-images-idx3-ubyte{suffix}", x_train, compress)
+    write_idx(folder / f"train-labels-idx1-ubyte{suffix}", y_train, compress)
+    write_idx(folder / f"t10k-images-idx3-ubyte{suffix}", x_test, compress)
+    write_idx(folder / f"t10k-labels-idx1-ubyte{suffix}", y_test, compress)
+    return folder
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    """Never read or write the user's real cache from tests."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("cache")))
+
+
+@pytest.fixture(scope="session")
+def real_mnist():
+    """The full real MNIST, loaded once."""
+    from seqmnist.data import load_dataset
+
+    root = data_root()
+    if not (root / "mnist").is_dir():
+        pytest.skip(f"real MNIST not found under {root}; set SEQMNIST_DATA")
+    return load_dataset("mnist", root / "mnist")
+
+
+@pytest.fixture(scope="session")
+def small_mnist(real_mnist):
+    """2,000 training and 1,000 test images of real MNIST, for quick end-to-end runs."""
+    from seqmnist.data import Dataset
+
+    return Dataset("mnist", real_mnist.x_train[:2000], real_mnist.y_train[:2000],
+                   real_mnist.x_test[:1000], real_mnist.y_test[:1000], real_mnist.classes,
+                   real_mnist.source)
+
+
+@pytest.fixture(scope="session")
+def small_mnist_dir(small_mnist, tmp_path_factory) -> Path:
+    """``small_mnist`` written as an IDX folder, for the CLI's --data-dir."""
+    d = small_mnist
+    return write_dataset(tmp_path_factory.mktemp("data") / "mnist", d.x_train, d.y_train,
+                         d.x_test, d.y_test)

@@ -1,0 +1,125 @@
+import gzip
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import data_root, idx_bytes, write_dataset, write_idx
+
+from seqmnist.data import DATASETS, load_dataset, locate, parse_idx, read_idx, search_dirs
+from seqmnist.download import verify
+from seqmnist.errors import DataError, DataNotFoundError, UsageError
+
+
+def _tiny(n=5, h=4, w=3, seed=0):
+    rng = np.random.default_rng(seed)
+    return (rng.integers(0, 256, (n, h, w), dtype=np.uint8), rng.integers(0, 10, n, dtype=np.uint8))
+
+
+@pytest.mark.parametrize("compress", [True, False])
+def test_read_idx_round_trip(tmp_path, compress):
+    images, labels = _tiny()
+    np.testing.assert_array_equal(read_idx(write_idx(tmp_path / "i", images, compress)), images)
+    np.testing.assert_array_equal(read_idx(write_idx(tmp_path / "l", labels, compress)), labels)
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda b: b"\x08\x03" + b[2:], "not an IDX file"),
+    (lambda b: b[:2] + b"\x42" + b[3:], "not an IDX file"),
+    (lambda b: b[:10], "truncated header"),
+    (lambda b: b[:-7], "truncated: header promises"),
+    (lambda b: b + b"xx", "unexpected bytes"),
+    (lambda b: b"", "too short"),
+])
+def test_parse_idx_rejects_bad_bytes(mutate, message):
+    data = mutate(idx_bytes(_tiny()[0]))
+    with pytest.raises(DataError, match=message):
+        parse_idx(data, "f")
+
+
+def test_wrong_dimensions_named(tmp_path):
+    path = write_idx(tmp_path / "labels", _tiny()[0])
+    with pytest.raises(DataError, match=r"labels: expected 1 dimensions, header says 3"):
+        read_idx(path, expect_ndim=1)
+
+
+def test_truncated_gzip_names_file(tmp_path):
+    good = gzip.compress(idx_bytes(_tiny()[0]))
+    path = tmp_path / "train-images-idx3-ubyte.gz"
+    path.write_bytes(good[: len(good) // 2])
+    with pytest.raises(DataError, match="train-images-idx3-ubyte.gz: corrupt or truncated gzip"):
+        read_idx(path)
+
+
+def test_absurd_header_refused_before_allocating():
+    header = bytes([0, 0, 8, 3]) + (60000).to_bytes(4, "big") + (65535).to_bytes(4, "big") * 2
+    with pytest.raises(DataError, match="more than any dataset"):
+        parse_idx(header, "f")
+
+
+def test_count_mismatch_between_images_and_labels(tmp_path):
+    images, labels = _tiny(6)
+    folder = write_dataset(tmp_path / "mnist", images, labels[:5], images, labels)
+    with pytest.raises(DataError, match="train has 6 images but 5 labels"):
+        load_dataset("mnist", folder)
+
+
+def test_label_out_of_range(tmp_path):
+    images, labels = _tiny(6)
+    labels[0] = 12
+    folder = write_dataset(tmp_path / "mnist", images, labels, images, labels)
+    with pytest.raises(DataError, match="label 12 out of range"):
+        load_dataset("mnist", folder)
+
+
+def test_search_order(tmp_path, monkeypatch):
+    monkeypatch.setenv("SEQMNIST_DATA", str(tmp_path / "env"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    dirs = search_dirs("mnist", tmp_path / "explicit")
+    assert dirs == [tmp_path / "explicit", tmp_path / "env" / "mnist",
+                    tmp_path / "cache" / "seqmnist" / "mnist", Path("/usr/share/datasets/mnist")]
+    images, labels = _tiny()
+    write_dataset(tmp_path / "cache" / "seqmnist" / "mnist", images, labels, images, labels)
+    assert locate("mnist") == tmp_path / "cache" / "seqmnist" / "mnist"
+    write_dataset(tmp_path / "env" / "mnist", images, labels, images, labels, compress=False)
+    assert locate("mnist") == tmp_path / "env" / "mnist"
+    assert load_dataset("mnist").source == str(tmp_path / "env" / "mnist")
+
+
+def test_not_found_without_network_is_clear(tmp_path, monkeypatch):
+    monkeypatch.delenv("SEQMNIST_DATA", raising=False)
+    monkeypatch.setattr(DATASETS["fashion-mnist"], "mirrors", ["http://127.0.0.1:9/"])
+    monkeypatch.setattr("seqmnist.download.time.sleep", lambda s: None)
+    with pytest.raises(DataNotFoundError) as info:
+        load_dataset("fashion-mnist", tmp_path / "nothing-here")
+    text = str(info.value)
+    assert "not found" in text and str(tmp_path / "nothing-here") in text
+    assert "--data-dir" in text and "SEQMNIST_DATA" in text and "--dataset digits" in text
+    assert info.value.exit_code == 2
+
+
+def test_unknown_dataset():
+    with pytest.raises(UsageError, match="unknown dataset 'kmnist'"):
+        load_dataset("kmnist")
+
+
+def test_digits_is_offline_and_seeded():
+    a, b = load_dataset("digits"), load_dataset("digits")
+    assert a.x_train.shape == (1437, 8, 8) and a.x_test.shape == (360, 8, 8)
+    assert a.x_train.dtype == np.uint8 and a.x_train.max() == 255
+    np.testing.assert_array_equal(a.y_test, b.y_test)
+
+
+@pytest.mark.parametrize("name", ["mnist", "fashion-mnist"])
+def test_real_data_loads_and_verifies(name):
+    folder = data_root() / name
+    if not folder.is_dir():
+        pytest.skip(f"{folder} missing")
+    ds = load_dataset(name, folder, limit=100)
+    assert ds.x_train.shape == (100, 28, 28) and ds.x_test.shape == (10000, 28, 28)
+    assert ds.image_shape == (28, 28) and ds.num_classes == 10
+    assert all(check.ok for check in verify(name, folder))
+
+
+def test_limit_validated(real_mnist):
+    with pytest.raises(UsageError):
+        real_mnist.limit(0)

@@ -1,0 +1,141 @@
+"""Downloads against a local HTTP server on 127.0.0.1: good, corrupt, truncated, HTML, 404, stalled."""
+
+import gzip
+import hashlib
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import numpy as np
+import pytest
+from conftest import idx_bytes
+
+from seqmnist import download
+from seqmnist.data import DATASETS, DatasetSpec, SPLIT_FILES, load_dataset, register_dataset
+from seqmnist.download import download_file, fetch, sha256_of_content
+from seqmnist.errors import DownloadError
+
+CONTENT = idx_bytes(np.arange(2 * 3 * 3, dtype=np.uint8).reshape(2, 3, 3))
+GOOD = gzip.compress(CONTENT)
+EXPECTED = hashlib.sha256(CONTENT).hexdigest()
+
+
+class Handler(BaseHTTPRequestHandler):
+    routes: dict = {}
+
+    def do_GET(self):  # noqa: N802 (http.server's naming)
+        kind = self.path.split("/")[1]
+        if kind == "missing":
+            self.send_error(404)
+            return
+        body = {"good": GOOD, "corrupt": gzip.compress(CONTENT[:-1] + b"\x01"),
+                "html": b"<html><body>Service unavailable</body></html>",
+                "truncated": GOOD, "stall": GOOD}[kind]
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if kind == "truncated":
+            self.wfile.write(body[: len(body) // 2])
+            self.wfile.flush()
+            self.connection.close()  # the server drops the connection half-way
+            return
+        if kind == "stall":
+            self.wfile.write(body[:10])
+            self.wfile.flush()
+            threading.Event().wait(4)  # (time.sleep is patched out below)
+            return
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture(scope="module")
+def server():
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    httpd.daemon_threads = True
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+
+
+@pytest.fixture(autouse=True)
+def no_sleep(monkeypatch):
+    monkeypatch.setattr(download.time, "sleep", lambda s: None)
+
+
+def _fetch(server, tmp_path, *kinds, **kw):
+    return download_file("f", EXPECTED, tmp_path, [f"{server}/{k}" for k in kinds],
+                         progress=False, **kw)
+
+
+def test_good_file(server, tmp_path):
+    path = _fetch(server, tmp_path, "good")
+    assert path == tmp_path / "f.gz" and sha256_of_content(path) == EXPECTED
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.gz"]  # no temporary file left
+
+
+@pytest.mark.parametrize("kind, message", [
+    ("corrupt", "checksum mismatch, expected " + EXPECTED),
+    ("html", "not gzip data"),
+    ("truncated", "truncated|closed|IncompleteRead|bytes"),
+    ("missing", "404"),
+    ("stall", "timed out"),
+])
+def test_bad_mirror_falls_back_to_good_one(server, tmp_path, kind, message):
+    path = _fetch(server, tmp_path, kind, "good", timeout=1)
+    assert sha256_of_content(path) == EXPECTED
+    with pytest.raises(DownloadError, match=message):
+        _fetch(server, tmp_path / "only-bad", kind, timeout=1, retries=2)
+    assert not (tmp_path / "only-bad" / "f.gz").exists()
+    assert list((tmp_path / "only-bad").iterdir()) == []  # the bad download was deleted
+
+
+def test_mismatch_names_both_hashes(server, tmp_path):
+    with pytest.raises(DownloadError) as info:
+        _fetch(server, tmp_path, "corrupt")
+    got = hashlib.sha256(CONTENT[:-1] + b"\x01").hexdigest()
+    assert "f.gz" in str(info.value) and EXPECTED in str(info.value) and got in str(info.value)
+
+
+def test_retries_are_bounded_with_backoff(server, tmp_path, monkeypatch):
+    sleeps = []
+    monkeypatch.setattr(download.time, "sleep", sleeps.append)
+    with pytest.raises(DownloadError):
+        _fetch(server, tmp_path, "html", retries=3, backoff=0.5)
+    assert sleeps == [0.5, 1.0]
+
+
+def test_fetch_then_load_a_registered_dataset(server, tmp_path, monkeypatch):
+    """A whole dataset through the real code path: registry -> mirrors -> cache -> loader."""
+    rng = np.random.default_rng(0)
+    arrays = {"train-images-idx3-ubyte": rng.integers(0, 256, (4, 5, 5), dtype=np.uint8),
+              "train-labels-idx1-ubyte": np.array([0, 1, 2, 1], dtype=np.uint8),
+              "t10k-images-idx3-ubyte": rng.integers(0, 256, (2, 5, 5), dtype=np.uint8),
+              "t10k-labels-idx1-ubyte": np.array([2, 0], dtype=np.uint8)}
+    blobs = {k: idx_bytes(v) for k, v in arrays.items()}
+
+    class DatasetHandler(Handler):
+        def do_GET(self):  # noqa: N802
+            name = self.path.rsplit("/", 1)[-1].removesuffix(".gz")
+            body = gzip.compress(blobs[name])
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), DatasetHandler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        spec = DatasetSpec("tiny-test", ["a", "b", "c"], "test", files=SPLIT_FILES,
+                           sha256={k: hashlib.sha256(v).hexdigest() for k, v in blobs.items()},
+                           mirrors=[f"http://127.0.0.1:{httpd.server_address[1]}/x/"],
+                           loader=DATASETS["mnist"].loader)
+        register_dataset(spec)
+        monkeypatch.delenv("SEQMNIST_DATA", raising=False)
+        ds = load_dataset("tiny-test")  # not on disk: downloaded into the (test) cache
+        np.testing.assert_array_equal(ds.x_train, arrays["train-images-idx3-ubyte"])
+        assert (fetch("tiny-test", progress=False) / "t10k-labels-idx1-ubyte.gz").is_file()
+    finally:
+        DATASETS.pop("tiny-test", None)
+        httpd.shutdown()

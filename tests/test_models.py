@@ -1,0 +1,100 @@
+import math
+
+import pytest
+import torch
+
+from seqmnist.cli import MODEL_NAMES
+from seqmnist.errors import UsageError
+from seqmnist.models import (
+    MODELS,
+    check_view,
+    create_model,
+    list_models,
+    summary_text,
+    trainable_parameters,
+)
+from seqmnist.views import VIEWS
+
+# Keras's counts for the same networks (model.summary() in TF 2.x).
+KERAS_PARAMS = {"lstm": 36_510, "gru": 27_810, "rnn": 9_510, "cnn": 3_274_634}
+
+
+def test_cli_knows_every_registered_model():
+    assert set(MODEL_NAMES) == set(list_models())
+
+
+@pytest.mark.parametrize("name", list_models())
+@pytest.mark.parametrize("size", [(28, 28), (8, 8)])
+def test_every_model_every_view_output_shape(name, size):
+    for view in MODELS[name].views:
+        shape = VIEWS[view].shape(*size)
+        model = create_model(name, shape, 10).eval()
+        out = model(torch.rand(3, *shape))
+        assert out.shape == (3, 10), (name, view)
+        if hasattr(model, "forward_steps"):
+            assert model.forward_steps(torch.rand(3, *shape)).shape == (3, shape[0], 10)
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_keras_parameter_counts(name):
+    view = MODELS[name].defaults["view"]
+    model = create_model(name, VIEWS[view].shape(28, 28), 10)
+    assert trainable_parameters(model) == KERAS_PARAMS[name]
+
+
+def test_summary_tables():
+    lstm = summary_text(create_model("lstm", (28, 28), 10), (28, 28))
+    assert "(None, 28, 50)" in lstm and "15,800" in lstm and "Total params: 36,510" in lstm
+    cnn = summary_text(create_model("cnn", (1, 28, 28), 10), (1, 28, 28))
+    assert "3,212,288" in cnn and "Total params: 3,274,634" in cnn and "MaxPooling2D" in cnn
+
+
+def test_keras_initialisation_of_lstm():
+    torch.manual_seed(0)
+    model = create_model("lstm", (28, 28), 10)
+    rnn = model.net[0].rnn
+    hidden = 50
+    # unit_forget_bias: forget gate (second block, order i, f, g, o as Keras) starts at 1.
+    assert torch.all(rnn.bias_ih_l0[hidden:2 * hidden] == 1)
+    assert torch.all(rnn.bias_ih_l0[:hidden] == 0) and torch.all(rnn.bias_ih_l0[2 * hidden:] == 0)
+    # One bias per gate, as Keras: PyTorch's second bias stays a fixed zero.
+    assert torch.all(rnn.bias_hh_l0 == 0) and not rnn.bias_hh_l0.requires_grad
+    # Orthogonal recurrent kernel in Keras's (hidden, 4*hidden) layout: orthonormal rows.
+    q = rnn.weight_hh_l0.detach().t()
+    torch.testing.assert_close(q @ q.t(), torch.eye(hidden), atol=1e-5, rtol=0)
+    # Glorot uniform input kernel: fan_in = 28 features, fan_out = 4 * 50.
+    limit = math.sqrt(6 / (28 + 200))
+    w = rnn.weight_ih_l0.detach()
+    assert w.abs().max() <= limit and w.abs().max() > 0.9 * limit
+    assert abs(w.std().item() - limit / math.sqrt(3)) < 0.1 * limit
+
+
+def test_keras_initialisation_of_cnn():
+    model = create_model("cnn", (1, 28, 28), 10)
+    conv2 = model.net[2][0]
+    limit = math.sqrt(6 / (32 * 25 + 64 * 25))
+    assert conv2.weight.abs().max() <= limit and torch.all(conv2.bias == 0)
+    dense = model.net[-1]
+    assert dense.weight.abs().max() <= math.sqrt(6 / (1024 + 10))
+
+
+def test_torch_default_init_is_available():
+    model = create_model("lstm", (28, 28), 10, keras_init=False)
+    assert trainable_parameters(model) == 36_910  # PyTorch's own count: two biases per gate
+
+
+def test_options_and_mismatches():
+    assert trainable_parameters(create_model("lstm", (28, 28), 10, hidden=8, layers=1)) == \
+        4 * (28 * 8 + 8 * 8 + 8) + 8 * 10 + 10
+    bi = create_model("gru", (28, 28), 10, bidirectional=True)
+    assert bi(torch.rand(2, 28, 28)).shape == (2, 10)
+    with pytest.raises(UsageError, match="cannot read the 'image' view"):
+        check_view("lstm", "image")
+    with pytest.raises(UsageError, match="cannot read the 'rows' view"):
+        check_view("cnn", "rows")
+    with pytest.raises(UsageError, match="needs sequence input"):
+        create_model("lstm", (1, 28, 28), 10)
+    with pytest.raises(UsageError, match="unknown model"):
+        create_model("transformer")
+    with pytest.raises(UsageError, match="unexpected keyword"):
+        create_model("lstm", (28, 28), 10, colour="red")
