@@ -74,3 +74,13 @@ def small_mnist_dir(small_mnist, tmp_path_factory) -> Path:
     d = small_mnist
     return write_dataset(tmp_path_factory.mktemp("data") / "mnist", d.x_train, d.y_train,
                          d.x_test, d.y_test)
+
+
+@pytest.fixture(scope="session")
+def small_runs(small_mnist, tmp_path_factory):
+    """An LSTM and a CNN trained one epoch on ``small_mnist``: {model: run folder}."""
+    from seqmnist import TrainConfig, train
+
+    out = tmp_path_factory.mktemp("small-runs")
+    return {m: train(TrainConfig(model=m, epochs=1), out=out, dataset=small_mnist,
+                     progress=False, log=lambda *_: None).path for m in ("lstm", "cnn")}

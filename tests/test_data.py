@@ -3,8 +3,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import data_root, idx_bytes, write_dataset, write_idx
 
+from conftest import data_root, idx_bytes, write_dataset, write_idx
 from seqmnist.data import DATASETS, load_dataset, locate, parse_idx, read_idx, search_dirs
 from seqmnist.download import verify
 from seqmnist.errors import DataError, DataNotFoundError, UsageError

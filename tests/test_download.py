@@ -7,10 +7,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
 import pytest
-from conftest import idx_bytes
 
+from conftest import idx_bytes
 from seqmnist import download
-from seqmnist.data import DATASETS, DatasetSpec, SPLIT_FILES, load_dataset, register_dataset
+from seqmnist.data import DATASETS, SPLIT_FILES, DatasetSpec, load_dataset, register_dataset
 from seqmnist.download import download_file, fetch, sha256_of_content
 from seqmnist.errors import DownloadError
 

@@ -140,7 +140,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.resume is not None:
         if args.model is not None:
             raise UsageError("--resume takes its settings from the run; give no MODEL with it")
-        train(resume=args.resume, progress=not args.no_progress)
+        train(resume=args.resume, data_dir=args.data_dir, progress=not args.no_progress)
         return 0
     if args.model is None:
         raise UsageError("give a MODEL to train (lstm, gru, rnn, cnn) or --resume RUN")

@@ -44,6 +44,7 @@ class TrainConfig:
     eval_batch_size: int = 1000
     deterministic: bool = False
     threads: int | None = None
+    data_dir: str | None = None  # where the dataset files were given, if not found by search
     model_options: dict = field(default_factory=dict)
 
     def to_json(self) -> str:

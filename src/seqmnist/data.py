@@ -11,6 +11,7 @@ Files are looked for, in order: an explicit ``data_dir``; ``$SEQMNIST_DATA/<name
 from __future__ import annotations
 
 import gzip
+import math
 import os
 import struct
 import zlib
@@ -60,8 +61,9 @@ def parse_idx(data: bytes, name: str = "<bytes>", expect_ndim: int | None = None
         raise DataError(f"{name}: truncated header ({len(data)} of {header} bytes)")
     dims = struct.unpack(f">{ndim}I", data[4:header])
     dtype = np.dtype(IDX_DTYPES[dtype_code])
-    count = int(np.prod(dims, dtype=np.int64)) if dims else 0
-    if count > MAX_IDX_ITEMS:
+    count = math.prod(dims)
+    # Also bound the non-zero dimensions: an empty array of shape (0, 2**31, 2**31) is not data.
+    if math.prod(d for d in dims if d) > MAX_IDX_ITEMS:
         raise DataError(f"{name}: header claims {count} items, more than any dataset we read")
     need = header + count * dtype.itemsize
     if len(data) < need:

@@ -102,6 +102,9 @@ def fetch(name: str, dest: str | Path | None = None, mirrors: list[str] | None =
     if not spec.downloadable:
         raise UsageError(f"dataset {name!r} is not downloaded: {spec.description}")
     folder = Path(dest) if dest is not None else cache_dir() / name
+    if mirrors is None and os.environ.get("SEQMNIST_MIRRORS"):
+        # A local or institutional mirror: space-separated base URLs, "{name}" is the dataset.
+        mirrors = [m.replace("{name}", name) for m in os.environ["SEQMNIST_MIRRORS"].split()]
     for base in spec.files.values():
         existing = find_file(folder, base)
         if existing is not None and sha256_of_content(existing) == spec.sha256[base]:

@@ -32,6 +32,8 @@ class DownloadError(SeqmnistError):
 class CheckpointError(SeqmnistError):
     """A run folder or checkpoint that cannot be read: missing, corrupt or unsafe."""
 
+    exit_code = 2
+
 
 class ImageError(SeqmnistError, ValueError):
     """A user image that cannot be used: unknown format, too large, corrupt, empty."""

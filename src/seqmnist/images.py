@@ -103,8 +103,8 @@ def prepare_array(gray: np.ndarray, size: tuple[int, int] = (28, 28)) -> np.ndar
     # Shift so that the centre of mass sits in the middle, as MNIST did.
     ys, xs = np.indices(field.shape)
     mass = field.sum()
-    dy = int(round((height - 1) / 2 - (ys * field).sum() / mass))
-    dx = int(round((width - 1) / 2 - (xs * field).sum() / mass))
+    dy = int(round(height / 2 - (ys * field).sum() / mass))  # MNIST put it at pixel (14, 14)
+    dx = int(round(width / 2 - (xs * field).sum() / mass))
     dy = int(np.clip(dy, -top, height - top - new_h))
     dx = int(np.clip(dx, -left, width - left - new_w))
     field = np.roll(field, (dy, dx), axis=(0, 1))

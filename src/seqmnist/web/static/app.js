@@ -1,0 +1,202 @@
+// seqmnist draw-a-digit page: draw on #pad, the server prepares the image the MNIST way and every
+// loaded model answers; for row-reading recurrent models we also show the belief after each row.
+"use strict";
+
+const pad = document.getElementById("pad");
+const ctx = pad.getContext("2d");
+const seen = document.getElementById("seen");
+const seenCtx = seen.getContext("2d");
+const statusLine = document.getElementById("status");
+const modelsPanel = document.getElementById("models");
+let lastImage = null;     // the 28 x 28 image the models saw
+let highlightRow = null;  // row highlighted on the preview
+let drawing = false;
+let timer = null;
+let hasInk = false;
+
+function clearPad() {
+  ctx.fillStyle = "#fff";
+  ctx.fillRect(0, 0, pad.width, pad.height);
+  hasInk = false;
+}
+
+function point(event) {
+  const r = pad.getBoundingClientRect();
+  return [(event.clientX - r.left) * pad.width / r.width, (event.clientY - r.top) * pad.height / r.height];
+}
+
+pad.addEventListener("pointerdown", (e) => {
+  drawing = true;
+  pad.setPointerCapture(e.pointerId);
+  const [x, y] = point(e);
+  ctx.beginPath();
+  ctx.moveTo(x, y);
+  ctx.lineTo(x + 0.1, y + 0.1);
+  stroke();
+});
+pad.addEventListener("pointermove", (e) => {
+  if (!drawing) return;
+  const [x, y] = point(e);
+  ctx.lineTo(x, y);
+  stroke();
+});
+for (const ev of ["pointerup", "pointercancel", "pointerleave"]) {
+  pad.addEventListener(ev, () => { if (drawing) { drawing = false; schedule(0); } });
+}
+
+function stroke() {
+  ctx.strokeStyle = "#000";
+  ctx.lineWidth = 18;
+  ctx.lineCap = "round";
+  ctx.lineJoin = "round";
+  ctx.stroke();
+  hasInk = true;
+  schedule(150);
+}
+
+function schedule(delay) {  // debounce: predict once the pen rests
+  clearTimeout(timer);
+  timer = setTimeout(() => { if (hasInk) pad.toBlob((blob) => send(blob, "image/png")); }, delay);
+}
+
+document.getElementById("clear").addEventListener("click", () => {
+  clearPad();
+  lastImage = null;
+  seenCtx.clearRect(0, 0, seen.width, seen.height);
+  statusLine.textContent = "Draw a digit with your mouse or finger.";
+  for (const card of modelsPanel.querySelectorAll(".card")) card.classList.add("stale");
+});
+
+document.getElementById("upload").addEventListener("change", (e) => {
+  const file = e.target.files[0];
+  if (!file) return;
+  const form = new FormData();
+  form.append("image", file);
+  send(form, null);
+  e.target.value = "";
+});
+
+async function send(body, type) {
+  statusLine.textContent = "Reading…";
+  statusLine.classList.remove("error");
+  const opts = { method: "POST", body };
+  if (type) opts.headers = { "Content-Type": type };
+  try {
+    const resp = await fetch("/api/predict", opts);
+    const data = await resp.json();
+    if (!resp.ok) throw new Error(data.error || resp.statusText);
+    show(data);
+    statusLine.textContent = "Keep drawing, or Clear to start again.";
+  } catch (err) {
+    statusLine.textContent = "Could not read that: " + err.message;
+    statusLine.classList.add("error");
+  }
+}
+
+function drawSeen() {
+  if (!lastImage) return;
+  const n = lastImage.length, cell = seen.width / n;
+  for (let r = 0; r < n; r++) {
+    for (let c = 0; c < n; c++) {
+      const v = lastImage[r][c];
+      seenCtx.fillStyle = `rgb(${v},${v},${v})`;
+      seenCtx.fillRect(c * cell, r * cell, cell + 0.5, cell + 0.5);
+    }
+  }
+  if (highlightRow !== null) {
+    seenCtx.strokeStyle = "#ff4d4f";
+    seenCtx.lineWidth = 2;
+    seenCtx.strokeRect(1, highlightRow * cell, seen.width - 2, cell);
+  }
+}
+
+function el(tag, attrs = {}, text = "") {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, v);
+  if (text) node.textContent = text;
+  return node;
+}
+
+function bars(classes, probs) {
+  const box = el("div", { class: "bars" });
+  const top = probs.indexOf(Math.max(...probs));
+  probs.forEach((p, i) => {
+    box.append(el("span", {}, classes[i]));
+    const bar = el("div", { class: "bar" + (i === top ? " top" : "") });
+    const fill = el("span");
+    fill.style.width = (100 * p).toFixed(1) + "%";
+    bar.append(fill);
+    box.append(bar, el("span", {}, (100 * p).toFixed(1) + "%"));
+  });
+  return box;
+}
+
+// The row from which the final answer stays on top with more than half the belief.
+function sureFrom(steps, answer) {
+  let row = null;
+  for (let r = steps.length - 1; r >= 0; r--) {
+    const p = steps[r];
+    if (p.indexOf(Math.max(...p)) === answer && p[answer] > 0.5) row = r; else break;
+  }
+  return row;
+}
+
+function beliefStrip(m) {
+  const wrap = el("div", { class: "rows" });
+  wrap.append(el("h4", {}, "Belief after each row it reads"));
+  const sure = sureFrom(m.steps, m.index);
+  const note = el("p", { class: "sure" }, sure === null
+    ? "It only settles on the last rows."
+    : `Sure it is ${m.prediction} from row ${sure + 1} of ${m.steps.length} on.`);
+  const strip = el("canvas", { class: "belief", width: 10, height: m.steps.length,
+                               "aria-label": "belief per row" });
+  const g = strip.getContext("2d");
+  m.steps.forEach((p, r) => p.forEach((v, c) => {
+    const shade = Math.round(255 * (1 - v));
+    g.fillStyle = `rgb(${shade},${Math.round(shade * 0.9 + 25)},255)`;
+    g.fillRect(c, r, 1, 1);
+  }));
+  const legend = el("div", { class: "legend" });
+  m.classes.forEach((c) => legend.append(el("span", {}, c)));
+  const detail = el("p", { class: "row-detail" }, "Point at a row to see what it believed there.");
+  strip.addEventListener("pointermove", (e) => {
+    const r = Math.min(m.steps.length - 1, Math.floor(e.offsetY / strip.clientHeight * m.steps.length));
+    const p = m.steps[r], best = p.indexOf(Math.max(...p));
+    detail.textContent = `After row ${r + 1}: ${m.classes[best]} (${(100 * p[best]).toFixed(0)}%)`;
+    highlightRow = r;
+    drawSeen();
+  });
+  strip.addEventListener("pointerleave", () => { highlightRow = null; drawSeen(); });
+  wrap.append(note, legend, strip, detail);
+  return wrap;
+}
+
+function show(data) {
+  lastImage = data.image;
+  drawSeen();
+  modelsPanel.replaceChildren();
+  for (const m of data.models) {
+    const card = el("article", { class: "card", "data-model": m.model });
+    const acc = m.test_accuracy == null ? "" : ` · ${(100 * m.test_accuracy).toFixed(2)}% on the test set`;
+    card.append(el("h3", {}, `${m.model} (${m.view})`), el("div", { class: "meta" }, `${m.dataset}${acc}`));
+    const verdict = el("div", { class: "verdict" });
+    verdict.append(el("span", { class: "prediction", "data-digit": m.prediction }, m.prediction),
+                   el("span", { class: "confidence" }, `${(100 * m.probabilities[m.index]).toFixed(1)}% sure`));
+    card.append(verdict, bars(m.classes, m.probabilities));
+    if (m.steps) card.append(beliefStrip(m));
+    modelsPanel.append(card);
+  }
+}
+
+async function loadModels() {
+  const resp = await fetch("/api/models");
+  const data = await resp.json();
+  for (const m of data.models) {
+    const card = el("article", { class: "card stale", "data-model": m.model });
+    card.append(el("h3", {}, `${m.model} (${m.view})`), el("div", { class: "meta" }, `${m.dataset} · ${m.name}`));
+    modelsPanel.append(card);
+  }
+}
+
+clearPad();
+loadModels();

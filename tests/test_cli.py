@@ -1,0 +1,160 @@
+"""The command line end to end, on small slices of real MNIST."""
+
+import io
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+
+from seqmnist.cli import main
+
+CMD = [sys.executable, "-m", "seqmnist"]
+
+
+def run_cli(*args, env=None, timeout=300):
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run([*CMD, *map(str, args)], capture_output=True, text=True, env=full_env,
+                          timeout=timeout)
+
+
+def test_help_does_not_import_torch():
+    code = ("import sys; from seqmnist.cli import build_parser; build_parser().format_help(); "
+            "assert 'torch' not in sys.modules, 'torch imported'")
+    subprocess.run([sys.executable, "-c", code], check=True)
+    out = run_cli("--help")
+    assert out.returncode == 0 and "compare" in out.stdout and "train" in out.stdout
+
+
+def test_summary_prints_keras_count(capsys):
+    assert main(["summary", "lstm"]) == 0
+    assert "Total params: 36,510" in capsys.readouterr().out
+    assert main(["summary", "cnn"]) == 0
+    assert "Total params: 3,274,634" in capsys.readouterr().out
+
+
+@pytest.fixture(scope="module")
+def lstm_run(small_mnist_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs")
+    assert main(["train", "lstm", "--epochs", "1", "--data-dir", str(small_mnist_dir),
+                 "--out", str(out), "--no-progress"]) == 0
+    (run,) = out.iterdir()
+    return run
+
+
+def test_train_writes_a_named_run_folder(lstm_run):
+    assert "lstm-mnist-rows" in lstm_run.name
+    assert (lstm_run / "model.safetensors").is_file()
+
+
+def test_evaluate(lstm_run, small_mnist_dir, capsys):
+    assert main(["evaluate", str(lstm_run), "--data-dir", str(small_mnist_dir), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    metrics = json.loads((lstm_run / "metrics.json").read_text())
+    assert result["test_accuracy"] == pytest.approx(metrics["test_accuracy"])
+    assert result["images"] == 1000
+
+
+def test_predict_on_rendered_test_images(lstm_run, small_mnist, tmp_path, capsys):
+    paths = []
+    for i in range(3):
+        path = tmp_path / f"digit{i}.png"
+        Image.fromarray(255 - small_mnist.x_test[i]).resize((90, 90)).save(path)
+        paths.append(str(path))
+    assert main(["predict", str(lstm_run), *paths, "--json"]) == 0
+    results = json.loads(capsys.readouterr().out)
+    assert len(results) == 3
+    for r in results:
+        assert len(r["top3"]) == 3 and r["prediction"] == r["top3"][0][0]
+        probs = [p for _, p in r["top3"]]
+        assert probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1.0001
+    assert main(["predict", str(lstm_run), paths[0]]) == 0
+    assert "%" in capsys.readouterr().out
+
+
+def test_compare_writes_report(small_mnist_dir, tmp_path, capsys):
+    out = tmp_path / "report"
+    assert main(["compare", "lstm", "cnn", "--epochs", "1", "--limit", "500", "--data-dir",
+                 str(small_mnist_dir), "--out", str(out), "--runs-dir", str(tmp_path / "runs"),
+                 "--no-progress"]) == 0
+    text = capsys.readouterr().out
+    html = (out / "report.html").read_text()
+    md = (out / "report.md").read_text()
+    assert "most accurate" in text and "most accurate" in html
+    assert html.count("data:image/png;base64,") >= 6  # curves, 2 confusions, 2 galleries...
+    assert "http://" not in html and "https://" not in html  # self-contained
+    assert "| lstm (rows) |" in md and "| cnn (image) |" in md
+    # Reusing finished runs, no training.
+    runs = sorted((tmp_path / "runs").iterdir())
+    assert main(["compare", "--runs", *map(str, runs), "--out", str(tmp_path / "again"),
+                 "--data-dir", str(small_mnist_dir)]) == 0
+    assert (tmp_path / "again" / "report.html").is_file()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["train", "mlp"], "invalid choice: 'mlp'"),
+    (["train", "lstm", "--epochs", "-3"], "must be at least 1"),
+    (["train", "lstm", "--epochs", "ten"], "expected a whole number"),
+    (["train", "lstm", "--lr", "0"], "must be a positive number"),
+    (["train", "lstm", "--dataset", "cifar"], "invalid choice: 'cifar'"),
+    (["train", "lstm", "--view", "image", "--dataset", "digits"], "cannot read the 'image' view"),
+    (["train", "cnn", "--view", "rows", "--dataset", "digits"], "cannot read the 'rows' view"),
+    (["compare", "transformer", "--dataset", "digits"], "unknown model 'transformer'"),
+    (["evaluate", "."], "not a finished run"),
+    (["evaluate", "no/such/run"], "not a folder"),
+    (["train", "--resume", "."], "not a run folder"),
+])
+def test_bad_input_is_one_line_and_exit_2(args, message):
+    out = run_cli(*args)
+    assert out.returncode == 2, out.stderr
+    assert message in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_missing_data_is_clear_and_exit_2(tmp_path):
+    out = run_cli("train", "lstm", "--epochs", "1", "--data-dir", tmp_path / "empty",
+                  env={"SEQMNIST_DATA": str(tmp_path / "nothing"),
+                       "XDG_CACHE_HOME": str(tmp_path / "cache"),
+                       "SEQMNIST_MIRRORS": "http://127.0.0.1:9/{name}/"})
+    assert out.returncode == 2
+    assert "dataset 'mnist' not found" in out.stderr and "Looked in:" in out.stderr
+    assert "--dataset digits" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_data_list_and_verify(small_mnist_dir, capsys):
+    assert main(["data"]) == 0
+    listing = capsys.readouterr().out
+    assert "mnist" in listing and "fashion-mnist" in listing and "digits" in listing
+    from conftest import data_root
+
+    real = data_root() / "mnist"
+    if real.is_dir():
+        assert main(["data", "verify", "mnist", "--data-dir", str(real)]) == 0
+        assert capsys.readouterr().out.count(": ok") == 4
+    # The small slice has other content than the canonical files: verify must say so.
+    assert main(["data", "verify", "mnist", "--data-dir", str(small_mnist_dir)]) == 1
+    assert "MISMATCH" in capsys.readouterr().out
+
+
+def test_python_api_matches_readme():
+    import seqmnist
+
+    for name in ("load_dataset", "create_model", "train", "evaluate", "load_run", "compare",
+                 "TrainConfig", "predict", "prepare_image"):
+        assert callable(getattr(seqmnist, name))
+    with pytest.raises(AttributeError):
+        seqmnist.nothing_here  # noqa: B018
+
+
+def test_report_gallery_image(tmp_path):
+    import numpy as np
+
+    from seqmnist.reports import gallery_figure
+
+    fig = gallery_figure(np.zeros((5, 28, 28), dtype=np.uint8), [[0, 1, 2, 0.9], [3, 4, 5, 0.8]],
+                         [str(i) for i in range(10)], "mistakes")
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    assert buf.getvalue()[:4] == b"\x89PNG"

@@ -1,0 +1,220 @@
+"""Faults provoked for real: kills, signals, corrupt and malicious files, full disks, fuzzing."""
+
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from seqmnist import TrainConfig, train
+from seqmnist.data import parse_idx
+from seqmnist.errors import CheckpointError, DataError, ImageError, SeqmnistError
+from seqmnist.images import decode_image, prepare_array
+from seqmnist.storage import PREVIOUS_CHECKPOINT, load_checkpoint, load_run, save_checkpoint
+
+TRAIN = [sys.executable, "-m", "seqmnist", "train"]
+ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
+
+
+def weights(folder):
+    from safetensors.torch import load_file
+
+    return load_file(folder / "model.safetensors")
+
+
+def same_weights(a, b) -> bool:
+    wa, wb = weights(a), weights(b)
+    return wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def start_training(data_dir, out, *extra):
+    args = [*TRAIN, "lstm", "--data-dir", str(data_dir), "--out", str(out), "--epochs", "3",
+            "--batch-size", "16", "--seed", "1", "--no-progress", *extra]
+    return subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=ENV)
+
+
+def wait_for_epoch(proc, epoch: int) -> float:
+    """Read output until "Epoch <epoch>/" is printed; return that epoch's seconds."""
+    for line in proc.stdout:
+        if line.startswith(f"Epoch {epoch}/"):
+            return float(line.split(" - ")[1].rstrip("s"))
+    raise AssertionError(f"process ended before epoch {epoch} (rc {proc.wait()})")
+
+
+def only_run(out):
+    (folder,) = [p for p in out.iterdir() if p.is_dir()]
+    return folder
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(small_mnist_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("reference")
+    proc = start_training(small_mnist_dir, out)
+    proc.communicate(timeout=300)
+    assert proc.returncode == 0
+    return only_run(out)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("killed_in_epoch", [2, 3])
+def test_sigkill_mid_epoch_then_resume_is_bit_exact(small_mnist_dir, tmp_path, uninterrupted,
+                                                    killed_in_epoch):
+    out = tmp_path / "runs"
+    proc = start_training(small_mnist_dir, out)
+    seconds = wait_for_epoch(proc, killed_in_epoch - 1)
+    time.sleep(seconds * 0.3)  # well inside the next epoch
+    proc.kill()
+    proc.wait()
+    folder = only_run(out)
+    state, warnings = load_checkpoint(folder)
+    assert state["epoch"] == killed_in_epoch - 1 and not warnings
+    assert not (folder / "model.safetensors").exists()
+    history = (folder / "history.csv").read_text().splitlines()
+    assert len(history) == killed_in_epoch  # header + the complete epochs
+    resumed = subprocess.run([*TRAIN, "--resume", str(folder), "--no-progress"],
+                             capture_output=True, text=True, env=ENV, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"after epoch {killed_in_epoch - 1}/3" in resumed.stdout
+    assert same_weights(folder, uninterrupted)
+    assert not list(folder.glob(".*.tmp"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_ctrl_c_and_sigterm_stop_cleanly(small_mnist_dir, tmp_path, sig, code):
+    proc = start_training(small_mnist_dir, tmp_path)
+    wait_for_epoch(proc, 1)
+    proc.send_signal(sig)
+    rest, _ = proc.communicate(timeout=120)
+    assert proc.returncode == code, rest
+    assert "seqmnist train --resume" in rest and "Traceback" not in rest
+    folder = only_run(tmp_path)
+    state, _ = load_checkpoint(folder)
+    lines = (folder / "history.csv").read_text().splitlines()
+    assert len(lines) == state["epoch"] + 1 and lines[0].startswith("epoch,loss")
+
+
+def _state():
+    return dict(model={"w": torch.ones(2)}, epoch=1, history=[])
+
+
+def test_corrupt_checkpoint_falls_back_to_previous(tmp_path):
+    save_checkpoint(tmp_path, _state())
+    save_checkpoint(tmp_path, {**_state(), "epoch": 2})
+    assert (tmp_path / PREVIOUS_CHECKPOINT).exists()
+    data = (tmp_path / "checkpoint.pt").read_bytes()
+    (tmp_path / "checkpoint.pt").write_bytes(data[: len(data) // 2])  # truncated
+    state, warnings = load_checkpoint(tmp_path)
+    assert state["epoch"] == 1
+    assert "corrupt or truncated checkpoint" in warnings[0]
+    (tmp_path / PREVIOUS_CHECKPOINT).write_bytes(b"garbage")
+    with pytest.raises(CheckpointError, match="corrupt or truncated"):
+        load_checkpoint(tmp_path)
+
+
+class Evil:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_malicious_pickle_is_refused(tmp_path, capsys):
+    marker = tmp_path / "pwned"
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / "config.json").write_text('{"model": "lstm"}')
+    torch.save({"model": Evil(marker), "epoch": 1}, folder / "checkpoint.pt")
+    with pytest.raises(CheckpointError, match="refused to load"):
+        load_checkpoint(folder)
+    from seqmnist.cli import main
+
+    assert main(["train", "--resume", str(folder)]) == 2
+    assert "refused to load" in capsys.readouterr().err
+    # A pickle posing as weights is not even parsed as one.
+    (folder / "model.safetensors").write_bytes(pickle.dumps(Evil(marker)))
+    with pytest.raises(CheckpointError, match="corrupt or not a seqmnist weights file"):
+        load_run(folder)
+    assert not marker.exists()
+
+
+def test_full_disk_fails_clearly_and_leaves_no_partial_file(small_mnist_dir, tmp_path):
+    """RLIMIT_FSIZE makes every write past 300 KB fail with EFBIG, as a full disk would."""
+    code = (
+        "import resource, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN);"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (300_000, 300_000));"
+        "from seqmnist.cli import main; sys.exit(main(sys.argv[1:]))")
+    proc = subprocess.run([sys.executable, "-c", code, "train", "cnn", "--epochs", "1",
+                           "--limit", "64", "--data-dir", str(small_mnist_dir), "--out",
+                           str(tmp_path), "--no-progress"], capture_output=True, text=True,
+                          env=ENV, timeout=300)
+    assert proc.returncode == 1
+    assert "cannot write" in proc.stderr and "File too large" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    folder = only_run(tmp_path)
+    assert not (folder / "checkpoint.pt").exists() and not list(folder.glob(".*.tmp"))
+
+
+def test_interrupted_in_process_keeps_history(tmp_path, monkeypatch):
+    """The stop flag, checked between batches, ends training with a resumable checkpoint."""
+    from seqmnist import training
+
+    real = training._train_epoch
+
+    def epoch_then_signal(*args):
+        result = real(*args)
+        args[8]["signum"] = signal.SIGTERM  # as if SIGTERM arrived during the first epoch
+        return result
+
+    monkeypatch.setattr(training, "_train_epoch", epoch_then_signal)
+    with pytest.raises(training.TrainingInterrupted) as info:
+        train(TrainConfig(model="rnn", dataset="digits", epochs=3), out=tmp_path,
+              log=lambda *_: None, progress=False)
+    assert info.value.exit_code == 143
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.binary(max_size=64) | st.builds(
+    lambda dims, body: bytes([0, 0, 8, len(dims)]) + b"".join(d.to_bytes(4, "big") for d in dims)
+    + body, st.lists(st.integers(0, 2**32 - 1), min_size=1, max_size=4), st.binary(max_size=64)))
+def test_fuzz_idx_reader_only_raises_data_error(data):
+    try:
+        arr = parse_idx(data, "fuzz")
+    except DataError:
+        return
+    assert arr.size * arr.itemsize <= len(data)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.binary(max_size=2048))
+def test_fuzz_image_decoding_only_raises_image_error(data):
+    header = [b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF89a", b"BM", b"RIFF"]
+    for prefix in [b"", *header]:
+        try:
+            prepare_array(decode_image(prefix + data))
+        except ImageError:
+            pass
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.integers(1, 60), st.integers(1, 60), st.floats(0, 1), st.integers(0, 2**32 - 1))
+def test_fuzz_preparation_of_arrays(h, w, ink, seed):
+    gray = np.random.default_rng(seed).random((h, w)).astype(np.float32) * ink
+    try:
+        out = prepare_array(gray)
+    except ImageError:
+        return
+    assert out.shape == (28, 28) and out.dtype == np.uint8
+
+
+def test_run_error_types_are_project_errors():
+    assert issubclass(CheckpointError, SeqmnistError) and CheckpointError.exit_code == 2

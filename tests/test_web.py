@@ -1,0 +1,126 @@
+"""The web API in-process: shapes, status codes and each safety rule provoked."""
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytest.importorskip("starlette")
+from starlette.testclient import TestClient  # noqa: E402
+
+from seqmnist.errors import SeqmnistError  # noqa: E402
+from seqmnist.web import MAX_BODY, create_app, resolve_runs  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def client(small_runs):
+    app = create_app(resolve_runs(list(small_runs.values())))
+    return TestClient(app, base_url="http://127.0.0.1:8000")
+
+
+def png_of(array: np.ndarray, size=(200, 200)) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(array).resize(size).save(buf, "PNG")
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def digit_png(small_mnist):
+    return png_of(255 - small_mnist.x_test[0])  # dark ink on white, as a drawing
+
+
+def test_page_and_assets(client):
+    page = client.get("/")
+    assert page.status_code == 200 and "<canvas id=\"pad\"" in page.text
+    assert "http" not in page.text.replace("http-equiv", "")  # no CDN: works offline
+    assert client.get("/app.js").headers["content-type"].startswith("text/javascript")
+    assert client.get("/style.css").status_code == 200
+    assert client.get("/../pyproject.toml").status_code == 404
+    assert client.get("/static/../../storage.py").status_code == 404
+
+
+def test_models(client):
+    models = client.get("/api/models").json()["models"]
+    assert {m["model"] for m in models} == {"lstm", "cnn"}
+    for m in models:
+        assert set(m) >= {"name", "dataset", "view", "test_accuracy"}
+
+
+def check_prediction(data):
+    assert np.array(data["image"]).shape == (28, 28)
+    by_model = {m["model"]: m for m in data["models"]}
+    assert set(by_model) == {"lstm", "cnn"}
+    for m in by_model.values():
+        assert len(m["probabilities"]) == 10 and abs(sum(m["probabilities"]) - 1) < 1e-4
+    steps = np.array(by_model["lstm"]["steps"])
+    assert steps.shape == (28, 10) and np.allclose(steps.sum(1), 1, atol=1e-4)
+    np.testing.assert_allclose(steps[-1], by_model["lstm"]["probabilities"], atol=1e-5)
+    assert "steps" not in by_model["cnn"]
+    return by_model
+
+
+def test_predict_raw_png(client, digit_png):
+    resp = client.post("/api/predict", content=digit_png, headers={"Content-Type": "image/png"})
+    assert resp.status_code == 200
+    check_prediction(resp.json())
+
+
+def test_predict_multipart_and_json(client, digit_png, small_mnist):
+    resp = client.post("/api/predict", files={"image": ("d.png", digit_png, "image/png")})
+    check_prediction(resp.json())
+    resp = client.post("/api/predict", json={"pixels": small_mnist.x_test[0].tolist()})
+    data = resp.json()
+    assert data["image"] == small_mnist.x_test[0].tolist()  # a 28 x 28 array is used as it is
+    check_prediction(data)
+
+
+@pytest.mark.parametrize("body, ctype, message", [
+    (b"not an image", "image/png", "not a supported image"),
+    (b"", "image/png", "empty"),
+    (b'{"pixels": [[1, 2], [3, 4]]}', "application/json", "28 x 28"),
+    (b'{"pixels": "x"}', "application/json", "28 x 28"),
+    (b"{nope", "application/json", "JSON body must be"),
+    (b"hello", "text/plain", "send image/png"),
+])
+def test_bad_bodies_are_400(client, body, ctype, message):
+    resp = client.post("/api/predict", content=body, headers={"Content-Type": ctype})
+    assert resp.status_code == 400 and message in resp.json()["error"]
+
+
+def test_body_cap_413_declared_and_streamed(client):
+    big = b"\0" * (MAX_BODY + 1)
+    resp = client.post("/api/predict", content=big, headers={"Content-Type": "image/png"})
+    assert resp.status_code == 413
+
+    def chunks():  # no Content-Length: the cap must hold while streaming
+        for _ in range(MAX_BODY // 65536 + 2):
+            yield b"\0" * 65536
+    resp = client.post("/api/predict", content=chunks(), headers={"Content-Type": "image/png"})
+    assert resp.status_code == 413
+
+
+def test_host_header_must_be_ours(client, digit_png):
+    resp = client.get("/api/models", headers={"Host": "evil.example:8000"})
+    assert resp.status_code == 400
+    resp = client.get("/api/models", headers={"Host": "localhost:8000"})
+    assert resp.status_code == 200
+
+
+def test_cross_origin_post_refused(client, digit_png):
+    headers = {"Content-Type": "image/png", "Origin": "http://evil.example"}
+    assert client.post("/api/predict", content=digit_png, headers=headers).status_code == 403
+    headers = {"Content-Type": "image/png", "Sec-Fetch-Site": "cross-site"}
+    assert client.post("/api/predict", content=digit_png, headers=headers).status_code == 403
+    headers = {"Content-Type": "image/png", "Origin": "http://127.0.0.1:8000"}
+    assert client.post("/api/predict", content=digit_png, headers=headers).status_code == 200
+
+
+def test_no_runs_is_a_clear_message(tmp_path):
+    with pytest.raises(SeqmnistError, match="seqmnist compare --epochs 1"):
+        resolve_runs(None, tmp_path)
+
+
+def test_latest_run_per_model_is_chosen(small_runs):
+    runs = resolve_runs(None, small_runs["lstm"].parent)
+    assert {r.config.model for r in runs} == {"lstm", "cnn"}
