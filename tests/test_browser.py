@@ -1,0 +1,112 @@
+"""A real browser: headless Chromium (Debian's) driven by Playwright draws a 7 on the page and
+reads both models' answers. Needs `apt-get install chromium` and `pip install playwright`;
+skipped without them unless SEQMNIST_REQUIRE_BROWSER=1 (as in CI), where it fails instead."""
+
+import os
+import shutil
+import socket
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+LAUNCH_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+               "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+
+def _require():
+    missing = []
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        missing.append("playwright (pip install playwright)")
+    if not Path(CHROMIUM).exists():
+        missing.append("chromium (apt-get install chromium)")
+    try:
+        import uvicorn  # noqa: F401
+    except ImportError:
+        missing.append("uvicorn (pip install 'seqmnist[web]')")
+    if missing:
+        if os.environ.get("SEQMNIST_REQUIRE_BROWSER"):
+            pytest.fail("browser test needs: " + ", ".join(missing))
+        pytest.skip("browser test needs: " + ", ".join(missing))
+
+
+@pytest.fixture(scope="module")
+def good_runs(real_mnist, tmp_path_factory):
+    """Models good enough to read a hand-drawn digit (~97% measured), trained in seconds."""
+    from seqmnist import TrainConfig, train
+
+    out = tmp_path_factory.mktemp("browser-runs")
+    configs = [TrainConfig(model="lstm", epochs=1, batch_size=128, lr=4e-3, schedule="onecycle"),
+               TrainConfig(model="cnn", epochs=1, limit=20000, batch_size=128, lr=1e-3)]
+    return [train(c, out=out, dataset=real_mnist, progress=False, log=lambda *_: None).path
+            for c in configs]
+
+
+@pytest.fixture(scope="module")
+def server(good_runs):
+    _require()
+    import uvicorn
+
+    from seqmnist.web import create_app, resolve_runs
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    srv = uvicorn.Server(uvicorn.Config(create_app(resolve_runs(good_runs)), host="127.0.0.1",
+                                        port=port, log_level="warning"))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 30
+    while not srv.started and time.time() < deadline:
+        time.sleep(0.05)
+    assert srv.started, "server did not start"
+    yield f"http://127.0.0.1:{port}"
+    srv.should_exit = True
+    thread.join(10)
+
+
+def draw(page, strokes):
+    box = page.locator("#pad").bounding_box()
+    for stroke in strokes:
+        x0, y0 = stroke[0]
+        page.mouse.move(box["x"] + x0, box["y"] + y0)
+        page.mouse.down()
+        for x, y in stroke[1:]:
+            page.mouse.move(box["x"] + x, box["y"] + y, steps=12)
+        page.mouse.up()
+
+
+@pytest.mark.browser
+def test_draw_a_seven_and_both_models_say_seven(server, tmp_path):
+    from playwright.sync_api import expect, sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=LAUNCH_ARGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        errors = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(server + "/")
+        expect(page.locator(".card")).to_have_count(2)
+        draw(page, [[(70, 55), (215, 55), (150, 150), (115, 245)]])  # a 7: bar, then stem
+        lstm = page.locator('.card[data-model="lstm"] .prediction')
+        cnn = page.locator('.card[data-model="cnn"] .prediction')
+        expect(lstm).to_have_text("7", timeout=15000)
+        expect(cnn).to_have_text("7", timeout=15000)
+        expect(page.locator('.card[data-model="lstm"] canvas.belief')).to_be_visible()
+        expect(page.locator('.card[data-model="lstm"] .sure')).to_contain_text("row")
+        assert page.locator('.card[data-model="cnn"] canvas.belief').count() == 0
+        # The preview shows what the models saw; pointing at a row of the strip highlights it.
+        strip = page.locator('.card[data-model="lstm"] canvas.belief').bounding_box()
+        page.mouse.move(strip["x"] + 50, strip["y"] + strip["height"] * 0.5)
+        expect(page.locator('.card[data-model="lstm"] .row-detail')).to_contain_text("After row")
+        shot = Path(os.environ.get("SEQMNIST_SCREENSHOT") or tmp_path / "page.png")
+        page.screenshot(path=str(shot), full_page=True)
+        page.click("#clear")
+        expect(page.locator(".card.stale")).to_have_count(2)
+        browser.close()
+    assert not errors, errors
+    assert shot.stat().st_size > 10_000
