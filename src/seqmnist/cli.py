@@ -58,7 +58,8 @@ def add_training_options(p: argparse.ArgumentParser) -> None:
                    help="train on the first N training images only (smoke runs)")
     p.add_argument("--preset", choices=("tutorial", "fast"), help="tutorial: the Keras recipe "
                    "as written (default); fast: same architecture, tuned to finish sooner")
-    p.add_argument("--precision", choices=("fp32", "bf16"), help="training precision")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16"), help="training precision "
+                   "(default auto: bf16 autocast for the CNN where the hardware has bf16)")
     p.add_argument("--schedule", choices=("constant", "onecycle"), help="learning-rate schedule")
     p.add_argument("--threads", type=positive_int, help="CPU threads for PyTorch")
     p.add_argument("--device", default=None, help="auto (default), cpu or cuda")

@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 
 from .errors import UsageError
 
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("auto", "fp32", "bf16")
 SCHEDULES = ("constant", "onecycle")
 
 # Presets change how we train, never the architecture. "tutorial" is the Keras recipe as written.
@@ -19,7 +19,7 @@ PRESETS: dict[str, dict[str, dict]] = {
         "lstm": dict(batch_size=128, epochs=6, lr=4e-3, schedule="onecycle"),
         "gru": dict(batch_size=128, epochs=6, lr=4e-3, schedule="onecycle"),
         "rnn": dict(batch_size=128, epochs=6, lr=2e-3, schedule="onecycle"),
-        "cnn": dict(batch_size=128, epochs=2, lr=1e-3, schedule="onecycle", precision="bf16"),
+        "cnn": dict(batch_size=128, epochs=2, lr=1e-3, schedule="onecycle"),
     },
 }
 
@@ -39,11 +39,12 @@ class TrainConfig:
     device: str = "auto"
     preset: str = "tutorial"
     schedule: str = "constant"
-    precision: str = "fp32"
+    precision: str = "auto"  # bf16 autocast for CNNs where the hardware has bf16, else fp32
     adam_eps: float = 1e-7  # Keras's default (PyTorch's is 1e-8)
     eval_batch_size: int = 1000
     deterministic: bool = False
     threads: int | None = None
+    replicas: int | None = None  # data-parallel model copies on CPU; None: one per core for RNNs
     data_dir: str | None = None  # where the dataset files were given, if not found by search
     model_options: dict = field(default_factory=dict)
 
@@ -87,6 +88,7 @@ class TrainConfig:
             raise UsageError(f"unknown precision {cfg.precision!r}; choose from {PRECISIONS}")
         if cfg.device not in ("auto", "cpu", "cuda") and not cfg.device.startswith("cuda:"):
             raise UsageError(f"unknown device {cfg.device!r}; choose auto, cpu or cuda")
-        if cfg.threads is not None and cfg.threads < 1:
-            raise UsageError(f"threads must be at least 1, got {cfg.threads}")
+        for name in ("threads", "replicas"):
+            if getattr(cfg, name) is not None and getattr(cfg, name) < 1:
+                raise UsageError(f"{name} must be at least 1, got {getattr(cfg, name)}")
         return cfg

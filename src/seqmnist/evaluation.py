@@ -85,4 +85,5 @@ def evaluate(run: Run | str | Path, data_dir: str | Path | None = None,
     cfg = run.config
     ds = load_dataset(dataset or cfg.dataset, data_dir)
     x = to_input(ds.x_test, cfg.view, cfg.seed)
-    return evaluate_tensors(run.model, x, torch.as_tensor(ds.y_test), cfg.eval_batch_size)
+    precision = cfg.precision if cfg.precision != "auto" else "fp32"
+    return evaluate_tensors(run.model, x, torch.as_tensor(ds.y_test), cfg.eval_batch_size, precision)

@@ -133,7 +133,7 @@ class RecurrentClassifier(nn.Module):
         width = input_shape[1]
         for i in range(layers):
             mods.append(Recurrent(cell, width, hidden, bidirectional, i < layers - 1, keras_init))
-            mods.append(nn.Dropout(dropout))
+            mods.append(Dropout(dropout))
             width = hidden * (2 if bidirectional else 1)
         head = nn.Linear(width, num_classes)
         if keras_init:
@@ -151,6 +151,26 @@ class RecurrentClassifier(nn.Module):
         for i, m in enumerate(self.net):
             h = m.sequence(h) if i == self.last_index else m(h)
         return h
+
+
+class Dropout(nn.Dropout):
+    """Dropout drawing its mask from its own generator when given one (``generator``), so that
+    model replicas trained in parallel threads stay reproducible; else from the global RNG.
+    Comparing uniform noise with p is also about twice as fast on CPU as ``bernoulli_``."""
+
+    generator: torch.Generator | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0:
+            return x
+        noise = torch.rand(x.shape, generator=self.generator, dtype=x.dtype, device=x.device)
+        return x * (noise >= self.p) * (1.0 / (1.0 - self.p))
+
+
+def set_dropout_generator(model: nn.Module, generator: torch.Generator | None) -> None:
+    for m in model.modules():
+        if isinstance(m, Dropout):
+            m.generator = generator
 
 
 def glorot_(layer: nn.Module) -> None:
@@ -193,7 +213,7 @@ class CNN(nn.Module):
                      nn.MaxPool2d(2, 2, ceil_mode=True)]  # ceil_mode = Keras padding='same'
             c, h, w = out, math.ceil(h / 2), math.ceil(w / 2)
         mods += [nn.Flatten(), ConvReLU(nn.Linear(c * h * w, dense), nn.ReLU()),
-                 nn.Dropout(dropout), nn.Linear(dense, num_classes)]
+                 Dropout(dropout), nn.Linear(dense, num_classes)]
         self.net = nn.Sequential(*mods)
         if keras_init:
             for m in self.modules():
@@ -222,7 +242,8 @@ def _layer_name(m: nn.Module) -> str:
         return m.keras_name
     if isinstance(m, ConvReLU):
         return _layer_name(m[0])
-    return KERAS_LAYER_NAMES.get(type(m), type(m).__name__)
+    return next((name for cls, name in KERAS_LAYER_NAMES.items() if isinstance(m, cls)),
+                type(m).__name__)
 
 
 def summary_rows(model: nn.Module, input_shape: tuple[int, ...]) -> list[tuple[str, str, int]]:
