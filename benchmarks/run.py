@@ -182,7 +182,8 @@ def main() -> None:
                 torch=torch.__version__, cpu=platform.processor() or platform.machine(),
                 cores=os.cpu_count(), peak_fp32_gflops=peak_gflops())
     OUT.mkdir(exist_ok=True)
-    (OUT / f"{args.suite}.json").write_text(json.dumps(dict(meta=meta, result=result), indent=2))
+    name = args.suite + ("" if args.suite == "startup" else "-" + "-".join(args.models))
+    (OUT / f"{name}.json").write_text(json.dumps(dict(meta=meta, result=result), indent=2))
     print(json.dumps(result if args.suite != "epoch" else
                      {m: r["summary"] for m, r in result.items()}, indent=2))
 

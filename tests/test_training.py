@@ -60,7 +60,7 @@ def test_other_views_train(view, tmp_path):
 
 def test_fast_preset_fills_only_unset_values():
     cfg = TrainConfig(model="cnn", preset="fast").resolved()
-    assert (cfg.batch_size, cfg.schedule, cfg.epochs) == (128, "onecycle", 2)
+    assert (cfg.batch_size, cfg.schedule, cfg.epochs, cfg.lr) == (128, "onecycle", 2, 3e-3)
     cfg = TrainConfig(model="lstm", preset="fast", epochs=3).resolved()
     assert cfg.epochs == 3 and cfg.schedule == "onecycle"
 

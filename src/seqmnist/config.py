@@ -11,15 +11,15 @@ PRECISIONS = ("auto", "fp32", "bf16")
 SCHEDULES = ("constant", "onecycle")
 
 # Presets change how we train, never the architecture. "tutorial" is the Keras recipe as written.
-# "fast" reaches the tutorial's accuracy in less wall-clock time: larger batches, a one-cycle
-# learning-rate schedule, and bf16 + channels_last where that measured faster (the CNN).
+# "fast" reaches the tutorial's accuracy sooner: larger batches and a one-cycle learning-rate
+# schedule, tuned on MNIST for lstm (98.6%+) and cnn (99.2%+); gru and rnn borrow the lstm's.
 PRESETS: dict[str, dict[str, dict]] = {
     "tutorial": {},
     "fast": {
-        "lstm": dict(batch_size=128, epochs=6, lr=4e-3, schedule="onecycle"),
-        "gru": dict(batch_size=128, epochs=6, lr=4e-3, schedule="onecycle"),
-        "rnn": dict(batch_size=128, epochs=6, lr=2e-3, schedule="onecycle"),
-        "cnn": dict(batch_size=128, epochs=2, lr=1e-3, schedule="onecycle"),
+        "lstm": dict(batch_size=256, epochs=6, lr=8e-3, schedule="onecycle"),
+        "gru": dict(batch_size=256, epochs=6, lr=8e-3, schedule="onecycle"),
+        "rnn": dict(batch_size=256, epochs=6, lr=2e-3, schedule="onecycle"),
+        "cnn": dict(batch_size=128, epochs=2, lr=3e-3, schedule="onecycle"),
     },
 }
 

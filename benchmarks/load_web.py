@@ -1,0 +1,95 @@
+"""Load check of the web API: N concurrent connections POSTing a digit PNG to /api/predict on
+127.0.0.1 for a fixed time; requests per second, p50/p99 latency, errors.
+
+    python benchmarks/load_web.py RUN [RUN ...] --connections 16 --seconds 30
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+from PIL import Image
+
+
+def digit_png() -> bytes:
+    canvas = Image.new("L", (280, 280), 255)
+    ink = np.asarray(canvas).copy()
+    ink[50:70, 60:220] = 0  # the bar of a 7
+    for y in range(70, 250):
+        x = int(200 - (y - 70) * 0.5)
+        ink[y, x - 10:x + 10] = 0
+    buf = io.BytesIO()
+    Image.fromarray(ink).save(buf, "PNG")
+    return buf.getvalue()
+
+
+async def worker(client: httpx.AsyncClient, body: bytes, stop: float, latencies: list, errors: list):
+    while time.perf_counter() < stop:
+        t = time.perf_counter()
+        try:
+            resp = await client.post("/api/predict", content=body,
+                                     headers={"Content-Type": "image/png"})
+            if resp.status_code != 200:
+                errors.append(resp.status_code)
+                continue
+        except httpx.HTTPError as exc:
+            errors.append(type(exc).__name__)
+            continue
+        latencies.append(time.perf_counter() - t)
+
+
+async def load(url: str, connections: int, seconds: float) -> dict:
+    body = digit_png()
+    latencies: list[float] = []
+    errors: list = []
+    limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=30) as client:
+        start = time.perf_counter()
+        await asyncio.gather(*(worker(client, body, start + seconds, latencies, errors)
+                               for _ in range(connections)))
+        wall = time.perf_counter() - start
+    q = statistics.quantiles(latencies, n=100) if len(latencies) > 1 else [float("nan")] * 99
+    return dict(connections=connections, seconds=round(wall, 2), requests=len(latencies),
+                requests_per_second=round(len(latencies) / wall, 1),
+                p50_ms=round(q[49] * 1000, 1), p99_ms=round(q[98] * 1000, 1), errors=len(errors))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("runs", nargs="+", type=Path)
+    p.add_argument("--connections", type=int, default=16)
+    p.add_argument("--seconds", type=float, default=30)
+    args = p.parse_args()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "seqmnist", "serve", *map(str, args.runs),
+                               "--port", str(port)], stdout=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(300):  # wait for the server, at most 30 s
+            try:
+                httpx.get(url + "/api/models", timeout=1)
+                break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        result = asyncio.run(load(url, args.connections, args.seconds))
+    finally:
+        server.terminate()
+        server.wait(10)
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
