@@ -98,3 +98,40 @@ def test_options_and_mismatches():
         create_model("transformer")
     with pytest.raises(UsageError, match="unexpected keyword"):
         create_model("lstm", (28, 28), 10, colour="red")
+
+
+def test_dropout_own_generator_is_reproducible_and_unbiased():
+    from seqmnist.models import Dropout
+
+    drop = Dropout(0.2)
+    x = torch.ones(200, 500)
+    drop.generator = torch.Generator().manual_seed(1)
+    a = drop(x)
+    drop.generator = torch.Generator().manual_seed(1)
+    assert torch.equal(a, drop(x))
+    assert abs((a == 0).float().mean().item() - 0.2) < 0.01  # drop rate
+    assert abs(a.mean().item() - 1.0) < 0.02  # kept units scaled by 1 / (1 - p)
+    assert torch.equal(drop.eval()(x), x)
+
+
+def test_replicas_give_the_full_batch_gradient():
+    """Two replicas on two halves of a batch = one model on the whole batch."""
+    from torch.nn import functional as F
+
+    from seqmnist.parallel import Replicas
+
+    torch.manual_seed(0)
+    model = create_model("lstm", (28, 28), 10, dropout=0.0)
+    reference = create_model("lstm", (28, 28), 10, dropout=0.0)
+    reference.load_state_dict(model.state_dict())
+    x, y = torch.rand(9, 28, 28), torch.randint(0, 10, (9,))  # odd size: unequal halves
+    replicas = Replicas(model, 2, seed=0)
+    try:
+        loss_sum, correct = replicas.forward_backward(x, y, "fp32")
+    finally:
+        replicas.close()
+    loss = F.cross_entropy(reference(x), y)
+    loss.backward()
+    assert loss_sum.item() == pytest.approx(loss.item() * 9, rel=1e-5)
+    for p, q in zip(replicas.params[0], [p for p in reference.parameters() if p.requires_grad]):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-6)

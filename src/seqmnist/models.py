@@ -70,6 +70,26 @@ def trainable_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
+class Dropout(nn.Dropout):
+    """Dropout drawing its mask from its own generator when given one (``generator``), so that
+    model replicas trained in parallel threads stay reproducible; else from the global RNG.
+    Comparing uniform noise with p is also about twice as fast on CPU as ``bernoulli_``."""
+
+    generator: torch.Generator | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0:
+            return x
+        noise = torch.rand(x.shape, generator=self.generator, dtype=x.dtype, device=x.device)
+        return x * (noise >= self.p) * (1.0 / (1.0 - self.p))
+
+
+def set_dropout_generator(model: nn.Module, generator: torch.Generator | None) -> None:
+    for m in model.modules():
+        if isinstance(m, Dropout):
+            m.generator = generator
+
+
 # ---------------------------------------------------------------------------------------------
 # Recurrent models
 
@@ -151,26 +171,6 @@ class RecurrentClassifier(nn.Module):
         for i, m in enumerate(self.net):
             h = m.sequence(h) if i == self.last_index else m(h)
         return h
-
-
-class Dropout(nn.Dropout):
-    """Dropout drawing its mask from its own generator when given one (``generator``), so that
-    model replicas trained in parallel threads stay reproducible; else from the global RNG.
-    Comparing uniform noise with p is also about twice as fast on CPU as ``bernoulli_``."""
-
-    generator: torch.Generator | None = None
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.p == 0:
-            return x
-        noise = torch.rand(x.shape, generator=self.generator, dtype=x.dtype, device=x.device)
-        return x * (noise >= self.p) * (1.0 / (1.0 - self.p))
-
-
-def set_dropout_generator(model: nn.Module, generator: torch.Generator | None) -> None:
-    for m in model.modules():
-        if isinstance(m, Dropout):
-            m.generator = generator
 
 
 def glorot_(layer: nn.Module) -> None:

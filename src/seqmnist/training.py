@@ -1,7 +1,8 @@
 """The training loop. ``train(TrainConfig(model="lstm"))`` is the tutorial's recipe.
 
-The training set lives as one tensor on the device in the view's layout; each epoch gathers it once
-in a shuffled order and batches are contiguous slices of that (no per-step copies, no DataLoader).
+The training set lives as one tensor on the device in the view's layout; each batch is an index
+slice of a shuffled permutation (no DataLoader, no worker processes). Recurrent models on CPU split
+each batch across one replica per core (see parallel.py).
 After every epoch the test set is evaluated (the tutorial's ``validation_data``), and a checkpoint,
 the history files and nothing else are written atomically, so a kill never costs more than an epoch.
 """
@@ -115,7 +116,7 @@ def make_adam(params, lr: float, eps: float) -> torch.optim.Adam:
         return torch.optim.Adam(params, lr=lr, eps=eps)
 
 
-def _start_or_resume(cfg: TrainConfig | None, resume: str | Path | None, out: str | Path):
+def _start_or_resume(cfg: TrainConfig | None, resume: str | Path | None):
     """The config, the run folder and the checkpoint state (None for a new run)."""
     if resume is None:
         cfg = (cfg or TrainConfig()).resolved()
@@ -135,7 +136,7 @@ def train(config: TrainConfig | None = None, *, out: str | Path = "runs",
           dataset: Dataset | None = None, progress: bool = True,
           log: Callable[[str], None] = print) -> TrainResult:
     """Train a model and write its run folder; ``resume`` continues a run from its checkpoint."""
-    cfg, folder, state = _start_or_resume(config, resume, out)
+    cfg, folder, state = _start_or_resume(config, resume)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     if cfg.deterministic:
@@ -159,7 +160,8 @@ def train(config: TrainConfig | None = None, *, out: str | Path = "runs",
     y_test = torch.as_tensor(ds.y_test, device=device)
 
     threads = torch.get_num_threads()
-    replicas = Replicas(model, count_replicas(cfg, device, threads), cfg.seed)
+    cfg = replace(cfg, replicas=count_replicas(cfg, device, threads))  # stored: resume matches
+    replicas = Replicas(model, cfg.replicas, cfg.seed)
     opt = make_adam(replicas.params[0], cfg.lr, cfg.adam_eps)
     steps = -(-len(x_train) // cfg.batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.epochs * steps) \
