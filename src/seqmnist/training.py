@@ -76,7 +76,11 @@ def resolve_precision(cfg: TrainConfig, device: torch.device) -> str:
         return "fp32"
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    return "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32"
+    try:
+        native = torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    except (AttributeError, RuntimeError):  # older PyTorch builds: stay with fp32
+        native = False
+    return "bf16" if native else "fp32"
 
 
 @contextmanager
