@@ -27,8 +27,9 @@ WEIGHTS = "model.safetensors"
 HISTORY_KEYS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "seconds")
 
 
-def atomic_write(path: str | Path, data: bytes | str) -> None:
-    """Write ``data`` to ``path`` so that no reader ever sees a partial file."""
+def atomic_write(path: str | Path, data: bytes | str, backup: Path | None = None) -> None:
+    """Write ``data`` to ``path`` so that no reader ever sees a partial file; with ``backup``,
+    the file it replaces is kept under that name (renamed only once the new one is on disk)."""
     path = Path(path)
     payload = data.encode() if isinstance(data, str) else data
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -37,6 +38,8 @@ def atomic_write(path: str | Path, data: bytes | str) -> None:
             fh.write(payload)
             fh.flush()
             os.fsync(fh.fileno())
+        if backup is not None and path.exists():
+            os.replace(path, backup)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -85,19 +88,7 @@ def save_checkpoint(folder: Path, state: dict) -> None:
 
     buf = io.BytesIO()
     torch.save(state, buf)
-    fd, tmp = tempfile.mkstemp(prefix=".checkpoint.", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(buf.getbuffer())
-            fh.flush()
-            os.fsync(fh.fileno())
-        current = folder / CHECKPOINT
-        if current.exists():
-            os.replace(current, folder / PREVIOUS_CHECKPOINT)
-        os.replace(tmp, current)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(folder / CHECKPOINT, buf.getvalue(), backup=folder / PREVIOUS_CHECKPOINT)
 
 
 def safe_torch_load(path: Path) -> dict:
