@@ -17,6 +17,7 @@ import torch
 from torch.nn import functional as F
 
 from .evaluation import autocast
+from .lstm_kernel import ClassifierStep
 from .models import set_dropout_generator
 
 
@@ -27,6 +28,9 @@ class Replicas:
         for m, g in zip(self.models, self.generators):
             set_dropout_generator(m, g)
         self.params = [[p for p in m.parameters() if p.requires_grad] for m in self.models]
+        # LSTM classifiers on AVX-512 CPUs: the whole step in seqmnist's kernels (lstm_kernel.py).
+        self.kernel_steps = [ClassifierStep(m, g) for m, g in zip(self.models, self.generators)] \
+            if ClassifierStep.supports(model) else None
         # OpenMP keeps the thread count per calling thread: set it in each worker too.
         self.pool = ThreadPoolExecutor(n, thread_name_prefix="replica",
                                        initializer=torch.set_num_threads, initargs=(1,)) \
@@ -40,6 +44,8 @@ class Replicas:
             m.train()
 
     def _one(self, i: int, x: torch.Tensor, y: torch.Tensor, total: int, precision: str):
+        if self.kernel_steps is not None and precision == "fp32":
+            return self.kernel_steps[i].forward_backward(x, y, total)
         model = self.models[i]
         with autocast(x.device, precision):
             logits = model(x)

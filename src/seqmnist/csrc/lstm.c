@@ -1,0 +1,356 @@
+/* The sequential part of an LSTM layer on x86-64 CPUs with AVX-512, forward and backward.
+ *
+ * A 50-unit LSTM at batch 32-64 is 28 steps of tiny products (64 x 50 by 50 x 200) with
+ * element-wise gate maths between them; library kernels spend most of their time on per-step
+ * overheads at this size. Here each step is one register-blocked product that starts from the
+ * precomputed input projection (x W_ih^T + b, one large product done by PyTorch), followed by the
+ * gate maths on the same rows while they are still in L1. The weight gradients and the input
+ * gradient are large products over all steps at once, done by PyTorch (see lstm_kernel.py).
+ *
+ * Plain C with a C ABI (loaded with ctypes): no Python or PyTorch headers. Only the functions
+ * marked TARGET use AVX-512; seqmnist_lstm_supported() tells the caller whether the CPU has it.
+ *
+ * Layouts (row-major, float32): B batch, T steps, H hidden units, G = 4H gates in PyTorch's order
+ * i, f, g, o. Initial hidden and cell states are zero.
+ */
+#include <immintrin.h>
+#include <math.h>
+
+#define TARGET __attribute__((target("avx512f,avx512dq,fma")))
+#define INLINE static inline __attribute__((always_inline))
+
+int seqmnist_lstm_supported(void)
+{
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq");
+}
+
+/* exp(x) for float32 lanes: Cephes's expf polynomial after a two-constant range reduction. */
+TARGET INLINE __m512 exp16(__m512 x)
+{
+    x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.0f)), _mm512_set1_ps(87.0f));
+    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+    __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+    p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+    return _mm512_scalef_ps(p, n);
+}
+
+TARGET INLINE __m512 sigmoid16(__m512 x)
+{
+    __m512 one = _mm512_set1_ps(1.0f);
+    return _mm512_div_ps(one, _mm512_add_ps(one, exp16(_mm512_sub_ps(_mm512_setzero_ps(), x))));
+}
+
+TARGET INLINE __m512 tanh16(__m512 x)  /* 2 sigmoid(2x) - 1 */
+{
+    __m512 one = _mm512_set1_ps(1.0f);
+    __m512 e = exp16(_mm512_mul_ps(x, _mm512_set1_ps(-2.0f)));
+    return _mm512_sub_ps(_mm512_div_ps(_mm512_set1_ps(2.0f), _mm512_add_ps(one, e)), one);
+}
+
+INLINE __mmask16 tail_mask(int remaining)
+{
+    return remaining >= 16 ? (__mmask16)0xFFFF
+         : remaining <= 0 ? (__mmask16)0 : (__mmask16)((1u << remaining) - 1u);
+}
+
+/* out[r, :n] = init[r, :n] + sum_k a[r lda + k ak] w[k, :n] for R <= 4 rows and n <= 16 NV
+ * columns (ak = 1: a is row-major; lda = 1: a is read transposed). R and NV are compile-time
+ * constants at every call, so the accumulators live in registers. init may equal out. */
+TARGET INLINE void block(const int R, const int NV, int n, int K,
+                         const float *a, long lda, long ak, const float *w, long ldw,
+                         const float *init, long ldi, float *out, long ldo)
+{
+    __m512 acc[4][4];
+    __mmask16 m[4];
+#pragma GCC unroll 4
+    for (int j = 0; j < NV; j++)
+        m[j] = tail_mask(n - 16 * j);
+#pragma GCC unroll 4
+    for (int r = 0; r < R; r++)
+#pragma GCC unroll 4
+        for (int j = 0; j < NV; j++)
+            acc[r][j] = _mm512_maskz_loadu_ps(m[j], init + r * ldi + 16 * j);
+    for (int k = 0; k < K; k++) {
+        __m512 wv[4];
+#pragma GCC unroll 4
+        for (int j = 0; j < NV; j++)
+            wv[j] = _mm512_maskz_loadu_ps(m[j], w + k * ldw + 16 * j);
+#pragma GCC unroll 4
+        for (int r = 0; r < R; r++) {
+            __m512 av = _mm512_set1_ps(a[r * lda + k * ak]);
+#pragma GCC unroll 4
+            for (int j = 0; j < NV; j++)
+                acc[r][j] = _mm512_fmadd_ps(av, wv[j], acc[r][j]);
+        }
+    }
+#pragma GCC unroll 4
+    for (int r = 0; r < R; r++)
+#pragma GCC unroll 4
+        for (int j = 0; j < NV; j++)
+            _mm512_mask_storeu_ps(out + r * ldo + 16 * j, m[j], acc[r][j]);
+}
+
+#define BLOCK_NV(R)                                                                         \
+    switch ((n + 15) / 16) {                                                                \
+    case 1: block(R, 1, n, K, a, lda, ak, w, ldw, init, ldi, out, ldo); break;                  \
+    case 2: block(R, 2, n, K, a, lda, ak, w, ldw, init, ldi, out, ldo); break;                  \
+    case 3: block(R, 3, n, K, a, lda, ak, w, ldw, init, ldi, out, ldo); break;                  \
+    default: block(R, 4, n, K, a, lda, ak, w, ldw, init, ldi, out, ldo); break;                 \
+    }
+
+/* out = init + a w for `rows` <= 4 rows and any number of columns N, in 64-column slabs. */
+TARGET static void rows_product(int rows, int N, int K, const float *a, long lda, long ak,
+                                const float *w0, long ldw, const float *init0, long ldi,
+                                float *out0, long ldo)
+{
+    for (int c = 0; c < N; c += 64) {
+        int n = N - c < 64 ? N - c : 64;
+        const float *w = w0 + c, *init = init0 + c;
+        float *out = out0 + c;
+        switch (rows) {
+        case 1: BLOCK_NV(1); break;
+        case 2: BLOCK_NV(2); break;
+        case 3: BLOCK_NV(3); break;
+        default: BLOCK_NV(4); break;
+        }
+    }
+}
+
+/* Forward over all steps. Tensors are time-major (step, batch, ...), so each step's rows are
+ * contiguous. xw (T,B,G): input projection plus bias (may be the gates buffer itself);
+ * whh_t (H,G): W_hh transposed.
+ * Outputs: gates (T,B,G) activated i f g o; c (T,B,H) cell states; tc (T,B,H) tanh(c);
+ * h (T,B,H) hidden states. */
+TARGET void seqmnist_lstm_forward(int B, int T, int H, const float *xw, const float *whh_t,
+                                  float *gates, float *c, float *tc, float *h)
+{
+    const long G = 4L * H;
+    for (int t = 0; t < T; t++) {
+        for (int b0 = 0; b0 < B; b0 += 4) {
+            int rows = B - b0 < 4 ? B - b0 : 4;
+            const long row0 = (long)t * B + b0;
+            /* pre-activations into gates: x W_ih^T + b + h_{t-1} W_hh^T (h_{-1} = 0) */
+            rows_product(rows, (int)G, t > 0 ? H : 0, h + (row0 - B) * H, H, 1, whh_t, G,
+                         xw + row0 * G, G, gates + row0 * G, G);
+            for (long row = row0; row < row0 + rows; row++) {
+                float *gt = gates + row * G;
+                for (int j = 0; j < H; j += 16) {
+                    __mmask16 m = tail_mask(H - j);
+                    __m512 i = sigmoid16(_mm512_maskz_loadu_ps(m, gt + j));
+                    __m512 f = sigmoid16(_mm512_maskz_loadu_ps(m, gt + H + j));
+                    __m512 g = tanh16(_mm512_maskz_loadu_ps(m, gt + 2 * H + j));
+                    __m512 o = sigmoid16(_mm512_maskz_loadu_ps(m, gt + 3 * H + j));
+                    __m512 cp = t > 0 ? _mm512_maskz_loadu_ps(m, c + (row - B) * H + j)
+                                      : _mm512_setzero_ps();
+                    __m512 cv = _mm512_fmadd_ps(f, cp, _mm512_mul_ps(i, g));
+                    __m512 tcv = tanh16(cv);
+                    _mm512_mask_storeu_ps(gt + j, m, i);
+                    _mm512_mask_storeu_ps(gt + H + j, m, f);
+                    _mm512_mask_storeu_ps(gt + 2 * H + j, m, g);
+                    _mm512_mask_storeu_ps(gt + 3 * H + j, m, o);
+                    _mm512_mask_storeu_ps(c + row * H + j, m, cv);
+                    _mm512_mask_storeu_ps(tc + row * H + j, m, tcv);
+                    _mm512_mask_storeu_ps(h + row * H + j, m, _mm512_mul_ps(o, tcv));
+                }
+            }
+        }
+    }
+}
+
+/* Backward over all steps, from the forward's saved gates, c and tc (time-major, as above).
+ * whh (G,H): W_hh as PyTorch stores it; dh_out (T,B,H): gradient of the loss w.r.t. h.
+ * Output: dgates (T,B,G), gradient w.r.t. the pre-activations. Scratch: dh, dc (B,H). */
+TARGET void seqmnist_lstm_backward(int B, int T, int H, const float *whh, const float *gates,
+                                   const float *c, const float *tc, const float *dh_out,
+                                   float *dgates, float *dh, float *dc)
+{
+    const long G = 4L * H;
+    for (long k = 0; k < (long)B * H; k++) {
+        dh[k] = dh_out[(long)(T - 1) * B * H + k];
+        dc[k] = 0.0f;
+    }
+    const __m512 one = _mm512_set1_ps(1.0f);
+    for (int t = T - 1; t >= 0; t--) {
+        for (int b0 = 0; b0 < B; b0 += 4) {
+            int rows = B - b0 < 4 ? B - b0 : 4;
+            const long row0 = (long)t * B + b0;
+            for (int r = 0; r < rows; r++) {
+                const long b = b0 + r, row = row0 + r;
+                const float *gt = gates + row * G;
+                float *dg = dgates + row * G;
+                for (int j = 0; j < H; j += 16) {
+                    __mmask16 m = tail_mask(H - j);
+                    __m512 i = _mm512_maskz_loadu_ps(m, gt + j);
+                    __m512 f = _mm512_maskz_loadu_ps(m, gt + H + j);
+                    __m512 g = _mm512_maskz_loadu_ps(m, gt + 2 * H + j);
+                    __m512 o = _mm512_maskz_loadu_ps(m, gt + 3 * H + j);
+                    __m512 tcv = _mm512_maskz_loadu_ps(m, tc + row * H + j);
+                    __m512 cp = t > 0 ? _mm512_maskz_loadu_ps(m, c + (row - B) * H + j)
+                                      : _mm512_setzero_ps();
+                    __m512 dhv = _mm512_maskz_loadu_ps(m, dh + b * H + j);
+                    __m512 dcv = _mm512_maskz_loadu_ps(m, dc + b * H + j);
+                    /* do = dh tanh(c) o (1 - o); dc += dh o (1 - tanh(c)^2) */
+                    __m512 dov = _mm512_mul_ps(_mm512_mul_ps(dhv, tcv),
+                                               _mm512_mul_ps(o, _mm512_sub_ps(one, o)));
+                    dcv = _mm512_fmadd_ps(_mm512_mul_ps(dhv, o),
+                                          _mm512_fnmadd_ps(tcv, tcv, one), dcv);
+                    __m512 div = _mm512_mul_ps(_mm512_mul_ps(dcv, g),
+                                               _mm512_mul_ps(i, _mm512_sub_ps(one, i)));
+                    __m512 dfv = _mm512_mul_ps(_mm512_mul_ps(dcv, cp),
+                                               _mm512_mul_ps(f, _mm512_sub_ps(one, f)));
+                    __m512 dgv = _mm512_mul_ps(_mm512_mul_ps(dcv, i), _mm512_fnmadd_ps(g, g, one));
+                    _mm512_mask_storeu_ps(dg + j, m, div);
+                    _mm512_mask_storeu_ps(dg + H + j, m, dfv);
+                    _mm512_mask_storeu_ps(dg + 2 * H + j, m, dgv);
+                    _mm512_mask_storeu_ps(dg + 3 * H + j, m, dov);
+                    _mm512_mask_storeu_ps(dc + b * H + j, m, _mm512_mul_ps(dcv, f));
+                }
+            }
+            /* dh for step t-1: its own output gradient plus dgates_t W_hh */
+            if (t > 0)
+                rows_product(rows, H, (int)G, dgates + row0 * G, G, 1, whh, H,
+                             dh_out + (row0 - B) * H, H, dh + (long)b0 * H, H);
+        }
+    }
+}
+
+/* out (M,N) = a^T w for a (K,M) and w (K,N), row-major: the weight gradients, dW = dgates^T A,
+ * reduced over all steps and rows at once. */
+TARGET void seqmnist_matmul_tn(int M, int N, int K, const float *a, const float *w, float *out)
+{
+    for (int m0 = 0; m0 < M; m0 += 4) {
+        int rows = M - m0 < 4 ? M - m0 : 4;
+        for (int j = 0; j < N; j++)
+            for (int r = 0; r < rows; r++)
+                out[(long)(m0 + r) * N + j] = 0.0f;
+        rows_product(rows, N, K, a + m0, 1, M, w, N, out + (long)m0 * N, N,
+                     out + (long)m0 * N, N);
+    }
+}
+
+/* out (M,N) = init + a w for a (M,K), w (K,N), row-major (init may be NULL for zero). */
+TARGET void seqmnist_matmul_nn(int M, int N, int K, const float *a, const float *w,
+                               const float *init, long ldi, float *out)
+{
+    for (int m0 = 0; m0 < M; m0 += 4) {
+        int rows = M - m0 < 4 ? M - m0 : 4;
+        if (!init)
+            for (int r = 0; r < rows; r++)
+                for (int j = 0; j < N; j++)
+                    out[(long)(m0 + r) * N + j] = 0.0f;
+        rows_product(rows, N, K, a + (long)m0 * K, K, 1, w, N,
+                     init ? init + (long)m0 * ldi : out + (long)m0 * N, init ? ldi : N,
+                     out + (long)m0 * N, N);
+    }
+}
+
+/* Column sums: out (N) = sum over M rows of a (M,N) (the bias gradient). */
+TARGET void seqmnist_colsum(int M, int N, const float *a, float *out)
+{
+    for (int j = 0; j < N; j += 16) {
+        __mmask16 m = tail_mask(N - j);
+        __m512 acc = _mm512_setzero_ps();
+        for (long r = 0; r < M; r++)
+            acc = _mm512_add_ps(acc, _mm512_maskz_loadu_ps(m, a + r * N + j));
+        _mm512_mask_storeu_ps(out + j, m, acc);
+    }
+}
+
+/* Inverted dropout: mask[i] = (u_i >= p) / (1 - p), y = x mask, with u_i uniform in [0, 1) from a
+ * counter-based hash of (seed, i): reproducible, and independent of threads and batch layout. */
+TARGET void seqmnist_dropout(long n, float p, unsigned long long seed, const float *x,
+                             float *mask, float *y)
+{
+    const __m512i key = _mm512_set1_epi32((int)(unsigned)(seed ^ (seed >> 32)));
+    const __m512i key2 = _mm512_set1_epi32((int)(unsigned)((seed >> 32) * 0x9E3779B9u));
+    const __m512 scale = _mm512_set1_ps(1.0f / (1.0f - p)), pv = _mm512_set1_ps(p);
+    const __m512i lane = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+    for (long i = 0; i < n; i += 16) {
+        __mmask16 m = tail_mask((int)(n - i < 16 ? n - i : 16));
+        __m512i h = _mm512_add_epi32(_mm512_set1_epi32((int)i), lane);
+        h = _mm512_xor_si512(_mm512_mullo_epi32(h, _mm512_set1_epi32((int)0x9E3779B9u)), key);
+        /* lowbias32 (C. Wellons), twice, keyed */
+        for (int round = 0; round < 2; round++) {
+            h = _mm512_xor_si512(h, _mm512_srli_epi32(h, 16));
+            h = _mm512_mullo_epi32(h, _mm512_set1_epi32(0x7feb352d));
+            h = _mm512_xor_si512(h, _mm512_srli_epi32(h, 15));
+            h = _mm512_mullo_epi32(h, _mm512_set1_epi32((int)0x846ca68bu));
+            h = _mm512_xor_si512(h, _mm512_srli_epi32(h, 16));
+            h = _mm512_xor_si512(h, key2);
+        }
+        __m512 u = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_srli_epi32(h, 8)),
+                                 _mm512_set1_ps(1.0f / 16777216.0f));
+        __mmask16 keep = _mm512_cmp_ps_mask(u, pv, _CMP_GE_OQ);
+        __m512 mv = _mm512_maskz_mov_ps(keep, scale);
+        _mm512_mask_storeu_ps(mask + i, m, mv);
+        _mm512_mask_storeu_ps(y + i, m, _mm512_mul_ps(mv, _mm512_maskz_loadu_ps(m, x + i)));
+    }
+}
+
+/* y = x * mask, element-wise (dropout's backward). */
+TARGET void seqmnist_mul(long n, const float *x, const float *mask, float *y)
+{
+    for (long i = 0; i < n; i += 16) {
+        __mmask16 m = tail_mask((int)(n - i < 16 ? n - i : 16));
+        _mm512_mask_storeu_ps(y + i, m, _mm512_mul_ps(_mm512_maskz_loadu_ps(m, x + i),
+                                                      _mm512_maskz_loadu_ps(m, mask + i)));
+    }
+}
+
+/* Dense layer with softmax cross-entropy, forward and backward for B rows: h (B,K), w (C,K),
+ * b (C), labels (B). Gradients of (sum of the row losses) * scale: dw (C,K), db (C), dh (B,K).
+ * Returns the loss summed over the rows; *correct counts rows whose largest logit is the label. */
+double seqmnist_dense_softmax_ce(int B, int K, int C, const float *h, const float *w,
+                                 const float *b, const long long *labels, float scale,
+                                 float *dw, float *db, float *dh, long long *correct)
+{
+    float logits[256]; /* C <= 256: checked by the caller */
+    double loss = 0.0;
+    long long hits = 0;
+    for (long i = 0; i < (long)C * K; i++)
+        dw[i] = 0.0f;
+    for (int c = 0; c < C; c++)
+        db[c] = 0.0f;
+    for (int r = 0; r < B; r++) {
+        const float *hr = h + (long)r * K;
+        int best = 0;
+        for (int c = 0; c < C; c++) {
+            float s = b[c];
+            for (int k = 0; k < K; k++)
+                s += hr[k] * w[(long)c * K + k];
+            logits[c] = s;
+            if (s > logits[best])
+                best = c;
+        }
+        int y = (int)labels[r];
+        float mx = logits[best], ly = logits[y], sum = 0.0f;
+        for (int c = 0; c < C; c++) {
+            logits[c] = expf(logits[c] - mx);
+            sum += logits[c];
+        }
+        loss += (double)logf(sum) + (double)mx - (double)ly;
+        hits += best == y;
+        float *dhr = dh + (long)r * K;
+        for (int k = 0; k < K; k++)
+            dhr[k] = 0.0f;
+        for (int c = 0; c < C; c++) {
+            float g = (logits[c] / sum - (c == y ? 1.0f : 0.0f)) * scale;
+            db[c] += g;
+            for (int k = 0; k < K; k++) {
+                dw[(long)c * K + k] += g * hr[k];
+                dhr[k] += g * w[(long)c * K + k];
+            }
+        }
+    }
+    *correct = hits;
+    return loss;
+}
