@@ -32,7 +32,7 @@ class Replicas:
         self.kernel_steps = [ClassifierStep(m, g) for m, g in zip(self.models, self.generators)] \
             if ClassifierStep.supports(model) else None
         # OpenMP keeps the thread count per calling thread: set it in each worker too.
-        self.pool = ThreadPoolExecutor(n, thread_name_prefix="replica",
+        self.pool = ThreadPoolExecutor(n - 1, thread_name_prefix="replica",
                                        initializer=torch.set_num_threads, initargs=(1,)) \
             if n > 1 else None
 
@@ -60,9 +60,10 @@ class Replicas:
         if self.pool is None:
             return self._one(0, x, y, len(y), precision)
         xs, ys = x.tensor_split(len(self)), y.tensor_split(len(self))
+        # The calling thread runs replica 0 itself (with one thread, as the pool's workers do).
         jobs = [self.pool.submit(self._one, i, xs[i], ys[i], len(y), precision)
-                for i in range(len(self)) if len(ys[i])]
-        results = [job.result() for job in jobs]
+                for i in range(1, len(self)) if len(ys[i])]
+        results = [self._one(0, xs[0], ys[0], len(y), precision)] + [job.result() for job in jobs]
         main = self.params[0]
         for params in self.params[1:len(results)]:
             torch._foreach_add_([p.grad for p in main], [q.grad for q in params])
@@ -72,8 +73,11 @@ class Replicas:
     def sync(self) -> None:
         """Copy the updated weights of replica 0 into the others."""
         for params in self.params[1:]:
-            for q, p in zip(params, self.params[0]):
-                q.copy_(p)
+            if hasattr(torch, "_foreach_copy_"):  # one call instead of one per tensor
+                torch._foreach_copy_(params, self.params[0])
+            else:
+                for q, p in zip(params, self.params[0]):
+                    q.copy_(p)
 
     def rng_states(self) -> list[torch.Tensor]:
         return [g.get_state() for g in self.generators]
