@@ -131,3 +131,4 @@ def test_unsupported_models_are_left_to_pytorch():
     x = torch.rand(2, 28, 28)
     assert not lstm_kernel.usable(x.double(), x.double())
     assert not lstm_kernel.usable(x[:0], x)
+

@@ -40,13 +40,9 @@ def _library() -> ctypes.CDLL | None:
     if not lib.seqmnist_lstm_supported():
         return None
     signatures = {
-        "seqmnist_lstm_forward": [_I, _I, _I] + [_P] * 6,
-        "seqmnist_lstm_backward": [_I, _I, _I] + [_P] * 8,
-        "seqmnist_matmul_nn": [_I, _I, _I, _P, _P, _P, _L, _P],
-        "seqmnist_matmul_tn": [_I, _I, _I, _P, _P, _P],
-        "seqmnist_colsum": [_I, _I, _P, _P],
+        "seqmnist_lstm_forward": [_I] * 4 + [_P] * 8,
+        "seqmnist_lstm_backward": [_I] * 4 + [_P] * 15,
         "seqmnist_dropout": [_L, ctypes.c_float, ctypes.c_ulonglong, _P, _P, _P],
-        "seqmnist_mul": [_L, _P, _P, _P],
         "seqmnist_dense_softmax_ce": [_I, _I, _I, _P, _P, _P, _P, ctypes.c_float, _P, _P, _P,
                                       _P],
     }
@@ -85,22 +81,24 @@ def _ptr(t: torch.Tensor) -> int:
 
 
 class _LSTM(torch.autograd.Function):
-    """Inside, tensors are time-major (T, N, ...): each step's rows are contiguous, and the
-    products over all steps need no copies. The output is a (N, T, H) view of time-major memory;
-    element-wise layers after it (dropout) keep that layout, so the next LSTM reads it for free."""
+    """Inside, tensors are time-major (T, N, ...): each step's rows are contiguous. The output is
+    a (N, T, H) view of time-major memory; element-wise layers after it (dropout) keep that
+    layout, so the next LSTM reads it without a copy."""
 
     @staticmethod
     def forward(ctx, x, w_ih, w_hh, b_ih, b_hh):
         n, steps, features = x.shape
         gates = w_ih.shape[0]
         hidden = gates // 4
+        # every tensor whose address goes to C is held in a variable for the whole call
         x_tm = x.transpose(0, 1).contiguous()
-        xw = torch.addmm(b_ih + b_hh, x_tm.view(steps * n, features), w_ih.t())
-        whh_t = w_hh.t().contiguous()
+        wih_t, whh_t = w_ih.t().contiguous(), w_hh.t().contiguous()
+        bias = (b_ih + b_hh).contiguous()
         act = x.new_empty(steps, n, gates)
         c, tc, h = (x.new_empty(steps, n, hidden) for _ in range(3))
-        _library().seqmnist_lstm_forward(n, steps, hidden, _ptr(xw), _ptr(whh_t), _ptr(act),
-                                         _ptr(c), _ptr(tc), _ptr(h))
+        _library().seqmnist_lstm_forward(n, steps, features, hidden, _ptr(x_tm), _ptr(wih_t),
+                                         _ptr(whh_t), _ptr(bias), _ptr(act), _ptr(c), _ptr(tc),
+                                         _ptr(h))
         ctx.save_for_backward(x_tm, w_ih, w_hh, act, c, tc, h)
         return h.transpose(0, 1)
 
@@ -111,20 +109,18 @@ class _LSTM(torch.autograd.Function):
         gates = w_ih.shape[0]
         hidden = gates // 4
         grad_tm = grad_h.transpose(0, 1).contiguous()
-        dgates = x_tm.new_empty(steps, n, gates)
-        dh, dc = x_tm.new_empty(n, hidden), x_tm.new_empty(n, hidden)
-        _library().seqmnist_lstm_backward(n, steps, hidden, _ptr(w_hh.contiguous()), _ptr(act),
-                                          _ptr(c), _ptr(tc), _ptr(grad_tm), _ptr(dgates),
-                                          _ptr(dh), _ptr(dc))
-        flat = dgates.view(steps * n, gates)
+        dx = x_tm.new_empty(steps, n, features) if ctx.needs_input_grad[0] else None
+        e = x_tm.new_empty
+        dwih_t, dwhh_t, db = e(features, gates), e(hidden, gates), e(gates)
+        w_ih, w_hh = w_ih.contiguous(), w_hh.contiguous()  # referenced: alive during the call
+        dg, dh, dc = e(n, gates), e(n, hidden), e(n, hidden)
+        _library().seqmnist_lstm_backward(
+            n, steps, features, hidden, _ptr(x_tm), _ptr(w_ih), _ptr(w_hh), _ptr(act), _ptr(c),
+            _ptr(tc), _ptr(h), _ptr(grad_tm), None if dx is None else _ptr(dx), _ptr(dwih_t),
+            _ptr(dwhh_t), _ptr(db), _ptr(dg), _ptr(dh), _ptr(dc))
         need = ctx.needs_input_grad
-        dx = (flat @ w_ih).view(steps, n, features).transpose(0, 1) if need[0] else None
-        dw_ih = flat.t() @ x_tm.view(steps * n, features) if need[1] else None
-        # h_{t-1} pairs with the gates of step t; h_{-1} = 0 contributes nothing.
-        dw_hh = (dgates[1:].view(-1, gates).t() @ h[:-1].view(-1, hidden)
-                 if need[2] else None)
-        db = flat.sum(0) if need[3] or need[4] else None
-        return dx, dw_ih, dw_hh, db if need[3] else None, db if need[4] else None
+        return (None if dx is None else dx.transpose(0, 1), dwih_t.t().contiguous(),
+                dwhh_t.t().contiguous(), db if need[3] else None, db if need[4] else None)
 
 
 def lstm(x: torch.Tensor, w_ih: torch.Tensor, w_hh: torch.Tensor, b_ih: torch.Tensor,
@@ -173,14 +169,15 @@ class ClassifierStep:
         if key not in self.work:
             e = torch.empty
             ws: dict = dict(layers=[])
-            shared: dict = {}  # backward buffers reused from layer to layer (less memory traffic)
+            shared: dict = {}  # backward scratch reused from layer to layer
             for rnn in self.layers:
                 g, i, h = rnn.weight_ih_l0.shape[0], rnn.input_size, rnn.hidden_size
                 ws["layers"].append(dict(
                     x=e(steps, n, i), wih_t=e(i, g), whh_t=e(h, g), bias=e(g),
                     act=e(steps, n, g), c=e(steps, n, h), tc=e(steps, n, h), h=e(steps, n, h),
                     mask=e(steps, n, h), dh_out=torch.zeros(steps, n, h), dx=e(steps, n, i),
-                    dgates=shared.setdefault(("dgates", g), e(steps, n, g)),
+                    dwih_t=e(i, g), dwhh_t=e(h, g),
+                    dg=shared.setdefault(("dg", g), e(n, g)),
                     dh=shared.setdefault(("dh", h), e(n, h)), dc=shared.setdefault(("dc", h), e(n, h))))
             hidden = self.layers[-1].hidden_size
             ws.update(mask=e(n, hidden), d=e(n, hidden), dd=e(n, hidden))
@@ -201,46 +198,38 @@ class ClassifierStep:
         L = ws["layers"]
         L[0]["x"].copy_(x.transpose(0, 1))
         for k, (rnn, w) in enumerate(zip(self.layers, L)):
-            g, i, h = rnn.weight_ih_l0.shape[0], rnn.input_size, rnn.hidden_size
             w["wih_t"].copy_(rnn.weight_ih_l0.t())
             w["whh_t"].copy_(rnn.weight_hh_l0.t())
             torch.add(rnn.bias_ih_l0, rnn.bias_hh_l0, out=w["bias"])
-            # the input projection of all steps goes into act, which the forward overwrites
-            lib.seqmnist_matmul_nn(steps * n, g, i, ptr(w["x"]), ptr(w["wih_t"]), ptr(w["bias"]),
-                                   0, ptr(w["act"]))
-            lib.seqmnist_lstm_forward(n, steps, h, ptr(w["act"]), ptr(w["whh_t"]), ptr(w["act"]),
-                                      ptr(w["c"]), ptr(w["tc"]), ptr(w["h"]))
+            lib.seqmnist_lstm_forward(n, steps, rnn.input_size, rnn.hidden_size, ptr(w["x"]),
+                                      ptr(w["wih_t"]), ptr(w["whh_t"]), ptr(w["bias"]),
+                                      ptr(w["act"]), ptr(w["c"]), ptr(w["tc"]), ptr(w["h"]))
             if k + 1 < len(L):
-                lib.seqmnist_dropout(steps * n * h, self.p, seed + k, ptr(w["h"]), ptr(w["mask"]),
-                                     ptr(L[k + 1]["x"]))
+                lib.seqmnist_dropout(w["h"].numel(), self.p, seed + k, ptr(w["h"]),
+                                     ptr(w["mask"]), ptr(L[k + 1]["x"]))
         last = L[-1]["h"][-1]  # (n, H), contiguous: time-major
         lib.seqmnist_dropout(last.numel(), self.p, seed + len(L), ptr(last), ptr(ws["mask"]),
                              ptr(ws["d"]))
         correct = ctypes.c_longlong(0)
         head = self.head
+        labels = y.to(torch.int64).contiguous()  # held: C reads it during the call
         loss = lib.seqmnist_dense_softmax_ce(
             n, head.in_features, head.out_features, ptr(ws["d"]), ptr(head.weight),
-            ptr(head.bias), ptr(y.to(torch.int64).contiguous()), 1.0 / total,
+            ptr(head.bias), ptr(labels), 1.0 / total,
             ptr(head.weight.grad), ptr(head.bias.grad), ptr(ws["dd"]), ctypes.byref(correct))
-        lib.seqmnist_mul(last.numel(), ptr(ws["dd"]), ptr(ws["mask"]), ptr(L[-1]["dh_out"][-1]))
+        torch.mul(ws["dd"], ws["mask"], out=L[-1]["dh_out"][-1])
         for k in range(len(L) - 1, -1, -1):
             rnn, w = self.layers[k], L[k]
-            g, i, h = rnn.weight_ih_l0.shape[0], rnn.input_size, rnn.hidden_size
-            lib.seqmnist_lstm_backward(n, steps, h, ptr(rnn.weight_hh_l0), ptr(w["act"]),
-                                       ptr(w["c"]), ptr(w["tc"]), ptr(w["dh_out"]),
-                                       ptr(w["dgates"]), ptr(w["dh"]), ptr(w["dc"]))
-            dg = w["dgates"]
-            lib.seqmnist_matmul_tn(g, i, steps * n, ptr(dg), ptr(w["x"]),
-                                   ptr(rnn.weight_ih_l0.grad))
-            # h_{t-1} pairs with the gates of step t; h_{-1} = 0 contributes nothing.
-            lib.seqmnist_matmul_tn(g, h, (steps - 1) * n, ptr(dg[1:]), ptr(w["h"]),
-                                   ptr(rnn.weight_hh_l0.grad))
-            lib.seqmnist_colsum(steps * n, g, ptr(dg), ptr(rnn.bias_ih_l0.grad))
+            lib.seqmnist_lstm_backward(
+                n, steps, rnn.input_size, rnn.hidden_size, ptr(w["x"]), ptr(rnn.weight_ih_l0),
+                ptr(rnn.weight_hh_l0), ptr(w["act"]), ptr(w["c"]), ptr(w["tc"]), ptr(w["h"]),
+                ptr(w["dh_out"]), ptr(w["dx"]) if k > 0 else None, ptr(w["dwih_t"]),
+                ptr(w["dwhh_t"]), ptr(rnn.bias_ih_l0.grad), ptr(w["dg"]), ptr(w["dh"]),
+                ptr(w["dc"]))
+            rnn.weight_ih_l0.grad.copy_(w["dwih_t"].t())
+            rnn.weight_hh_l0.grad.copy_(w["dwhh_t"].t())
             if rnn.bias_hh_l0.requires_grad:
                 rnn.bias_hh_l0.grad.copy_(rnn.bias_ih_l0.grad)
-            if k > 0:
-                lib.seqmnist_matmul_nn(steps * n, i, g, ptr(dg), ptr(rnn.weight_ih_l0), None, 0,
-                                       ptr(w["dx"]))
-                lib.seqmnist_mul(steps * n * i, ptr(w["dx"]), ptr(L[k - 1]["mask"]),
-                                 ptr(L[k - 1]["dh_out"]))
+            if k > 0:  # back through the dropout between layer k-1 and k
+                torch.mul(w["dx"], L[k - 1]["mask"], out=L[k - 1]["dh_out"])
         return torch.tensor(loss), torch.tensor(correct.value)

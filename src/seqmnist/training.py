@@ -260,7 +260,8 @@ def _train_epoch(replicas: Replicas, opt, sched, x, y, gen, cfg: TrainConfig, ep
                disable=None if progress else True, leave=False)
     for step, i in enumerate(range(0, len(x), cfg.batch_size)):
         idx = perm[i:i + cfg.batch_size]
-        loss_sum, hits = replicas.forward_backward(x[idx], y[idx], cfg.precision)
+        loss_sum, hits = replicas.forward_backward(x.index_select(0, idx), y.index_select(0, idx),
+                                                   cfg.precision)
         opt.step()
         replicas.sync()
         if sched is not None:

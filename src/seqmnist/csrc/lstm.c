@@ -43,17 +43,25 @@ TARGET INLINE __m512 exp16(__m512 x)
     return _mm512_scalef_ps(p, n);
 }
 
+/* 1 / d for d >= 1: a 14-bit estimate refined by one Newton step (~1e-7 relative error),
+ * several times cheaper than a division, which otherwise bounds the gate maths. */
+TARGET INLINE __m512 recip16(__m512 d)
+{
+    __m512 r = _mm512_rcp14_ps(d);
+    return _mm512_mul_ps(r, _mm512_fnmadd_ps(d, r, _mm512_set1_ps(2.0f)));
+}
+
 TARGET INLINE __m512 sigmoid16(__m512 x)
 {
     __m512 one = _mm512_set1_ps(1.0f);
-    return _mm512_div_ps(one, _mm512_add_ps(one, exp16(_mm512_sub_ps(_mm512_setzero_ps(), x))));
+    return recip16(_mm512_add_ps(one, exp16(_mm512_sub_ps(_mm512_setzero_ps(), x))));
 }
 
 TARGET INLINE __m512 tanh16(__m512 x)  /* 2 sigmoid(2x) - 1 */
 {
     __m512 one = _mm512_set1_ps(1.0f);
     __m512 e = exp16(_mm512_mul_ps(x, _mm512_set1_ps(-2.0f)));
-    return _mm512_sub_ps(_mm512_div_ps(_mm512_set1_ps(2.0f), _mm512_add_ps(one, e)), one);
+    return _mm512_fmsub_ps(_mm512_set1_ps(2.0f), recip16(_mm512_add_ps(one, e)), one);
 }
 
 INLINE __mmask16 tail_mask(int remaining)
@@ -63,11 +71,12 @@ INLINE __mmask16 tail_mask(int remaining)
 }
 
 /* out[r, :n] = init[r, :n] + sum_k a[r lda + k ak] w[k, :n] for R <= 4 rows and n <= 16 NV
- * columns (ak = 1: a is row-major; lda = 1: a is read transposed). R and NV are compile-time
- * constants at every call, so the accumulators live in registers. init may equal out. */
-TARGET INLINE void block(const int R, const int NV, int n, int K,
-                         const float *a, long lda, long ak, const float *w, long ldw,
-                         const float *init, long ldi, float *out, long ldo)
+ * columns (ak = 1: rows of a; lda = 1: columns of a, i.e. a transposed). R and NV are
+ * compile-time constants at every call, so the accumulators live in registers. init may be
+ * out, or NULL for zero. */
+TARGET INLINE void block(const int R, const int NV, int n, int K, const float *a, long lda,
+                         long ak, const float *w, long ldw, const float *init, long ldi,
+                         float *out, long ldo)
 {
     __m512 acc[4][4];
     __mmask16 m[4];
@@ -78,7 +87,8 @@ TARGET INLINE void block(const int R, const int NV, int n, int K,
     for (int r = 0; r < R; r++)
 #pragma GCC unroll 4
         for (int j = 0; j < NV; j++)
-            acc[r][j] = _mm512_maskz_loadu_ps(m[j], init + r * ldi + 16 * j);
+            acc[r][j] = init ? _mm512_maskz_loadu_ps(m[j], init + r * ldi + 16 * j)
+                             : _mm512_setzero_ps();
     for (int k = 0; k < K; k++) {
         __m512 wv[4];
 #pragma GCC unroll 4
@@ -101,20 +111,21 @@ TARGET INLINE void block(const int R, const int NV, int n, int K,
 
 #define BLOCK_NV(R)                                                                         \
     switch ((n + 15) / 16) {                                                                \
-    case 1: block(R, 1, n, K, a, lda, ak, w, ldw, init, ldi, out, ldo); break;                  \
-    case 2: block(R, 2, n, K, a, lda, ak, w, ldw, init, ldi, out, ldo); break;                  \
-    case 3: block(R, 3, n, K, a, lda, ak, w, ldw, init, ldi, out, ldo); break;                  \
-    default: block(R, 4, n, K, a, lda, ak, w, ldw, init, ldi, out, ldo); break;                 \
+    case 1: block(R, 1, n, K, a, lda, ak, w, ldw, init, ldi, out, ldo); break;              \
+    case 2: block(R, 2, n, K, a, lda, ak, w, ldw, init, ldi, out, ldo); break;              \
+    case 3: block(R, 3, n, K, a, lda, ak, w, ldw, init, ldi, out, ldo); break;              \
+    default: block(R, 4, n, K, a, lda, ak, w, ldw, init, ldi, out, ldo); break;             \
     }
 
-/* out = init + a w for `rows` <= 4 rows and any number of columns N, in 64-column slabs. */
+/* out = init + a w for `rows` <= 4 rows of out and any number of columns N, in 64-column slabs
+ * (a's element (r, k) at a[r lda + k ak]). */
 TARGET static void rows_product(int rows, int N, int K, const float *a, long lda, long ak,
                                 const float *w0, long ldw, const float *init0, long ldi,
                                 float *out0, long ldo)
 {
     for (int c = 0; c < N; c += 64) {
         int n = N - c < 64 ? N - c : 64;
-        const float *w = w0 + c, *init = init0 + c;
+        const float *w = w0 + c, *init = init0 ? init0 + c : 0;
         float *out = out0 + c;
         switch (rows) {
         case 1: BLOCK_NV(1); break;
@@ -125,12 +136,25 @@ TARGET static void rows_product(int rows, int N, int K, const float *a, long lda
     }
 }
 
+/* out (M,N) += a^T b for a (K,M) and b (K,N) row-major with row strides lda, ldb: rank-K
+ * updates of the weight gradients, one step's rows at a time while they are in L1. */
+TARGET static void add_at_b(int M, int N, int K, const float *a, long lda, const float *b,
+                            long ldb, float *out)
+{
+    for (int m0 = 0; m0 < M; m0 += 4) {
+        int rows = M - m0 < 4 ? M - m0 : 4;
+        rows_product(rows, N, K, a + m0, 1, lda, b, ldb, out + (long)m0 * N, N,
+                     out + (long)m0 * N, N);
+    }
+}
+
 /* Forward over all steps. Tensors are time-major (step, batch, ...), so each step's rows are
- * contiguous. xw (T,B,G): input projection plus bias (may be the gates buffer itself);
- * whh_t (H,G): W_hh transposed.
+ * contiguous. x (T,B,I) inputs; wih_t (I,G), whh_t (H,G): W_ih and W_hh transposed; bias (G).
  * Outputs: gates (T,B,G) activated i f g o; c (T,B,H) cell states; tc (T,B,H) tanh(c);
- * h (T,B,H) hidden states. */
-TARGET void seqmnist_lstm_forward(int B, int T, int H, const float *xw, const float *whh_t,
+ * h (T,B,H) hidden states. Each step: x_t W_ih^T + b + h_{t-1} W_hh^T (h_{-1} = 0), then the
+ * gate maths on the same rows while they are in L1. */
+TARGET void seqmnist_lstm_forward(int B, int T, int I, int H, const float *x,
+                                  const float *wih_t, const float *whh_t, const float *bias,
                                   float *gates, float *c, float *tc, float *h)
 {
     const long G = 4L * H;
@@ -138,9 +162,10 @@ TARGET void seqmnist_lstm_forward(int B, int T, int H, const float *xw, const fl
         for (int b0 = 0; b0 < B; b0 += 4) {
             int rows = B - b0 < 4 ? B - b0 : 4;
             const long row0 = (long)t * B + b0;
-            /* pre-activations into gates: x W_ih^T + b + h_{t-1} W_hh^T (h_{-1} = 0) */
-            rows_product(rows, (int)G, t > 0 ? H : 0, h + (row0 - B) * H, H, 1, whh_t, G,
-                         xw + row0 * G, G, gates + row0 * G, G);
+            float *pre = gates + row0 * G;
+            rows_product(rows, (int)G, I, x + row0 * I, I, 1, wih_t, G, bias, 0, pre, G);
+            if (t > 0)
+                rows_product(rows, (int)G, H, h + (row0 - B) * H, H, 1, whh_t, G, pre, G, pre, G);
             for (long row = row0; row < row0 + rows; row++) {
                 float *gt = gates + row * G;
                 for (int j = 0; j < H; j += 16) {
@@ -166,18 +191,27 @@ TARGET void seqmnist_lstm_forward(int B, int T, int H, const float *xw, const fl
     }
 }
 
-/* Backward over all steps, from the forward's saved gates, c and tc (time-major, as above).
- * whh (G,H): W_hh as PyTorch stores it; dh_out (T,B,H): gradient of the loss w.r.t. h.
- * Output: dgates (T,B,G), gradient w.r.t. the pre-activations. Scratch: dh, dc (B,H). */
-TARGET void seqmnist_lstm_backward(int B, int T, int H, const float *whh, const float *gates,
-                                   const float *c, const float *tc, const float *dh_out,
-                                   float *dgates, float *dh, float *dc)
+/* Backward over all steps, from the forward's inputs and saved tensors (time-major, as above).
+ * wih (G,I), whh (G,H): the weights as PyTorch stores them; dh_out (T,B,H): gradient of the loss
+ * w.r.t. h. Outputs: dx (T,B,I) (skipped when NULL); dwih_t (I,G), dwhh_t (H,G): the weight
+ * gradients transposed; db (G). Scratch: dg (B,G), dh and dc (B,H). */
+TARGET void seqmnist_lstm_backward(int B, int T, int I, int H, const float *x, const float *wih,
+                                   const float *whh, const float *gates, const float *c,
+                                   const float *tc, const float *h, const float *dh_out,
+                                   float *dx, float *dwih_t, float *dwhh_t, float *db,
+                                   float *dg, float *dh, float *dc)
 {
     const long G = 4L * H;
     for (long k = 0; k < (long)B * H; k++) {
         dh[k] = dh_out[(long)(T - 1) * B * H + k];
         dc[k] = 0.0f;
     }
+    for (long k = 0; k < I * G; k++)
+        dwih_t[k] = 0.0f;
+    for (long k = 0; k < H * G; k++)
+        dwhh_t[k] = 0.0f;
+    for (long k = 0; k < G; k++)
+        db[k] = 0.0f;
     const __m512 one = _mm512_set1_ps(1.0f);
     for (int t = T - 1; t >= 0; t--) {
         for (int b0 = 0; b0 < B; b0 += 4) {
@@ -186,7 +220,7 @@ TARGET void seqmnist_lstm_backward(int B, int T, int H, const float *whh, const 
             for (int r = 0; r < rows; r++) {
                 const long b = b0 + r, row = row0 + r;
                 const float *gt = gates + row * G;
-                float *dg = dgates + row * G;
+                float *d = dg + b * G;
                 for (int j = 0; j < H; j += 16) {
                     __mmask16 m = tail_mask(H - j);
                     __m512 i = _mm512_maskz_loadu_ps(m, gt + j);
@@ -208,60 +242,32 @@ TARGET void seqmnist_lstm_backward(int B, int T, int H, const float *whh, const 
                     __m512 dfv = _mm512_mul_ps(_mm512_mul_ps(dcv, cp),
                                                _mm512_mul_ps(f, _mm512_sub_ps(one, f)));
                     __m512 dgv = _mm512_mul_ps(_mm512_mul_ps(dcv, i), _mm512_fnmadd_ps(g, g, one));
-                    _mm512_mask_storeu_ps(dg + j, m, div);
-                    _mm512_mask_storeu_ps(dg + H + j, m, dfv);
-                    _mm512_mask_storeu_ps(dg + 2 * H + j, m, dgv);
-                    _mm512_mask_storeu_ps(dg + 3 * H + j, m, dov);
+                    _mm512_mask_storeu_ps(d + j, m, div);
+                    _mm512_mask_storeu_ps(d + H + j, m, dfv);
+                    _mm512_mask_storeu_ps(d + 2 * H + j, m, dgv);
+                    _mm512_mask_storeu_ps(d + 3 * H + j, m, dov);
                     _mm512_mask_storeu_ps(dc + b * H + j, m, _mm512_mul_ps(dcv, f));
                 }
             }
+            const float *d0 = dg + (long)b0 * G;
             /* dh for step t-1: its own output gradient plus dgates_t W_hh */
             if (t > 0)
-                rows_product(rows, H, (int)G, dgates + row0 * G, G, 1, whh, H,
-                             dh_out + (row0 - B) * H, H, dh + (long)b0 * H, H);
+                rows_product(rows, H, (int)G, d0, G, 1, whh, H, dh_out + (row0 - B) * H, H,
+                             dh + (long)b0 * H, H);
+            if (dx)
+                rows_product(rows, I, (int)G, d0, G, 1, wih, I, 0, 0, dx + row0 * I, I);
         }
-    }
-}
-
-/* out (M,N) = a^T w for a (K,M) and w (K,N), row-major: the weight gradients, dW = dgates^T A,
- * reduced over all steps and rows at once. */
-TARGET void seqmnist_matmul_tn(int M, int N, int K, const float *a, const float *w, float *out)
-{
-    for (int m0 = 0; m0 < M; m0 += 4) {
-        int rows = M - m0 < 4 ? M - m0 : 4;
-        for (int j = 0; j < N; j++)
-            for (int r = 0; r < rows; r++)
-                out[(long)(m0 + r) * N + j] = 0.0f;
-        rows_product(rows, N, K, a + m0, 1, M, w, N, out + (long)m0 * N, N,
-                     out + (long)m0 * N, N);
-    }
-}
-
-/* out (M,N) = init + a w for a (M,K), w (K,N), row-major (init may be NULL for zero). */
-TARGET void seqmnist_matmul_nn(int M, int N, int K, const float *a, const float *w,
-                               const float *init, long ldi, float *out)
-{
-    for (int m0 = 0; m0 < M; m0 += 4) {
-        int rows = M - m0 < 4 ? M - m0 : 4;
-        if (!init)
-            for (int r = 0; r < rows; r++)
-                for (int j = 0; j < N; j++)
-                    out[(long)(m0 + r) * N + j] = 0.0f;
-        rows_product(rows, N, K, a + (long)m0 * K, K, 1, w, N,
-                     init ? init + (long)m0 * ldi : out + (long)m0 * N, init ? ldi : N,
-                     out + (long)m0 * N, N);
-    }
-}
-
-/* Column sums: out (N) = sum over M rows of a (M,N) (the bias gradient). */
-TARGET void seqmnist_colsum(int M, int N, const float *a, float *out)
-{
-    for (int j = 0; j < N; j += 16) {
-        __mmask16 m = tail_mask(N - j);
-        __m512 acc = _mm512_setzero_ps();
-        for (long r = 0; r < M; r++)
-            acc = _mm512_add_ps(acc, _mm512_maskz_loadu_ps(m, a + r * N + j));
-        _mm512_mask_storeu_ps(out + j, m, acc);
+        /* weight and bias gradients: this step's gates against its inputs and h_{t-1} */
+        add_at_b(I, (int)G, B, x + (long)t * B * I, I, dg, G, dwih_t);
+        if (t > 0)
+            add_at_b(H, (int)G, B, h + (long)(t - 1) * B * H, H, dg, G, dwhh_t);
+        for (int j = 0; j < G; j += 16) {
+            __mmask16 m = tail_mask((int)G - j);
+            __m512 acc = _mm512_maskz_loadu_ps(m, db + j);
+            for (int b = 0; b < B; b++)
+                acc = _mm512_add_ps(acc, _mm512_maskz_loadu_ps(m, dg + (long)b * G + j));
+            _mm512_mask_storeu_ps(db + j, m, acc);
+        }
     }
 }
 
@@ -293,16 +299,6 @@ TARGET void seqmnist_dropout(long n, float p, unsigned long long seed, const flo
         __m512 mv = _mm512_maskz_mov_ps(keep, scale);
         _mm512_mask_storeu_ps(mask + i, m, mv);
         _mm512_mask_storeu_ps(y + i, m, _mm512_mul_ps(mv, _mm512_maskz_loadu_ps(m, x + i)));
-    }
-}
-
-/* y = x * mask, element-wise (dropout's backward). */
-TARGET void seqmnist_mul(long n, const float *x, const float *mask, float *y)
-{
-    for (long i = 0; i < n; i += 16) {
-        __mmask16 m = tail_mask((int)(n - i < 16 ? n - i : 16));
-        _mm512_mask_storeu_ps(y + i, m, _mm512_mul_ps(_mm512_maskz_loadu_ps(m, x + i),
-                                                      _mm512_maskz_loadu_ps(m, mask + i)));
     }
 }
 
