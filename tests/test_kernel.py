@@ -90,8 +90,8 @@ def test_classifier_step_gives_autograds_gradients(no_kernel, options, n, shape)
     logits = model.net[-1](h)
     loss = F.cross_entropy(logits, y, reduction="sum")
     (loss / total).backward()
-    assert loss_sum.item() == pytest.approx(loss.item(), rel=1e-5)
-    assert correct.item() == (logits.argmax(-1) == y).sum().item()
+    assert loss_sum == pytest.approx(loss.item(), rel=1e-5)
+    assert correct == (logits.argmax(-1) == y).sum().item()
     for g, q in zip(got, step.params):
         torch.testing.assert_close(g, q.grad, rtol=1e-4, atol=1e-6)
 

@@ -132,6 +132,6 @@ def test_replicas_give_the_full_batch_gradient():
         replicas.close()
     loss = F.cross_entropy(reference(x), y)
     loss.backward()
-    assert loss_sum.item() == pytest.approx(loss.item() * 9, rel=1e-5)
+    assert float(loss_sum) == pytest.approx(loss.item() * 9, rel=1e-5)
     for p, q in zip(replicas.params[0], [p for p in reference.parameters() if p.requires_grad]):
         torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-6)

@@ -40,8 +40,8 @@ def _library() -> ctypes.CDLL | None:
     if not lib.seqmnist_lstm_supported():
         return None
     signatures = {
-        "seqmnist_lstm_forward": [_I] * 4 + [_P] * 8,
-        "seqmnist_lstm_backward": [_I] * 4 + [_P] * 15,
+        "seqmnist_lstm_forward": [_I] * 4 + [_P, _I] + [_P] * 9,
+        "seqmnist_lstm_backward": [_I] * 4 + [_P, _I] + [_P] * 13,
         "seqmnist_dropout": [_L, ctypes.c_float, ctypes.c_ulonglong, _P, _P, _P],
         "seqmnist_dense_softmax_ce": [_I, _I, _I, _P, _P, _P, _P, ctypes.c_float, _P, _P, _P,
                                       _P],
@@ -80,47 +80,59 @@ def _ptr(t: torch.Tensor) -> int:
     return t.data_ptr()
 
 
+def _kernel_input(x: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """x (N, T, F) as the kernel reads it: time-major memory as is (the output of a previous
+    kernel LSTM, through dropout), else batch-first contiguous; and the batch-first flag."""
+    time_major = x.transpose(0, 1)
+    if time_major.is_contiguous():
+        return time_major, 0
+    return x.contiguous(), 1
+
+
+def _work_size(features: int, hidden: int, n: int) -> int:
+    """Floats of scratch for the forward, the backward and the weights transposed."""
+    return (features + hidden) * 4 * hidden + n * 4 * hidden + 2 * n * hidden + 4 * hidden
+
+
 class _LSTM(torch.autograd.Function):
-    """Inside, tensors are time-major (T, N, ...): each step's rows are contiguous. The output is
-    a (N, T, H) view of time-major memory; element-wise layers after it (dropout) keep that
+    """The kernel's outputs are time-major (T, N, ...): each step's rows are contiguous. The
+    output is a (N, T, H) view of that memory; element-wise layers after it (dropout) keep the
     layout, so the next LSTM reads it without a copy."""
 
     @staticmethod
     def forward(ctx, x, w_ih, w_hh, b_ih, b_hh):
+        # every tensor whose address goes to C is held in a variable for the whole call
         n, steps, features = x.shape
         gates = w_ih.shape[0]
         hidden = gates // 4
-        # every tensor whose address goes to C is held in a variable for the whole call
-        x_tm = x.transpose(0, 1).contiguous()
-        wih_t, whh_t = w_ih.t().contiguous(), w_hh.t().contiguous()
-        bias = (b_ih + b_hh).contiguous()
+        x_in, batch_first = _kernel_input(x)
+        w_ih, w_hh, b_ih, b_hh = (t.contiguous() for t in (w_ih, w_hh, b_ih, b_hh))
+        work = x.new_empty(_work_size(features, hidden, n))
         act = x.new_empty(steps, n, gates)
         c, tc, h = (x.new_empty(steps, n, hidden) for _ in range(3))
-        _library().seqmnist_lstm_forward(n, steps, features, hidden, _ptr(x_tm), _ptr(wih_t),
-                                         _ptr(whh_t), _ptr(bias), _ptr(act), _ptr(c), _ptr(tc),
-                                         _ptr(h))
-        ctx.save_for_backward(x_tm, w_ih, w_hh, act, c, tc, h)
+        _library().seqmnist_lstm_forward(
+            n, steps, features, hidden, _ptr(x_in), batch_first, _ptr(w_ih), _ptr(w_hh),
+            _ptr(b_ih), _ptr(b_hh), _ptr(work), _ptr(act), _ptr(c), _ptr(tc), _ptr(h))
+        ctx.save_for_backward(x_in, w_ih, w_hh, act, c, tc, h)
+        ctx.batch_first = batch_first
         return h.transpose(0, 1)
 
     @staticmethod
     def backward(ctx, grad_h):
-        x_tm, w_ih, w_hh, act, c, tc, h = ctx.saved_tensors
-        steps, n, features = x_tm.shape
-        gates = w_ih.shape[0]
-        hidden = gates // 4
-        grad_tm = grad_h.transpose(0, 1).contiguous()
-        dx = x_tm.new_empty(steps, n, features) if ctx.needs_input_grad[0] else None
-        e = x_tm.new_empty
-        dwih_t, dwhh_t, db = e(features, gates), e(hidden, gates), e(gates)
-        w_ih, w_hh = w_ih.contiguous(), w_hh.contiguous()  # referenced: alive during the call
-        dg, dh, dc = e(n, gates), e(n, hidden), e(n, hidden)
-        _library().seqmnist_lstm_backward(
-            n, steps, features, hidden, _ptr(x_tm), _ptr(w_ih), _ptr(w_hh), _ptr(act), _ptr(c),
-            _ptr(tc), _ptr(h), _ptr(grad_tm), None if dx is None else _ptr(dx), _ptr(dwih_t),
-            _ptr(dwhh_t), _ptr(db), _ptr(dg), _ptr(dh), _ptr(dc))
+        x_in, w_ih, w_hh, act, c, tc, h = ctx.saved_tensors
+        steps, n, hidden = h.shape
+        features = w_ih.shape[1]
         need = ctx.needs_input_grad
-        return (None if dx is None else dx.transpose(0, 1), dwih_t.t().contiguous(),
-                dwhh_t.t().contiguous(), db if need[3] else None, db if need[4] else None)
+        grad_tm = grad_h.transpose(0, 1).contiguous()
+        dx = h.new_empty(steps, n, features) if need[0] else None
+        dw_ih, dw_hh, db = torch.empty_like(w_ih), torch.empty_like(w_hh), h.new_empty(4 * hidden)
+        work = h.new_empty(_work_size(features, hidden, n))
+        _library().seqmnist_lstm_backward(
+            n, steps, features, hidden, _ptr(x_in), ctx.batch_first, _ptr(w_ih), _ptr(w_hh),
+            _ptr(act), _ptr(c), _ptr(tc), _ptr(h), _ptr(grad_tm),
+            None if dx is None else _ptr(dx), None, _ptr(dw_ih), _ptr(dw_hh), _ptr(db), _ptr(work))
+        return (None if dx is None else dx.transpose(0, 1), dw_ih, dw_hh,
+                db if need[3] else None, db if need[4] else None)
 
 
 def lstm(x: torch.Tensor, w_ih: torch.Tensor, w_hh: torch.Tensor, b_ih: torch.Tensor,
@@ -168,20 +180,16 @@ class ClassifierStep:
         key = (n, steps)
         if key not in self.work:
             e = torch.empty
-            ws: dict = dict(layers=[])
-            shared: dict = {}  # backward scratch reused from layer to layer
+            layers = []
             for rnn in self.layers:
                 g, i, h = rnn.weight_ih_l0.shape[0], rnn.input_size, rnn.hidden_size
-                ws["layers"].append(dict(
-                    x=e(steps, n, i), wih_t=e(i, g), whh_t=e(h, g), bias=e(g),
-                    act=e(steps, n, g), c=e(steps, n, h), tc=e(steps, n, h), h=e(steps, n, h),
-                    mask=e(steps, n, h), dh_out=torch.zeros(steps, n, h), dx=e(steps, n, i),
-                    dwih_t=e(i, g), dwhh_t=e(h, g),
-                    dg=shared.setdefault(("dg", g), e(n, g)),
-                    dh=shared.setdefault(("dh", h), e(n, h)), dc=shared.setdefault(("dc", h), e(n, h))))
+                layers.append(dict(
+                    x=e(steps, n, i), act=e(steps, n, g), c=e(steps, n, h), tc=e(steps, n, h),
+                    h=e(steps, n, h), mask=e(steps, n, h), dh_out=torch.zeros(steps, n, h)))
+            size = max(_work_size(r.input_size, r.hidden_size, n) for r in self.layers)
             hidden = self.layers[-1].hidden_size
-            ws.update(mask=e(n, hidden), d=e(n, hidden), dd=e(n, hidden))
-            self.work[key] = ws
+            self.work[key] = dict(layers=layers, scratch=e(size), mask=e(n, hidden),
+                                  d=e(n, hidden), dd=e(n, hidden))
         for p in self.params:
             if p.grad is None:
                 p.grad = torch.zeros_like(p)
@@ -189,21 +197,21 @@ class ClassifierStep:
 
     @torch.no_grad()
     def forward_backward(self, x: torch.Tensor, y: torch.Tensor, total: int
-                         ) -> tuple[torch.Tensor, torch.Tensor]:
+                         ) -> tuple[float, int]:
         """Returns (loss summed over the rows, number of correct predictions)."""
         lib, ptr = _library(), _ptr
+        x = x.contiguous()  # read in place by the first layer (batch-first), forward and backward
         n, steps, _ = x.shape
         ws = self._workspace(n, steps)
         seed = int(torch.randint(0, 2**62, (1,), generator=self.generator))
-        L = ws["layers"]
-        L[0]["x"].copy_(x.transpose(0, 1))
+        L, scratch = ws["layers"], ptr(ws["scratch"])
+        inputs = [(x, 1)] + [(w["x"], 0) for w in L[1:]]
         for k, (rnn, w) in enumerate(zip(self.layers, L)):
-            w["wih_t"].copy_(rnn.weight_ih_l0.t())
-            w["whh_t"].copy_(rnn.weight_hh_l0.t())
-            torch.add(rnn.bias_ih_l0, rnn.bias_hh_l0, out=w["bias"])
-            lib.seqmnist_lstm_forward(n, steps, rnn.input_size, rnn.hidden_size, ptr(w["x"]),
-                                      ptr(w["wih_t"]), ptr(w["whh_t"]), ptr(w["bias"]),
-                                      ptr(w["act"]), ptr(w["c"]), ptr(w["tc"]), ptr(w["h"]))
+            lib.seqmnist_lstm_forward(
+                n, steps, rnn.input_size, rnn.hidden_size, ptr(inputs[k][0]), inputs[k][1],
+                ptr(rnn.weight_ih_l0), ptr(rnn.weight_hh_l0), ptr(rnn.bias_ih_l0),
+                ptr(rnn.bias_hh_l0), scratch, ptr(w["act"]), ptr(w["c"]), ptr(w["tc"]),
+                ptr(w["h"]))
             if k + 1 < len(L):
                 lib.seqmnist_dropout(w["h"].numel(), self.p, seed + k, ptr(w["h"]),
                                      ptr(w["mask"]), ptr(L[k + 1]["x"]))
@@ -220,16 +228,15 @@ class ClassifierStep:
         torch.mul(ws["dd"], ws["mask"], out=L[-1]["dh_out"][-1])
         for k in range(len(L) - 1, -1, -1):
             rnn, w = self.layers[k], L[k]
+            # the input gradient goes through the dropout before this layer into the gradient
+            # of the previous layer's outputs
+            dx, dx_mask = (ptr(L[k - 1]["dh_out"]), ptr(L[k - 1]["mask"])) if k else (None, None)
             lib.seqmnist_lstm_backward(
-                n, steps, rnn.input_size, rnn.hidden_size, ptr(w["x"]), ptr(rnn.weight_ih_l0),
-                ptr(rnn.weight_hh_l0), ptr(w["act"]), ptr(w["c"]), ptr(w["tc"]), ptr(w["h"]),
-                ptr(w["dh_out"]), ptr(w["dx"]) if k > 0 else None, ptr(w["dwih_t"]),
-                ptr(w["dwhh_t"]), ptr(rnn.bias_ih_l0.grad), ptr(w["dg"]), ptr(w["dh"]),
-                ptr(w["dc"]))
-            rnn.weight_ih_l0.grad.copy_(w["dwih_t"].t())
-            rnn.weight_hh_l0.grad.copy_(w["dwhh_t"].t())
+                n, steps, rnn.input_size, rnn.hidden_size, ptr(inputs[k][0]), inputs[k][1],
+                ptr(rnn.weight_ih_l0), ptr(rnn.weight_hh_l0), ptr(w["act"]), ptr(w["c"]),
+                ptr(w["tc"]), ptr(w["h"]), ptr(w["dh_out"]), dx, dx_mask,
+                ptr(rnn.weight_ih_l0.grad), ptr(rnn.weight_hh_l0.grad), ptr(rnn.bias_ih_l0.grad),
+                scratch)
             if rnn.bias_hh_l0.requires_grad:
                 rnn.bias_hh_l0.grad.copy_(rnn.bias_ih_l0.grad)
-            if k > 0:  # back through the dropout between layer k-1 and k
-                torch.mul(w["dx"], L[k - 1]["mask"], out=L[k - 1]["dh_out"])
-        return torch.tensor(loss), torch.tensor(correct.value)
+        return loss, correct.value

@@ -54,9 +54,9 @@ class Replicas:
         (loss / total).backward()
         return loss.detach(), (logits.argmax(-1) == y).sum()
 
-    def forward_backward(self, x: torch.Tensor, y: torch.Tensor, precision: str
-                         ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Gradients of the mean loss over the batch in replica 0; returns (loss sum, correct)."""
+    def forward_backward(self, x: torch.Tensor, y: torch.Tensor, precision: str):
+        """Gradients of the mean loss over the batch in replica 0; returns (loss sum, correct),
+        tensors or numbers."""
         if self.pool is None:
             return self._one(0, x, y, len(y), precision)
         xs, ys = x.tensor_split(len(self)), y.tensor_split(len(self))

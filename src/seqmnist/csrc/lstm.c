@@ -148,22 +148,39 @@ TARGET static void add_at_b(int M, int N, int K, const float *a, long lda, const
     }
 }
 
-/* Forward over all steps. Tensors are time-major (step, batch, ...), so each step's rows are
- * contiguous. x (T,B,I) inputs; wih_t (I,G), whh_t (H,G): W_ih and W_hh transposed; bias (G).
- * Outputs: gates (T,B,G) activated i f g o; c (T,B,H) cell states; tc (T,B,H) tanh(c);
- * h (T,B,H) hidden states. Each step: x_t W_ih^T + b + h_{t-1} W_hh^T (h_{-1} = 0), then the
- * gate maths on the same rows while they are in L1. */
-TARGET void seqmnist_lstm_forward(int B, int T, int I, int H, const float *x,
-                                  const float *wih_t, const float *whh_t, const float *bias,
-                                  float *gates, float *c, float *tc, float *h)
+/* Inputs x may be time-major (T,B,I) or batch-first (B,T,I): element (t, b, k) is at
+ * x[t step + b row + k]. */
+#define X_STRIDES(x_batch_first, B, T, I)                                                   \
+    const long x_step = (x_batch_first) ? (long)(I) : (long)(B) * (I);                      \
+    const long x_row = (x_batch_first) ? (long)(T) * (I) : (long)(I)
+
+/* Forward over all steps. Outputs are time-major (T, B, ...), so each step's rows are
+ * contiguous. wih (G,I), whh (G,H), b_ih, b_hh (G): PyTorch's LSTM parameters (gates i f g o).
+ * work: (I + H) G + G floats. Outputs: gates (T,B,G) activated; c (T,B,H) cell states;
+ * tc (T,B,H) tanh(c); h (T,B,H) hidden states. Each step: x_t W_ih^T + b + h_{t-1} W_hh^T
+ * (h_{-1} = 0), then the gate maths on the same rows while they are in L1. */
+TARGET void seqmnist_lstm_forward(int B, int T, int I, int H, const float *x, int x_batch_first,
+                                  const float *wih, const float *whh, const float *b_ih,
+                                  const float *b_hh, float *work, float *gates, float *c,
+                                  float *tc, float *h)
 {
     const long G = 4L * H;
+    X_STRIDES(x_batch_first, B, T, I);
+    float *wih_t = work, *whh_t = work + I * G, *bias = work + (I + H) * G;
+    for (long g = 0; g < G; g++) {
+        for (long k = 0; k < I; k++)
+            wih_t[k * G + g] = wih[g * I + k];
+        for (long k = 0; k < H; k++)
+            whh_t[k * G + g] = whh[g * H + k];
+        bias[g] = b_ih[g] + b_hh[g];
+    }
     for (int t = 0; t < T; t++) {
         for (int b0 = 0; b0 < B; b0 += 4) {
             int rows = B - b0 < 4 ? B - b0 : 4;
             const long row0 = (long)t * B + b0;
             float *pre = gates + row0 * G;
-            rows_product(rows, (int)G, I, x + row0 * I, I, 1, wih_t, G, bias, 0, pre, G);
+            rows_product(rows, (int)G, I, x + t * x_step + b0 * x_row, x_row, 1, wih_t, G,
+                         bias, 0, pre, G);
             if (t > 0)
                 rows_product(rows, (int)G, H, h + (row0 - B) * H, H, 1, whh_t, G, pre, G, pre, G);
             for (long row = row0; row < row0 + rows; row++) {
@@ -191,25 +208,26 @@ TARGET void seqmnist_lstm_forward(int B, int T, int I, int H, const float *x,
     }
 }
 
-/* Backward over all steps, from the forward's inputs and saved tensors (time-major, as above).
- * wih (G,I), whh (G,H): the weights as PyTorch stores them; dh_out (T,B,H): gradient of the loss
- * w.r.t. h. Outputs: dx (T,B,I) (skipped when NULL); dwih_t (I,G), dwhh_t (H,G): the weight
- * gradients transposed; db (G). Scratch: dg (B,G), dh and dc (B,H). */
-TARGET void seqmnist_lstm_backward(int B, int T, int I, int H, const float *x, const float *wih,
-                                   const float *whh, const float *gates, const float *c,
-                                   const float *tc, const float *h, const float *dh_out,
-                                   float *dx, float *dwih_t, float *dwhh_t, float *db,
-                                   float *dg, float *dh, float *dc)
+/* Backward over all steps, from the forward's inputs and outputs. dh_out (T,B,H): gradient of
+ * the loss w.r.t. h. Outputs: dx (T,B,I), time-major, times dx_mask (T,B,I) when given (a
+ * dropout's mask), skipped when dx is NULL; dwih (G,I), dwhh (G,H), db (G): the gradients of
+ * the weights in PyTorch's layout. work: (I + H) G + B G + 2 B H floats. */
+TARGET void seqmnist_lstm_backward(int B, int T, int I, int H, const float *x, int x_batch_first,
+                                   const float *wih, const float *whh, const float *gates,
+                                   const float *c, const float *tc, const float *h,
+                                   const float *dh_out, float *dx, const float *dx_mask,
+                                   float *dwih, float *dwhh, float *db, float *work)
 {
     const long G = 4L * H;
+    X_STRIDES(x_batch_first, B, T, I);
+    float *dwih_t = work, *dwhh_t = work + I * G, *dg = work + (I + H) * G;
+    float *dh = dg + B * G, *dc = dh + (long)B * H;
     for (long k = 0; k < (long)B * H; k++) {
         dh[k] = dh_out[(long)(T - 1) * B * H + k];
         dc[k] = 0.0f;
     }
-    for (long k = 0; k < I * G; k++)
-        dwih_t[k] = 0.0f;
-    for (long k = 0; k < H * G; k++)
-        dwhh_t[k] = 0.0f;
+    for (long k = 0; k < (I + H) * G; k++)
+        work[k] = 0.0f;
     for (long k = 0; k < G; k++)
         db[k] = 0.0f;
     const __m512 one = _mm512_set1_ps(1.0f);
@@ -254,11 +272,16 @@ TARGET void seqmnist_lstm_backward(int B, int T, int I, int H, const float *x, c
             if (t > 0)
                 rows_product(rows, H, (int)G, d0, G, 1, whh, H, dh_out + (row0 - B) * H, H,
                              dh + (long)b0 * H, H);
-            if (dx)
-                rows_product(rows, I, (int)G, d0, G, 1, wih, I, 0, 0, dx + row0 * I, I);
+            if (dx) {
+                float *dxr = dx + row0 * I;
+                rows_product(rows, I, (int)G, d0, G, 1, wih, I, 0, 0, dxr, I);
+                if (dx_mask)
+                    for (long k = 0; k < (long)rows * I; k++)
+                        dxr[k] *= dx_mask[row0 * I + k];
+            }
         }
         /* weight and bias gradients: this step's gates against its inputs and h_{t-1} */
-        add_at_b(I, (int)G, B, x + (long)t * B * I, I, dg, G, dwih_t);
+        add_at_b(I, (int)G, B, x + t * x_step, x_row, dg, G, dwih_t);
         if (t > 0)
             add_at_b(H, (int)G, B, h + (long)(t - 1) * B * H, H, dg, G, dwhh_t);
         for (int j = 0; j < G; j += 16) {
@@ -268,6 +291,12 @@ TARGET void seqmnist_lstm_backward(int B, int T, int I, int H, const float *x, c
                 acc = _mm512_add_ps(acc, _mm512_maskz_loadu_ps(m, dg + (long)b * G + j));
             _mm512_mask_storeu_ps(db + j, m, acc);
         }
+    }
+    for (long g = 0; g < G; g++) {
+        for (long k = 0; k < I; k++)
+            dwih[g * I + k] = dwih_t[k * G + g];
+        for (long k = 0; k < H; k++)
+            dwhh[g * H + k] = dwhh_t[k * G + g];
     }
 }
 
