@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+NO_KERNEL = "seqmnist, nn.LSTM"  # SEQMNIST_LSTM_KERNEL=0
 OUT = HERE / "out"
 TF_VENV = HERE / ".venv-tf"
 DATA = Path(os.environ.get("SEQMNIST_DATA") or HERE.parent.parent / "shared" / "data") / "mnist"
@@ -64,13 +65,14 @@ def timed(cmd: list[str], env: dict | None = None) -> tuple[dict, float, float]:
     return (json.loads(lines[-1]) if lines else {}), wall, int(rss_kb.split("=")[1]) / 1024
 
 
-def seqmnist_epoch(model: str, epochs: int, limit: int | None, extra: list[str]) -> dict:
+def seqmnist_epoch(model: str, epochs: int, limit: int | None, extra: list[str],
+                   env: dict | None = None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [sys.executable, "-m", "seqmnist", "train", model, "--epochs", str(epochs),
                "--data-dir", str(DATA), "--out", tmp, "--no-progress", *extra]
         if limit:
             cmd += ["--limit", str(limit)]
-        _, wall, rss = timed(cmd)
+        _, wall, rss = timed(cmd, env)
         (run,) = Path(tmp).iterdir()
         history = json.loads((run / "history.json").read_text())
         metrics = json.loads((run / "metrics.json").read_text())
@@ -95,11 +97,17 @@ def summarise(values: list[float]) -> dict:
 def suite_epoch(args) -> dict:
     results: dict = {}
     for model in args.models:
-        rows = {impl: [] for impl in ("keras", "plain-torch", "seqmnist")}
+        impls = ["keras", "plain-torch", "seqmnist"]
+        if model in ("lstm",):  # seqmnist with its LSTM kernel turned off: nn.LSTM (oneDNN)
+            impls.append(NO_KERNEL)
+        rows: dict = {impl: [] for impl in impls}
         for rep in range(args.repeats):
             for impl in rows:  # interleaved: A B C, A B C, ...
                 if impl == "seqmnist":
                     r = seqmnist_epoch(model, args.epochs, args.limit, args.extra)
+                elif impl == NO_KERNEL:
+                    r = seqmnist_epoch(model, args.epochs, args.limit, args.extra,
+                                       {"SEQMNIST_LSTM_KERNEL": "0"})
                 else:
                     r = reference(impl, model, args.epochs, args.limit)
                 # The first epoch carries warm-up; report the later ones where there are any.
@@ -116,7 +124,7 @@ def suite_epoch(args) -> dict:
                 epoch_seconds=summarise(secs), peak_rss_mb=summarise([r["peak_rss_mb"] for r in runs]),
                 test_accuracy=summarise([r["test_accuracy"] for r in runs]),
                 gflops=FLOPS_PER_IMAGE[model] * images / statistics.median(secs) / 1e9)
-        for impl in ("seqmnist", "plain-torch"):
+        for impl in impls[1:]:
             summary[impl]["ratio_vs_keras"] = summarise(
                 [a["epoch_seconds"] / b["epoch_seconds"] for a, b in zip(rows[impl], rows["keras"])])
             summary[impl]["rss_ratio_vs_keras"] = summarise(

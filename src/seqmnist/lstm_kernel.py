@@ -1,17 +1,20 @@
-"""seqmnist's own LSTM layer for CPUs with AVX-512 (``csrc/lstm.c``), used by the LSTM models.
+"""seqmnist's own LSTM for CPUs with AVX-512 (``csrc/lstm.c``), used by the LSTM models.
 
 PyTorch's ``nn.LSTM`` on CPU runs oneDNN's RNN kernels, which at this size (50 units, batch 32-64,
-28 steps) spend most of their time on per-step overheads. Here the work is split by shape:
+28 steps) spend much of their time on per-step and per-operation overheads. The kernel runs each
+step as register-blocked products (the input and recurrent projections) followed by the gate maths
+on the same rows while they are in L1; the backward pass also accumulates the weight gradients step
+by step. Two entry points:
 
-- one large product for the input projection of all steps (``x W_ih^T + b``) and, in backward,
-  large products for the weight gradients and the input gradient: PyTorch (MKL/oneDNN GEMMs);
-- the 28 dependent steps (a small product plus the gate maths, per step) in C with AVX-512
-  intrinsics, register-blocked, rows kept in L1 (the compiled ``seqmnist._lstm`` extension).
+- ``lstm(x, w_ih, w_hh, b_ih, b_hh)``: one layer as an autograd function (evaluation, the web page,
+  any LSTM ``Recurrent`` layer);
+- ``ClassifierStep``: a whole training step of the LSTM classifiers (layers, dropout, dense head,
+  loss; forward and backward) in a handful of C calls, with no autograd graph and no allocations.
 
-The weights stay in the ``nn.LSTM`` module, so checkpoints and state dicts do not change; the
-results match ``nn.LSTM`` to float32 rounding (tests compare outputs and every gradient). Where the
-extension was not built (no C compiler at install time, a non-x86 CPU) or the CPU lacks AVX-512,
-or ``SEQMNIST_LSTM_KERNEL=0`` is set, the models use ``nn.LSTM`` as before.
+The weights stay in the ``nn.LSTM`` modules, so checkpoints and state dicts do not change; results
+match ``nn.LSTM`` to float32 rounding (the tests compare outputs and every gradient). Where the
+extension was not built (no C compiler at install time, a non-x86 CPU), the CPU lacks AVX-512, or
+``SEQMNIST_LSTM_KERNEL=0`` is set, the models use ``nn.LSTM`` and autograd as before.
 """
 
 from __future__ import annotations
@@ -69,11 +72,12 @@ def usable(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """Whether ``lstm`` can run this input. Inference on big batches with several threads stays
     with oneDNN, which uses all of them (measured 0.47 s vs 0.73 s for the 10,000 test images
     on 2 cores); the kernel is single-threaded, as each training replica is."""
+    if x.dim() != 3 or x.shape[0] == 0 or x.shape[1] == 0:
+        return False
     if torch.get_num_threads() > 1 and not torch.is_grad_enabled() and x.shape[0] >= 256:
         return False
     return (x.device.type == "cpu" and x.dtype == torch.float32 and weight.dtype == torch.float32
-            and x.dim() == 3 and x.shape[0] > 0 and x.shape[1] > 0 and not _autocast_on()
-            and available())
+            and not _autocast_on() and available())
 
 
 def _ptr(t: torch.Tensor) -> int:

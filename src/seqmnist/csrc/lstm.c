@@ -1,17 +1,18 @@
-/* The sequential part of an LSTM layer on x86-64 CPUs with AVX-512, forward and backward.
+/* LSTM layers on x86-64 CPUs with AVX-512, forward and backward, and the other pieces of an LSTM
+ * classifier's training step (dropout, dense layer with softmax cross-entropy).
  *
- * A 50-unit LSTM at batch 32-64 is 28 steps of tiny products (64 x 50 by 50 x 200) with
- * element-wise gate maths between them; library kernels spend most of their time on per-step
- * overheads at this size. Here each step is one register-blocked product that starts from the
- * precomputed input projection (x W_ih^T + b, one large product done by PyTorch), followed by the
- * gate maths on the same rows while they are still in L1. The weight gradients and the input
- * gradient are large products over all steps at once, done by PyTorch (see lstm_kernel.py).
+ * A 50-unit LSTM at batch 32-64 is 28 steps of tiny products (32 x 78 by 78 x 200) with
+ * element-wise gate maths between them; library kernels spend much of their time on per-step and
+ * per-call overheads at this size. Here each step is register-blocked products (input and
+ * recurrent projections) followed by the gate maths on the same rows while they are still in L1;
+ * the backward pass accumulates the weight gradients step by step in the same way.
  *
- * Plain C with a C ABI (loaded with ctypes): no Python or PyTorch headers. Only the functions
- * marked TARGET use AVX-512; seqmnist_lstm_supported() tells the caller whether the CPU has it.
+ * Plain C with a C ABI (loaded with ctypes by lstm_kernel.py): no Python or PyTorch headers. Only
+ * the functions marked TARGET use AVX-512; seqmnist_lstm_supported() tells the caller whether the
+ * CPU has it. The functions are single-threaded and keep no state: callers run one per core.
  *
- * Layouts (row-major, float32): B batch, T steps, H hidden units, G = 4H gates in PyTorch's order
- * i, f, g, o. Initial hidden and cell states are zero.
+ * Layouts (row-major, float32): B batch, T steps, I input features, H hidden units, G = 4H gates
+ * in PyTorch's order i, f, g, o. Initial hidden and cell states are zero.
  */
 #include <immintrin.h>
 #include <math.h>
