@@ -1,11 +1,13 @@
-"""Print the Markdown tables of BENCHMARKS.md from benchmarks/out/*.json (written by run.py).
+"""Print the Markdown tables of BENCHMARKS.md from the JSON files run.py writes.
 
-    python benchmarks/tables.py
+    python benchmarks/tables.py                      # benchmarks/out/*.json, your latest runs
+    python benchmarks/tables.py benchmarks/results   # the runs behind BENCHMARKS.md
 """
 
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 OUT = Path(__file__).resolve().parent / "out"
@@ -51,8 +53,11 @@ def fast_table(data: dict) -> list[str]:
 
 
 def main() -> None:
-    for path in sorted(OUT.glob("*.json")):
+    folder = Path(sys.argv[1]) if len(sys.argv) > 1 else OUT
+    for path in sorted(folder.glob("*.json")):
         data = json.loads(path.read_text())
+        if "meta" not in data:  # load_web.py's results have their own table
+            continue
         print(f"## {path.name} ({data['meta']['started']}, torch {data['meta']['torch']}, "
               f"{data['meta']['cores']} cores)\n")
         suite = data["meta"]["suite"]
