@@ -65,6 +65,8 @@ def test_models_use_the_kernel_and_agree_with_nn_lstm(monkeypatch):
     (dict(), 9, (28, 28)),  # the tutorial's LSTM, an odd batch
     (dict(hidden=37, layers=3, dropout=0.3), 6, (5, 11)),
     (dict(layers=1, dropout=0.0), 4, (3, 28)),
+    (dict(hidden=20), 3, (1, 7)),  # one step
+    (dict(hidden=16), 2, (100, 1)),  # pixel by pixel
 ])
 def test_classifier_step_gives_autograds_gradients(no_kernel, options, n, shape):
     """The fused step against autograd through nn.LSTM with the same dropout masks."""
