@@ -6,6 +6,8 @@ model replicas, each running forward and backward in its own thread on one core;
 are summed into the first replica (each loss is divided by the whole batch size, so the sum is
 exactly the full batch's gradient), the optimizer updates that replica, and the others copy it.
 Each replica draws dropout masks from its own seeded generator, so runs stay reproducible.
+For the LSTM classifiers on CPUs with AVX-512, each replica's forward and backward is one
+``lstm_kernel.ClassifierStep`` (C, releasing the GIL), so the two cores work truly in parallel.
 """
 
 from __future__ import annotations
@@ -43,8 +45,12 @@ class Replicas:
         for m in self.models:
             m.train()
 
+    def uses_kernel(self, precision: str) -> bool:
+        """Whether steps at this precision run in seqmnist's LSTM kernel (float32 only)."""
+        return self.kernel_steps is not None and precision == "fp32"
+
     def _one(self, i: int, x: torch.Tensor, y: torch.Tensor, total: int, precision: str):
-        if self.kernel_steps is not None and precision == "fp32":
+        if self.uses_kernel(precision):
             return self.kernel_steps[i].forward_backward(x, y, total)
         model = self.models[i]
         with autocast(x.device, precision):

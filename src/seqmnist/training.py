@@ -196,7 +196,7 @@ def train(config: TrainConfig | None = None, *, out: str | Path = "runs",
         log(f"Training {cfg.model} on {cfg.dataset} ({len(x_train):,} images, view {cfg.view}, "
             f"batch {cfg.batch_size}, lr {cfg.lr:g}, {cfg.epochs} epochs, {device}, {cfg.precision}"
             f"{f', batch split over {len(replicas)} cores' if len(replicas) > 1 else ''}"
-            f"{', seqmnist LSTM kernel' if replicas.kernel_steps is not None else ''}); "
+            f"{', seqmnist LSTM kernel' if replicas.uses_kernel(cfg.precision) else ''}); "
             f"validating on the {len(x_test):,} test images after each epoch, as the tutorial does.")
         log(f"Run folder: {folder}")
 
