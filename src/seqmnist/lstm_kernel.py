@@ -156,7 +156,7 @@ class ClassifierStep:
     reproducible and resumable."""
 
     def __init__(self, model: torch.nn.Module, generator: torch.Generator | None = None):
-        self.model, self.generator = model, generator
+        self.generator = generator
         self.layers = [m.rnn for m in model.net if hasattr(m, "rnn")]
         self.p = next((float(m.p) for m in model.net if isinstance(m, torch.nn.Dropout)), 0.0)
         self.head = model.net[-1]
@@ -185,11 +185,15 @@ class ClassifierStep:
         if key not in self.work:
             e = torch.empty
             layers = []
-            for rnn in self.layers:
+            for k, rnn in enumerate(self.layers):
                 g, i, h = rnn.weight_ih_l0.shape[0], rnn.input_size, rnn.hidden_size
-                layers.append(dict(
-                    x=e(steps, n, i), act=e(steps, n, g), c=e(steps, n, h), tc=e(steps, n, h),
-                    h=e(steps, n, h), mask=e(steps, n, h), dh_out=torch.zeros(steps, n, h)))
+                layer = dict(act=e(steps, n, g), c=e(steps, n, h), tc=e(steps, n, h),
+                             h=e(steps, n, h), dh_out=torch.zeros(steps, n, h))
+                if k:  # input: the previous layer's output through dropout (layer 0 reads x)
+                    layer["x"] = e(steps, n, i)
+                if k + 1 < len(self.layers):  # the dropout mask after this layer
+                    layer["mask"] = e(steps, n, h)
+                layers.append(layer)
             size = max(_work_size(r.input_size, r.hidden_size, n) for r in self.layers)
             hidden = self.layers[-1].hidden_size
             self.work[key] = dict(layers=layers, scratch=e(size), mask=e(n, hidden),
