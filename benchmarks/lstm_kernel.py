@@ -1,11 +1,11 @@
 """One training step of the tutorial's LSTM classifier on one core, three ways, measured in the
 same process in interleaved rounds (the machine's speed drifts, so only same-round ratios count):
 
-- ``nn.LSTM``: the model through autograd with PyTorch's LSTM (oneDNN), as with
-  SEQMNIST_LSTM_KERNEL=0;
-- ``kernel layer``: the model through autograd with seqmnist's LSTM layer (``lstm_kernel.lstm``);
-- ``kernel step``: ``lstm_kernel.ClassifierStep``, the whole step in the kernel (what training
-  uses: each of the two cores runs one of these on half of a batch of 64).
+- ``nn.LSTM``: the model through autograd with PyTorch's LSTM (oneDNN): the ``torch`` backend;
+- ``kernel layer``: the model through autograd with seqmnist's LSTM layer (``lstm_kernel.lstm``
+  installed by the ``native`` backend, as evaluation uses it);
+- ``kernel step``: the ``native`` backend's training step (``lstm_kernel.ClassifierStep``), the
+  whole step in the kernel (what training uses: each core runs one on half of a batch of 64).
 
     python benchmarks/lstm_kernel.py [--batches 32 64 128 256] [--rounds 7]
     python benchmarks/lstm_kernel.py --loop        # where a training step's time goes
@@ -26,6 +26,7 @@ import torch
 from torch.nn import functional as F
 
 from seqmnist import lstm_kernel
+from seqmnist.backends import install_backend, training_step
 from seqmnist.data import load_dataset
 from seqmnist.models import create_model
 from seqmnist.parallel import Replicas
@@ -43,21 +44,15 @@ def per_image_us(step, n: int, calls: int) -> float:
 def ways_for(model: torch.nn.Module, n: int) -> dict:
     """The three ways of running one step on a batch of n random images."""
     x, y = torch.rand(n, 28, 28), torch.randint(0, 10, (n,))
-    fused = lstm_kernel.ClassifierStep(model, torch.Generator().manual_seed(0))
-    usable = lstm_kernel.usable
+    fused = training_step(model, "native", "fp32", torch.Generator().manual_seed(0))
 
-    def autograd_step():
+    def autograd_step(backend: str):
+        install_backend(model, backend)
         model.zero_grad(set_to_none=True)
         (F.cross_entropy(model(x), y, reduction="sum") / n).backward()
 
-    def with_nn_lstm():
-        lstm_kernel.usable = lambda *a: False
-        try:
-            autograd_step()
-        finally:
-            lstm_kernel.usable = usable
-
-    return {"nn.LSTM": with_nn_lstm, "kernel layer": autograd_step,
+    return {"nn.LSTM": lambda: autograd_step("torch"),
+            "kernel layer": lambda: autograd_step("native"),
             "kernel step": lambda: fused.forward_backward(x, y, n)}
 
 
@@ -66,20 +61,22 @@ def loop(steps: int = 400, batch: int = 64) -> None:
     ds = load_dataset("mnist")
     x_all, y_all = to_input(ds.x_train, "rows", 0, torch.device("cpu")), torch.as_tensor(ds.y_train)
     threads = torch.get_num_threads()
-    replicas = Replicas(create_model("lstm"), threads, seed=0)
+    replicas = Replicas(create_model("lstm"), threads, seed=0, backend="native")
     replicas.train()
     opt = make_adam(replicas.params[0], 1e-3, 1e-7)
     torch.set_num_threads(1)
     own: dict[int, list[float]] = {i: [] for i in range(len(replicas))}
-    one = replicas._one
 
-    def timed_one(i, *a):
-        start = time.perf_counter()
-        result = one(i, *a)
-        own[i].append(time.perf_counter() - start)
-        return result
+    def timed(i, step):
+        def run(*a):
+            start = time.perf_counter()
+            result = step(*a)
+            own[i].append(time.perf_counter() - start)
+            return result
+        return run
 
-    replicas._one = timed_one
+    for i, step in enumerate(replicas.steps):
+        step.forward_backward = timed(i, step.forward_backward)
     perm = torch.randperm(len(x_all))
     parts: dict[str, list[float]] = {k: [] for k in ("step", "gather", "forward+backward", "adam",
                                                      "copy weights")}
@@ -88,7 +85,7 @@ def loop(steps: int = 400, batch: int = 64) -> None:
         idx = perm[i:i + batch]
         xb, yb = x_all.index_select(0, idx), y_all.index_select(0, idx)
         t1 = time.perf_counter()
-        replicas.forward_backward(xb, yb, "fp32")
+        replicas.forward_backward(xb, yb)
         t2 = time.perf_counter()
         opt.step()
         t3 = time.perf_counter()
@@ -111,7 +108,7 @@ def main() -> None:
     p.add_argument("--loop", action="store_true", help="time the parts of the training loop")
     args = p.parse_args()
     if not lstm_kernel.available():
-        raise SystemExit("the LSTM kernel is not available here (not built, or no AVX-512)")
+        raise SystemExit(f"the LSTM kernel is not available here: {lstm_kernel.status()[1]}")
     if args.loop:
         return loop()
     torch.set_num_threads(1)

@@ -1,4 +1,5 @@
-"""Shared fixtures: real data from ../shared/data (or $SEQMNIST_DATA), small slices of it, and
+"""Shared fixtures: the shipped slice of MNIST (tests/fixtures/data, always there), the full MNIST
+from $SEQMNIST_DATA or ../shared/data when present (tests that need it are skipped otherwise), and
 helpers that write IDX files."""
 
 from __future__ import annotations
@@ -12,9 +13,11 @@ import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+FIXTURE_DATA = REPO / "tests" / "fixtures" / "data"  # mnist/: 2,000 train + 1,000 test images
 
 
 def data_root() -> Path:
+    """Where the full datasets are (they may not be)."""
     return Path(os.environ.get("SEQMNIST_DATA") or REPO.parent / "shared" / "data")
 
 
@@ -59,21 +62,17 @@ def real_mnist():
 
 
 @pytest.fixture(scope="session")
-def small_mnist(real_mnist):
-    """2,000 training and 1,000 test images of real MNIST, for quick end-to-end runs."""
-    from seqmnist.data import Dataset
+def small_mnist():
+    """The shipped fixture: the first 2,000 training and 1,000 test images of real MNIST."""
+    from seqmnist.data import load_dataset
 
-    return Dataset("mnist", real_mnist.x_train[:2000], real_mnist.y_train[:2000],
-                   real_mnist.x_test[:1000], real_mnist.y_test[:1000], real_mnist.classes,
-                   real_mnist.source)
+    return load_dataset("mnist", FIXTURE_DATA / "mnist")
 
 
 @pytest.fixture(scope="session")
-def small_mnist_dir(small_mnist, tmp_path_factory) -> Path:
-    """``small_mnist`` written as an IDX folder, for the CLI's --data-dir."""
-    d = small_mnist
-    return write_dataset(tmp_path_factory.mktemp("data") / "mnist", d.x_train, d.y_train,
-                         d.x_test, d.y_test)
+def small_mnist_dir() -> Path:
+    """The shipped fixture's IDX folder, for the CLI's --data-dir."""
+    return FIXTURE_DATA / "mnist"
 
 
 @pytest.fixture(scope="session")

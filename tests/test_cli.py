@@ -94,11 +94,20 @@ def test_compare_writes_report(small_mnist_dir, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["train", "mlp"], "invalid choice: 'mlp'"),
+    (["train", "mlp"], "unknown model 'mlp'"),
+    (["train", "lstmm"], "unknown model 'lstmm'; did you mean 'lstm'?"),
+    (["compare", "lstmm"], "unknown model 'lstmm'; did you mean 'lstm'?"),
+    (["summary", "cnnn"], "unknown model 'cnnn'; did you mean 'cnn'?"),
+    (["train", "lstm", "--view", "row"], "unknown view 'row'; did you mean 'rows'?"),
+    (["train", "lstm", "--backend", "nativ"], "unknown backend 'nativ'; did you mean 'native'?"),
+    (["train", "lstm", "--threads", "100000"], "must be at most 1,024"),
+    (["train", "lstm", "--seed", "1e23"], "expected a whole number"),
+    (["train", "lstm", "--hidden", "100000"], "must be at most 4,096"),
+    (["serve", "--port", "70000"], "must be at most 65,535"),
     (["train", "lstm", "--epochs", "-3"], "must be at least 1"),
     (["train", "lstm", "--epochs", "ten"], "expected a whole number"),
     (["train", "lstm", "--lr", "0"], "must be a positive number"),
-    (["train", "lstm", "--dataset", "cifar"], "invalid choice: 'cifar'"),
+    (["train", "lstm", "--dataset", "cifar"], "unknown dataset 'cifar'"),
     (["train", "lstm", "--view", "image", "--dataset", "digits"], "cannot read the 'image' view"),
     (["train", "cnn", "--view", "rows", "--dataset", "digits"], "cannot read the 'rows' view"),
     (["compare", "transformer", "--dataset", "digits"], "unknown model 'transformer'"),
@@ -110,17 +119,20 @@ def test_bad_input_is_one_line_and_exit_2(args, message):
     out = run_cli(*args)
     assert out.returncode == 2, out.stderr
     assert message in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1, out.stderr  # one line, no usage dump
     assert "Traceback" not in out.stderr
 
 
 def test_missing_data_is_clear_and_exit_2(tmp_path):
-    out = run_cli("train", "lstm", "--epochs", "1", "--data-dir", tmp_path / "empty",
-                  env={"SEQMNIST_DATA": str(tmp_path / "nothing"),
-                       "XDG_CACHE_HOME": str(tmp_path / "cache"),
-                       "SEQMNIST_MIRRORS": "http://127.0.0.1:9/{name}/"})
+    env = {"SEQMNIST_DATA": str(tmp_path / "nothing"), "XDG_CACHE_HOME": str(tmp_path / "cache"),
+           "SEQMNIST_MIRRORS": "http://127.0.0.1:9/{name}/"}
+    out = run_cli("train", "lstm", "--epochs", "1", env=env)
     assert out.returncode == 2
     assert "dataset 'mnist' not found" in out.stderr and "Looked in:" in out.stderr
     assert "--dataset digits" in out.stderr and "Traceback" not in out.stderr
+    assert not (tmp_path / "cache" / "seqmnist" / "mnist").exists()  # no empty folder left
+    out = run_cli("train", "lstm", "--epochs", "1", "--data-dir", tmp_path / "empty", env=env)
+    assert out.returncode == 2 and "does not exist" in out.stderr
 
 
 def test_data_list_and_verify(small_mnist_dir, capsys):

@@ -5,8 +5,7 @@ import numpy as np
 import pytest
 
 from conftest import data_root, idx_bytes, write_dataset, write_idx
-from seqmnist.data import DATASETS, load_dataset, locate, parse_idx, read_idx, search_dirs
-from seqmnist.download import verify
+from seqmnist.data import DATASETS, load_dataset, locate, parse_idx, read_idx, search_dirs, verify
 from seqmnist.errors import DataError, DataNotFoundError, UsageError
 
 
@@ -74,9 +73,10 @@ def test_label_out_of_range(tmp_path):
 def test_search_order(tmp_path, monkeypatch):
     monkeypatch.setenv("SEQMNIST_DATA", str(tmp_path / "env"))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    dirs = search_dirs("mnist", tmp_path / "explicit")
-    assert dirs == [tmp_path / "explicit", tmp_path / "env" / "mnist",
-                    tmp_path / "cache" / "seqmnist" / "mnist", Path("/usr/share/datasets/mnist")]
+    assert search_dirs("mnist", tmp_path / "explicit") == [tmp_path / "explicit"]
+    assert search_dirs("mnist") == [tmp_path / "env" / "mnist",
+                                    tmp_path / "cache" / "seqmnist" / "mnist",
+                                    Path("/usr/share/datasets/mnist")]
     images, labels = _tiny()
     write_dataset(tmp_path / "cache" / "seqmnist" / "mnist", images, labels, images, labels)
     assert locate("mnist") == tmp_path / "cache" / "seqmnist" / "mnist"
@@ -86,15 +86,26 @@ def test_search_order(tmp_path, monkeypatch):
 
 
 def test_not_found_without_network_is_clear(tmp_path, monkeypatch):
-    monkeypatch.delenv("SEQMNIST_DATA", raising=False)
+    monkeypatch.setenv("SEQMNIST_DATA", str(tmp_path / "env"))
     monkeypatch.setattr(DATASETS["fashion-mnist"], "mirrors", ["http://127.0.0.1:9/"])
     monkeypatch.setattr("seqmnist.download.time.sleep", lambda s: None)
     with pytest.raises(DataNotFoundError) as info:
-        load_dataset("fashion-mnist", tmp_path / "nothing-here")
+        load_dataset("fashion-mnist")
     text = str(info.value)
-    assert "not found" in text and str(tmp_path / "nothing-here") in text
+    assert "not found" in text and str(tmp_path / "env" / "fashion-mnist") in text
     assert "--data-dir" in text and "SEQMNIST_DATA" in text and "--dataset digits" in text
     assert info.value.exit_code == 2
+    assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").rglob("*"))
+
+
+def test_explicit_data_dir_is_used_or_is_an_error(tmp_path, monkeypatch, small_mnist_dir):
+    """Never another copy in silence: SEQMNIST_DATA holds good files, the explicit folder not."""
+    monkeypatch.setenv("SEQMNIST_DATA", str(small_mnist_dir.parent))
+    for folder, says in [(tmp_path / "missing", "does not exist"),
+                         (tmp_path, "lacks train-images-idx3-ubyte")]:
+        with pytest.raises(DataNotFoundError, match=says):
+            load_dataset("mnist", folder)
+    assert load_dataset("mnist").source == str(small_mnist_dir)
 
 
 def test_unknown_dataset():
@@ -120,6 +131,8 @@ def test_real_data_loads_and_verifies(name):
     assert all(check.ok for check in verify(name, folder))
 
 
-def test_limit_validated(real_mnist):
+def test_limit_validated_and_total_kept(small_mnist):
     with pytest.raises(UsageError):
-        real_mnist.limit(0)
+        small_mnist.limit(0)
+    assert small_mnist.limit(300).train_total == 2000 and len(small_mnist.limit(300).x_train) == 300
+    assert small_mnist.train_total == 2000

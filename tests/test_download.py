@@ -10,8 +10,8 @@ import pytest
 
 from conftest import idx_bytes
 from seqmnist import download
-from seqmnist.data import DATASETS, SPLIT_FILES, DatasetSpec, load_dataset, register_dataset
-from seqmnist.download import download_file, fetch, sha256_of_content
+from seqmnist.data import DATASETS, SPLIT_FILES, DatasetSpec, fetch, load_dataset, register_dataset
+from seqmnist.download import download_file, sha256_of_content
 from seqmnist.errors import DownloadError
 
 CONTENT = idx_bytes(np.arange(2 * 3 * 3, dtype=np.uint8).reshape(2, 3, 3))

@@ -21,18 +21,18 @@ def correlation(a, b) -> float:
     return float(np.corrcoef(np.ravel(a), np.ravel(b))[0, 1])
 
 
-def test_round_trip_recovers_mnist_images(real_mnist):
+def test_round_trip_recovers_mnist_images(small_mnist):
     """An upscaled MNIST test digit, prepared again, matches the original (mean r=0.96 measured)."""
     scores = []
-    for img in real_mnist.x_test[:100]:
+    for img in small_mnist.x_test[:100]:
         big = Image.fromarray(img).resize((112, 112), Image.BILINEAR)
         scores.append(correlation(prepare_image(encode(big)), img))
     assert np.mean(scores) > 0.9
 
 
 @pytest.mark.parametrize("fmt", ["PNG", "JPEG", "BMP", "GIF", "WEBP"])
-def test_dark_on_light_any_size_any_format(real_mnist, fmt):
-    img = real_mnist.x_test[0]
+def test_dark_on_light_any_size_any_format(small_mnist, fmt):
+    img = small_mnist.x_test[0]
     photo = Image.fromarray(255 - img).resize((300, 200), Image.BILINEAR).convert("RGB")
     out = prepare_image(encode(photo, fmt))
     assert out.shape == (28, 28) and out.dtype == np.uint8

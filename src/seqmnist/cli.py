@@ -1,22 +1,32 @@
 """The ``seqmnist`` command line: parse, then call the same functions a Python user would.
 
-Nothing heavy is imported at module level, so ``seqmnist --help`` answers without loading torch.
+Choices (models, views, datasets, presets, backends) come from the registries. Only the parser of
+the command being run is built, so ``seqmnist --help`` answers without importing torch; a
+command's own parser imports the registries it offers.
 """
 
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
-MODEL_NAMES = ("lstm", "gru", "rnn", "cnn")  # checked against the registry in a test
-DATASET_NAMES = ("mnist", "fashion-mnist", "digits")
-VIEW_NAMES = ("rows", "columns", "pixels", "permuted", "image")
+EPILOG = "Start with: seqmnist compare --epochs 1 --limit 6000   (a one-minute look)"
 
 
-def int_at_least(minimum: int):
-    """An argparse type: a whole number no smaller than ``minimum``."""
+class Parser(argparse.ArgumentParser):
+    """Usage errors are one line (with a "did you mean" where one fits) and exit code 2."""
+
+    def error(self, message: str):
+        sys.stderr.write(f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        sys.exit(2)
+
+
+def int_at_least(minimum: int, maximum: int | None = None):
+    """An argparse type: a whole number in [minimum, maximum]."""
     def parse(text: str) -> int:
         try:
             value = int(text)
@@ -24,6 +34,8 @@ def int_at_least(minimum: int):
             raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
         if value < minimum:
             raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        if maximum is not None and value > maximum:
+            raise argparse.ArgumentTypeError(f"must be at most {maximum:,}, got {value:,}")
         return value
     return parse
 
@@ -42,89 +54,158 @@ def positive_float(text: str) -> float:
     return value
 
 
+def one_of(names, what: str) -> Callable[[str], str]:
+    """An argparse type accepting one of ``names``, suggesting the closest on a typo."""
+    names = list(names)
+
+    def parse(text: str) -> str:
+        if text in names:
+            return text
+        close = difflib.get_close_matches(text, names, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise argparse.ArgumentTypeError(f"unknown {what} {text!r}{hint} (choose from "
+                                         f"{', '.join(names)})")
+    parse.__name__ = what  # argparse names the type in some messages
+    return parse
+
+
+def choices_help(text: str, names, default: str | None) -> str:
+    shown = f"{text}: {', '.join(names)}"
+    return shown + (f" (default: {default})" if default else "")
+
+
 def add_training_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--dataset", choices=DATASET_NAMES, help="dataset (default: mnist)")
-    p.add_argument("--view", choices=VIEW_NAMES, help="how the image is read (default: the "
-                   "model's: rows for recurrent models, image for cnn)")
-    p.add_argument("--epochs", type=positive_int, help="epochs (default: 10, the tutorial's)")
-    p.add_argument("--batch-size", type=positive_int, help="batch size (default: 64)")
-    p.add_argument("--lr", type=positive_float, help="learning rate (default: the model's: "
-                   "1e-3 recurrent, 1e-4 cnn)")
-    p.add_argument("--seed", type=nonnegative_int, help="random seed (default: 0)")
-    p.add_argument("--limit", type=positive_int, metavar="N",
-                   help="train on the first N training images only (smoke runs)")
-    p.add_argument("--preset", choices=("tutorial", "fast"), help="tutorial: the Keras recipe "
-                   "as written (default); fast: same architecture, tuned to finish sooner")
-    p.add_argument("--precision", choices=("auto", "fp32", "bf16"), help="training precision "
-                   "(default auto: bf16 autocast for the CNN where the hardware has bf16)")
-    p.add_argument("--schedule", choices=("constant", "onecycle"), help="learning-rate schedule")
-    p.add_argument("--threads", type=positive_int, help="CPU threads for PyTorch")
-    p.add_argument("--device", default=None, help="auto (default), cpu or cuda")
+    from .config import BACKENDS, PRECISIONS, PRESET_HELP, PRESETS, SCHEDULES, TUTORIAL_RECIPE
+    from .data import DATASETS
+    from .views import VIEWS
+
+    p.add_argument("--dataset", type=one_of(DATASETS, "dataset"),
+                   help=choices_help("dataset", DATASETS, "mnist"))
+    p.add_argument("--view", type=one_of(VIEWS, "view"), help=choices_help(
+        "how the image is read", VIEWS, "the model's own: rows for recurrent models, image for cnn"))
+    p.add_argument("--epochs", type=positive_int, help=f"epochs (default: the preset's, else "
+                   f"{TUTORIAL_RECIPE['epochs']}, the tutorial's)")
+    p.add_argument("--batch-size", type=positive_int, help=f"batch size (default: the preset's, "
+                   f"else {TUTORIAL_RECIPE['batch_size']}, the tutorial's)")
+    p.add_argument("--lr", type=positive_float, help="learning rate, the peak one with a one-cycle "
+                   "schedule (default: the preset's, else the model's: 1e-3 recurrent, 1e-4 cnn)")
+    p.add_argument("--seed", type=int_at_least(0, 2**63 - 1), help="random seed (default: 0)")
+    p.add_argument("--limit", type=positive_int, metavar="N", help="train on the first N "
+                   "training images only, for a quick look (default: all of them)")
+    p.add_argument("--preset", type=one_of(PRESETS, "preset"), help=choices_help(
+        "recipe", [f"{k} ({v})" for k, v in PRESET_HELP.items() if k in PRESETS], "tutorial"))
+    p.add_argument("--precision", type=one_of(PRECISIONS, "precision"), help=choices_help(
+        "training precision", PRECISIONS, "auto: bf16 autocast for the CNN where the hardware "
+        "has bf16, else fp32"))
+    p.add_argument("--schedule", type=one_of(SCHEDULES, "schedule"), help=choices_help(
+        "learning-rate schedule", SCHEDULES, "the preset's, else constant"))
+    p.add_argument("--backend", type=one_of(BACKENDS, "backend"), help=choices_help(
+        "what computes the LSTM", BACKENDS, "auto: seqmnist's kernel where it can run, else "
+        "torch; `seqmnist doctor` shows which"))
+    p.add_argument("--threads", type=int_at_least(1, 1024), help="CPU threads for PyTorch "
+                   "(default: PyTorch's, one per core)")
+    p.add_argument("--device", type=str, help="auto, cpu, cuda or cuda:N (default: auto, "
+                   "the GPU if PyTorch sees one)")
     p.add_argument("--deterministic", action="store_true", default=None,
-                   help="use only deterministic algorithms (same seed, same weights)")
-    p.add_argument("--data-dir", type=Path, help="folder holding the dataset's files")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+                   help="use only deterministic algorithms (default: off)")
+    p.add_argument("--data-dir", type=Path, help="folder holding the dataset's files, used "
+                   "instead of searching (default: search SEQMNIST_DATA, the cache, then download)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (default: "
+                   "shown on a terminal)")
 
 
 TRAIN_FIELDS = ("dataset", "view", "epochs", "batch_size", "lr", "seed", "limit", "preset",
-                "precision", "schedule", "threads", "device", "deterministic")
+                "precision", "schedule", "backend", "threads", "device", "deterministic")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
+def _models_arg(p: argparse.ArgumentParser, **kwargs) -> None:
+    from .models import list_models
 
-    parser = argparse.ArgumentParser(
-        prog="seqmnist", description="Read an image as a sequence: train LSTMs and CNNs on MNIST "
-        "and compare them.", epilog="Start with: seqmnist compare --epochs 1")
-    parser.add_argument("--version", action="version", version=f"seqmnist {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    p.add_argument("model", type=one_of(list_models(), "model"), metavar="MODEL", **kwargs)
 
-    p = sub.add_parser("compare", help="train models (default: lstm cnn) and write a report")
-    p.add_argument("models", nargs="*", metavar="MODEL",
-                   help=f"models to train ({', '.join(MODEL_NAMES)}); default: lstm cnn")
+
+def build_compare(p: argparse.ArgumentParser) -> None:
+    from .models import list_models
+
+    p.add_argument("models", nargs="*", type=one_of(list_models(), "model"), metavar="MODEL",
+                   help=choices_help("models to train", list_models(), "lstm cnn"))
     p.add_argument("--runs", nargs="+", type=Path, default=[], metavar="RUN",
-                   help="finished run folders to include instead of (or besides) training")
+                   help="finished run folders to include instead of (or besides) training "
+                   "(default: none)")
     p.add_argument("--out", type=Path, help="report folder (default: reports/<time>-<dataset>)")
-    p.add_argument("--runs-dir", type=Path, default=Path("runs"), help="where new runs go")
+    p.add_argument("--runs-dir", type=Path, default=Path("runs"),
+                   help="where new runs go (default: runs/)")
     add_training_options(p)
 
-    p = sub.add_parser("train", help="train one model; writes a run folder")
-    p.add_argument("model", nargs="?", choices=MODEL_NAMES, help="model to train")
+
+def build_train(p: argparse.ArgumentParser) -> None:
+    from .models import list_models
+
+    _models_arg(p, nargs="?", help=choices_help("model to train", list_models(), None) +
+                " (none with --resume)")
     p.add_argument("--out", type=Path, default=Path("runs"), help="parent of run folders "
                    "(default: runs/)")
-    p.add_argument("--resume", type=Path, metavar="RUN", help="continue an interrupted run")
-    p.add_argument("--hidden", type=positive_int, help="recurrent units per layer (default 50)")
-    p.add_argument("--layers", type=positive_int, help="recurrent layers (default 2)")
-    p.add_argument("--bidirectional", action="store_true", help="bidirectional recurrent layers")
+    p.add_argument("--resume", type=Path, metavar="RUN", help="continue an interrupted run "
+                   "from its last complete epoch (default: start a new run)")
+    p.add_argument("--hidden", type=int_at_least(1, 4096), help="recurrent units per layer "
+                   "(default: 50)")
+    p.add_argument("--layers", type=int_at_least(1, 64), help="recurrent layers (default: 2)")
+    p.add_argument("--bidirectional", action="store_true", help="bidirectional recurrent layers "
+                   "(default: off)")
     add_training_options(p)
 
-    p = sub.add_parser("evaluate", help="reload a run and report its test metrics")
-    p.add_argument("run", type=Path)
-    p.add_argument("--data-dir", type=Path)
-    p.add_argument("--json", action="store_true", help="print JSON")
 
-    p = sub.add_parser("predict", help="classify image files with a trained run")
-    p.add_argument("run", type=Path)
-    p.add_argument("images", nargs="+", type=Path, metavar="IMAGE")
-    p.add_argument("--json", action="store_true", help="print JSON")
+def build_evaluate(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run", type=Path, help="a finished run folder")
+    p.add_argument("--data-dir", type=Path, help="folder holding the dataset's files "
+                   "(default: search as training does)")
+    p.add_argument("--json", action="store_true", help="print JSON (default: one line of text)")
 
-    p = sub.add_parser("summary", help="Keras-style summary of a model (layers, parameters)")
-    p.add_argument("model", choices=MODEL_NAMES)
-    p.add_argument("--dataset", choices=DATASET_NAMES, default="mnist")
-    p.add_argument("--view", choices=VIEW_NAMES)
 
-    p = sub.add_parser("data", help="list datasets; fetch or verify their files")
-    p.add_argument("action", nargs="?", choices=("list", "fetch", "verify"), default="list")
-    p.add_argument("name", nargs="?", choices=DATASET_NAMES)
-    p.add_argument("--data-dir", type=Path)
+def build_predict(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run", type=Path, help="a finished run folder")
+    p.add_argument("images", nargs="+", type=Path, metavar="IMAGE",
+                   help="PNG, JPEG, BMP, GIF or WebP files of digits, any size")
+    p.add_argument("--json", action="store_true", help="print JSON (default: text)")
 
-    p = sub.add_parser("serve", help="web page: draw a digit, watch the models read it")
+
+def build_summary(p: argparse.ArgumentParser) -> None:
+    from .data import DATASETS
+    from .models import list_models
+    from .views import VIEWS
+
+    _models_arg(p, help=choices_help("model", list_models(), None))
+    p.add_argument("--dataset", type=one_of(DATASETS, "dataset"), default="mnist",
+                   help=choices_help("input size and classes from", DATASETS, "mnist"))
+    p.add_argument("--view", type=one_of(VIEWS, "view"), help=choices_help(
+        "how the image is read", VIEWS, "the model's own"))
+
+
+def build_data(p: argparse.ArgumentParser) -> None:
+    from .data import DATASETS
+
+    p.add_argument("action", nargs="?", type=one_of(("list", "fetch", "verify"), "action"),
+                   default="list", help="list: where each dataset was found; fetch: download; "
+                   "verify: check checksums (default: list)")
+    p.add_argument("name", nargs="?", type=one_of(DATASETS, "dataset"),
+                   help=choices_help("dataset", DATASETS, "all of them"))
+    p.add_argument("--data-dir", type=Path, help="folder to look in or fetch into "
+                   "(default: the usual search / the cache)")
+
+
+def build_serve(p: argparse.ArgumentParser) -> None:
     p.add_argument("runs", nargs="*", type=Path, metavar="RUN",
                    help="run folders to serve (default: the latest run of each model)")
-    p.add_argument("--runs-dir", type=Path, default=Path("runs"))
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=nonnegative_int, default=8000)
-    return parser
+    p.add_argument("--runs-dir", type=Path, default=Path("runs"),
+                   help="where to look for runs (default: runs/)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: "
+                   "127.0.0.1, this machine only)")
+    p.add_argument("--port", type=int_at_least(1, 65535), default=8000,
+                   help="port (default: 8000)")
+
+
+def build_doctor(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="print JSON (default: text)")
 
 
 def _train_kwargs(args: argparse.Namespace) -> dict:
@@ -133,6 +214,7 @@ def _train_kwargs(args: argparse.Namespace) -> dict:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from .errors import UsageError
+    from .models import list_models
     from .training import config_from_args, train
 
     if args.resume is not None:
@@ -141,7 +223,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         train(resume=args.resume, data_dir=args.data_dir, progress=not args.no_progress)
         return 0
     if args.model is None:
-        raise UsageError("give a MODEL to train (lstm, gru, rnn, cnn) or --resume RUN")
+        raise UsageError(f"give a MODEL to train ({', '.join(list_models())}) or --resume RUN")
     options = {k: getattr(args, k) for k in ("hidden", "layers") if getattr(args, k) is not None}
     if args.bidirectional:
         options["bidirectional"] = True
@@ -160,6 +242,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from .evaluation import evaluate
+    from .fileio import dumps
     from .storage import load_run
 
     run = load_run(args.run)
@@ -168,7 +251,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                   view=run.config.view, test_accuracy=ev.accuracy, test_loss=ev.loss,
                   images=len(ev.labels), images_per_second=round(ev.images_per_second, 1))
     if args.json:
-        print(json.dumps(result, indent=2))
+        print(dumps(result))
     else:
         print(f"{run.path}: {run.config.model} on {run.config.dataset} ({run.config.view}): "
               f"test accuracy {ev.accuracy:.4f}, test loss {ev.loss:.4f} "
@@ -177,17 +260,33 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    """Each image gets its answer or its error; the exit code is 2 if any image failed."""
+    from .errors import SeqmnistError
+    from .fileio import dumps
     from .images import predict
+    from .storage import load_run
 
-    results = predict(args.run, args.images)
+    run = load_run(args.run)
+    results = []
+    for path in args.images:
+        try:
+            (r,) = predict(run, [path])
+            results.append(dict(image=str(path), prediction=r["prediction"], top3=r["top3"]))
+        except SeqmnistError as exc:
+            results.append(dict(image=str(path), error=str(exc)))
+    failed = sum("error" in r for r in results)
     if args.json:
-        print(json.dumps([dict(image=str(p), prediction=r["prediction"], top3=r["top3"])
-                          for p, r in zip(args.images, results)], indent=2))
-        return 0
-    for path, r in zip(args.images, results):
-        top = ", ".join(f"{name} {prob:.1%}" for name, prob in r["top3"])
-        print(f"{path}: {r['prediction']}  ({top})")
-    return 0
+        print(dumps(results))
+    else:
+        for r in results:
+            if "error" in r:
+                print(f"seqmnist predict: error: {r['error']}", file=sys.stderr)
+            else:
+                top = ", ".join(f"{name} {prob:.1%}" for name, prob in r["top3"])
+                print(f"{r['image']}: {r['prediction']}  ({top})")
+    if failed:
+        print(f"seqmnist predict: {failed} of {len(results)} images failed", file=sys.stderr)
+    return 2 if failed else 0
 
 
 def cmd_summary(args: argparse.Namespace) -> int:
@@ -205,9 +304,8 @@ def cmd_summary(args: argparse.Namespace) -> int:
 
 
 def cmd_data(args: argparse.Namespace) -> int:
-    from .data import DATASETS, locate
-    from .download import fetch, verify
-    from .errors import DataError
+    from .data import DATASETS, fetch, locate, verify
+    from .errors import UsageError
 
     names = [args.name] if args.name else list(DATASETS)
     if args.action == "list":
@@ -219,7 +317,7 @@ def cmd_data(args: argparse.Namespace) -> int:
         return 0
     if args.action == "fetch":
         if not args.name:
-            raise DataError("name the dataset to fetch, e.g. seqmnist data fetch mnist")
+            raise UsageError("name the dataset to fetch, e.g. seqmnist data fetch mnist")
         print(f"{args.name}: files in {fetch(args.name, args.data_dir)}")
         return 0
     bad = 0
@@ -239,16 +337,59 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = dict(train=cmd_train, compare=cmd_compare, evaluate=cmd_evaluate, predict=cmd_predict,
-                summary=cmd_summary, data=cmd_data, serve=cmd_serve)
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from .doctor import report
+
+    info, text = report()
+    print(json.dumps(info, indent=2) if args.json else text)
+    return 0
+
+
+# name: (one-line help, builder of its arguments, what runs it)
+COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
+    "compare": ("train models (default: lstm cnn) or reuse runs, and write a report",
+                build_compare, cmd_compare),
+    "train": ("train one model; writes a run folder", build_train, cmd_train),
+    "evaluate": ("reload a run and report its test metrics", build_evaluate, cmd_evaluate),
+    "predict": ("classify image files with a trained run", build_predict, cmd_predict),
+    "summary": ("a model's layers and parameter count (Keras-style)", build_summary, cmd_summary),
+    "data": ("list datasets; fetch or verify their files", build_data, cmd_data),
+    "serve": ("web page: draw a digit, watch the models read it", build_serve, cmd_serve),
+    "doctor": ("what this machine runs: versions, CPU features, LSTM kernel, backend",
+               build_doctor, cmd_doctor),
+}
+
+
+def build_parser(command: str | None = None, everything: bool = False) -> argparse.ArgumentParser:
+    """The parser; the arguments of ``command`` (or of every command) are filled in."""
+    from . import __version__
+
+    parser = Parser(prog="seqmnist", description="Read an image as a sequence: train LSTMs and "
+                    "CNNs on MNIST and compare them.", epilog=EPILOG)
+    parser.add_argument("--version", action="version", version=f"seqmnist {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True,
+                                parser_class=Parser)
+    for name, (text, builder, _run) in COMMANDS.items():
+        p = sub.add_parser(name, help=text, description=text[0].upper() + text[1:] + ".")
+        if everything or name == command:
+            builder(p)
+    return parser
+
+
+def _command_of(argv: list[str]) -> str | None:
+    return next((a for a in argv if not a.startswith("-")), None)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        args = build_parser(_command_of(argv)).parse_args(argv)
+    except SystemExit as exc:
+        return int(exc.code or 0)
     from .errors import SeqmnistError
 
     try:
-        return COMMANDS[args.command](args)
+        return COMMANDS[args.command][2](args)
     except SeqmnistError as exc:
         print(f"seqmnist: error: {exc}", file=sys.stderr)
         return exc.exit_code

@@ -1,14 +1,27 @@
-"""Run configuration: one dataclass, written to ``config.json`` and stored in every checkpoint."""
+"""Run configuration: one dataclass, written to ``config.json`` and stored in every checkpoint.
+
+One rule fills the recipe, in ``TrainConfig.resolved``: a value given explicitly wins; else the
+preset's value for the model; else the model's own default (from the model registry); else the
+tutorial's recipe. ``None`` in a field means "not given".
+"""
 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field, fields, replace
 
 from .errors import UsageError
+from .models import check_view, get_entry
+from .views import get_view
 
 PRECISIONS = ("auto", "fp32", "bf16")
 SCHEDULES = ("constant", "onecycle")
+DEVICES = ("auto", "cpu", "cuda")
+BACKENDS = ("auto", "torch", "native")
+# The tutorial's recipe for the values no preset or model sets (Keras: batch 64, 10 epochs).
+TUTORIAL_RECIPE = dict(epochs=10, batch_size=64, schedule="constant")
+RECIPE_FIELDS = ("view", "epochs", "batch_size", "lr", "schedule")
 
 # Presets change how we train, never the architecture. "tutorial" is the Keras recipe as written.
 # "fast" reaches the tutorial's accuracy sooner: larger batches and a one-cycle learning-rate
@@ -22,24 +35,27 @@ PRESETS: dict[str, dict[str, dict]] = {
         "cnn": dict(batch_size=128, epochs=2, lr=3e-3, schedule="onecycle"),
     },
 }
+PRESET_HELP = {"tutorial": "the Keras recipe as written",
+               "fast": "same architecture, larger batches and a one-cycle schedule"}
 
 
 @dataclass
 class TrainConfig:
-    """Everything that defines a training run. ``None`` fields take the model's defaults."""
+    """Everything that defines a training run. ``None`` fields are filled by ``resolved()``."""
 
     model: str = "lstm"
     dataset: str = "mnist"
     view: str | None = None
-    epochs: int = 10
-    batch_size: int = 64
+    epochs: int | None = None
+    batch_size: int | None = None
     lr: float | None = None
     seed: int = 0
     limit: int | None = None
     device: str = "auto"
     preset: str = "tutorial"
-    schedule: str = "constant"
+    schedule: str | None = None
     precision: str = "auto"  # bf16 autocast for CNNs where the hardware has bf16, else fp32
+    backend: str = "auto"  # auto, torch or native (see backends.py); the resolved one is stored
     adam_eps: float = 1e-7  # Keras's default (PyTorch's is 1e-8)
     eval_batch_size: int = 1000
     deterministic: bool = False
@@ -53,25 +69,29 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> TrainConfig:
-        known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        """A config from stored JSON, checking every known field's type (UsageError if not)."""
+        if not isinstance(data, dict):
+            raise UsageError(f"a run configuration must be a JSON object, got {type(data).__name__}")
+        known = {f.name: f for f in fields(cls)}
+        values = {k: v for k, v in data.items() if k in known}
+        for name, value in values.items():
+            _check_type(name, value, known[name].type)
+        return cls(**values)
 
     def resolved(self) -> TrainConfig:
-        """Fill model defaults and preset values, and check every value; raises UsageError."""
-        from .models import check_view, get_entry
-        from .views import get_view
-
+        """Fill the recipe (explicit > preset > model default > tutorial) and check every value;
+        raises UsageError."""
         entry = get_entry(self.model)
         if self.preset not in PRESETS:
             raise UsageError(f"unknown preset {self.preset!r}; choose from {', '.join(PRESETS)}")
-        cfg = self
         preset = PRESETS[self.preset].get(self.model, {})
-        # A preset fills only the values still at their dataclass default.
-        defaults = TrainConfig()
-        cfg = replace(cfg, **{k: v for k, v in preset.items()
-                              if getattr(cfg, k) == getattr(defaults, k)})
-        cfg = replace(cfg, view=cfg.view or entry.defaults["view"],
-                      lr=cfg.lr if cfg.lr is not None else entry.defaults["lr"])
+        filled = {}
+        for name in RECIPE_FIELDS:
+            value = getattr(self, name)
+            if value is None:
+                value = preset.get(name, entry.defaults.get(name, TUTORIAL_RECIPE.get(name)))
+            filled[name] = value
+        cfg = replace(self, **filled)
         get_view(cfg.view)
         check_view(cfg.model, cfg.view)
         for name in ("epochs", "batch_size", "eval_batch_size"):
@@ -80,15 +100,35 @@ class TrainConfig:
                                  f"got {getattr(cfg, name)}")
         if cfg.limit is not None and cfg.limit < 1:
             raise UsageError(f"limit must be at least 1, got {cfg.limit}")
-        if not cfg.lr > 0:
+        if not (cfg.lr > 0 and math.isfinite(cfg.lr)):
             raise UsageError(f"learning rate must be positive, got {cfg.lr}")
         if cfg.schedule not in SCHEDULES:
-            raise UsageError(f"unknown schedule {cfg.schedule!r}; choose from {SCHEDULES}")
+            raise UsageError(f"unknown schedule {cfg.schedule!r}; choose from {', '.join(SCHEDULES)}")
         if cfg.precision not in PRECISIONS:
-            raise UsageError(f"unknown precision {cfg.precision!r}; choose from {PRECISIONS}")
-        if cfg.device not in ("auto", "cpu", "cuda") and not cfg.device.startswith("cuda:"):
+            raise UsageError(f"unknown precision {cfg.precision!r}; choose from "
+                             f"{', '.join(PRECISIONS)}")
+        if cfg.backend not in BACKENDS:
+            raise UsageError(f"unknown backend {cfg.backend!r}; choose from {', '.join(BACKENDS)}")
+        if cfg.device not in DEVICES and not cfg.device.startswith("cuda:"):
             raise UsageError(f"unknown device {cfg.device!r}; choose auto, cpu or cuda")
         for name in ("threads", "replicas"):
             if getattr(cfg, name) is not None and getattr(cfg, name) < 1:
                 raise UsageError(f"{name} must be at least 1, got {getattr(cfg, name)}")
+        if not 0 <= cfg.seed < 2**63:
+            raise UsageError(f"seed must be in 0..2**63-1, got {cfg.seed}")
         return cfg
+
+
+_TYPES = {"str": (str,), "int": (int,), "float": (int, float), "bool": (bool,), "dict": (dict,)}
+
+
+def _check_type(name: str, value, annotation: str) -> None:
+    """Check a stored value against the field's annotation ("int | None", "str", ...)."""
+    parts = [p.strip() for p in str(annotation).split("|")]
+    if value is None and "None" in parts:
+        return
+    allowed = tuple(t for p in parts for t in _TYPES.get(p, ()))
+    ok = isinstance(value, allowed) and not (isinstance(value, bool) and bool not in allowed)
+    if not ok:
+        want = " or ".join(p for p in parts)
+        raise UsageError(f"config field {name!r} must be {want}, got {value!r}")

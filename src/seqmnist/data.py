@@ -21,7 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import DataError, DataNotFoundError, UsageError
+from .download import fetch_files, find_file, sha256_of_content
+from .errors import DataError, DataNotFoundError, DownloadError, UsageError
 
 IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 SPLIT_FILES = {
@@ -90,6 +91,12 @@ class Dataset:
     y_test: np.ndarray
     classes: list[str]
     source: str = ""
+    full_train: int = 0  # training images before ``limit`` (0: not limited)
+
+    @property
+    def train_total(self) -> int:
+        """How many training images the dataset has (``x_train`` may be the first few)."""
+        return self.full_train or len(self.x_train)
 
     @property
     def image_shape(self) -> tuple[int, int]:
@@ -106,7 +113,7 @@ class Dataset:
         if n < 1:
             raise UsageError(f"--limit must be at least 1, got {n}")
         return Dataset(self.name, self.x_train[:n], self.y_train[:n], self.x_test, self.y_test,
-                       self.classes, self.source)
+                       self.classes, self.source, self.train_total)
 
 
 @dataclass
@@ -151,22 +158,16 @@ def cache_dir() -> Path:
 
 
 def search_dirs(name: str, data_dir: str | Path | None = None) -> list[Path]:
-    """The folders looked in for dataset ``name``, in order."""
-    dirs: list[Path] = []
+    """The folders looked in for dataset ``name``, in order. An explicit ``data_dir`` is the only
+    place looked in: the files are there or it is an error, never silently found elsewhere."""
     if data_dir is not None:
-        dirs.append(Path(data_dir))
+        return [Path(data_dir)]
+    dirs: list[Path] = []
     if os.environ.get("SEQMNIST_DATA"):
         dirs.append(Path(os.environ["SEQMNIST_DATA"]) / name)
     dirs.append(cache_dir() / name)
     dirs.append(Path("/usr/share/datasets") / name)
     return dirs
-
-
-def find_file(folder: Path, base: str) -> Path | None:
-    for candidate in (folder / f"{base}.gz", folder / base):
-        if candidate.is_file():
-            return candidate
-    return None
 
 
 def locate(name: str, data_dir: str | Path | None = None) -> Path | None:
@@ -190,9 +191,15 @@ def not_found_message(name: str, data_dir: str | Path | None, reason: str = "") 
 
 def _load_idx_dataset(spec: DatasetSpec, data_dir: Path | None) -> Dataset:
     folder = locate(spec.name, data_dir)
+    if folder is None and data_dir is not None:
+        missing = [f"{base}(.gz)" for base in spec.files.values()
+                   if find_file(Path(data_dir), base) is None]
+        what = "does not exist" if not Path(data_dir).is_dir() else \
+            "lacks " + ", ".join(missing)
+        raise DataNotFoundError(f"dataset {spec.name!r}: the data folder {data_dir} {what}. "
+                                "Give the folder that holds the four IDX files, or leave out "
+                                "--data-dir to use the usual places")
     if folder is None:
-        from .download import fetch
-
         try:
             folder = fetch(spec.name)
         except DataError as exc:
@@ -277,3 +284,48 @@ def load_dataset(name: str = "mnist", data_dir: str | Path | None = None,
     spec = get_spec(name)
     ds = spec.loader(spec, Path(data_dir) if data_dir is not None else None)
     return ds.limit(limit)
+
+
+def fetch(name: str, dest: str | Path | None = None, mirrors: list[str] | None = None,
+          progress: bool = True, **kwargs) -> Path:
+    """Download every file of dataset ``name`` (default into the user cache); return the folder.
+    ``SEQMNIST_MIRRORS`` ("URL ...", ``{name}`` for the dataset) replaces the registry's mirrors."""
+    spec = get_spec(name)
+    if not spec.downloadable:
+        raise UsageError(f"dataset {name!r} is not downloaded: {spec.description}")
+    folder = Path(dest) if dest is not None else cache_dir() / name
+    if mirrors is None and os.environ.get("SEQMNIST_MIRRORS"):
+        mirrors = [m.replace("{name}", name) for m in os.environ["SEQMNIST_MIRRORS"].split()]
+    files = {base: spec.sha256[base] for base in spec.files.values()}
+    try:
+        return fetch_files(files, folder, mirrors or spec.mirrors, progress=progress, **kwargs)
+    except DownloadError as exc:
+        raise DataError(str(exc)) from None
+
+
+@dataclass
+class FileCheck:
+    path: Path | None
+    expected: str
+    actual: str | None
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and self.actual == self.expected
+
+
+def verify(name: str, data_dir: str | Path | None = None) -> list[FileCheck]:
+    """Check each file of ``name`` found on disk (first folder holding it) against the registry."""
+    spec = get_spec(name)
+    checks = []
+    for base in spec.files.values():
+        path = next((p for d in search_dirs(name, data_dir) if (p := find_file(d, base))), None)
+        if path is None:
+            checks.append(FileCheck(None, spec.sha256[base], None, f"{base}: not found"))
+            continue
+        try:
+            checks.append(FileCheck(path, spec.sha256[base], sha256_of_content(path)))
+        except DataError as exc:
+            checks.append(FileCheck(path, spec.sha256[base], None, str(exc)))
+    return checks

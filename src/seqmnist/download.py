@@ -1,4 +1,5 @@
-"""Downloading and verifying dataset files.
+"""Downloading and checking files: the mechanics, with no knowledge of the dataset registry
+(``data.fetch`` and ``data.verify`` use these for a registered dataset).
 
 Each file is streamed to a temporary name beside its final one, its *decompressed* bytes are checked
 against the SHA-256 in the registry (the gzip wrapper differs between mirrors, the content does not),
@@ -15,11 +16,9 @@ import time
 import urllib.error
 import urllib.request
 import zlib
-from dataclasses import dataclass
 from pathlib import Path
 
-from .data import cache_dir, find_file, get_spec, search_dirs
-from .errors import DataError, DownloadError, UsageError
+from .errors import DataError, DownloadError
 
 CHUNK = 1 << 16
 
@@ -36,6 +35,14 @@ def sha256_of_content(path: Path) -> str:
     except (EOFError, OSError, zlib.error) as exc:
         raise DataError(f"{path}: corrupt or truncated gzip data ({exc})") from None
     return digest.hexdigest()
+
+
+def find_file(folder: Path, base: str) -> Path | None:
+    """``folder/base.gz`` or ``folder/base``, whichever is a file (gzip first), or None."""
+    for candidate in (folder / f"{base}.gz", folder / base):
+        if candidate.is_file():
+            return candidate
+    return None
 
 
 def _stream(url: str, target: Path, timeout: float, progress: bool) -> None:
@@ -95,51 +102,31 @@ def download_file(base: str, expected: str, dest: Path, mirrors: list[str], retr
     raise DownloadError(f"could not download {base}.gz:\n  " + "\n  ".join(problems))
 
 
-def fetch(name: str, dest: str | Path | None = None, mirrors: list[str] | None = None,
-          progress: bool = True, **kwargs) -> Path:
-    """Download every file of dataset ``name`` (default into the user cache); return the folder."""
-    spec = get_spec(name)
-    if not spec.downloadable:
-        raise UsageError(f"dataset {name!r} is not downloaded: {spec.description}")
-    folder = Path(dest) if dest is not None else cache_dir() / name
-    if mirrors is None and os.environ.get("SEQMNIST_MIRRORS"):
-        # A local or institutional mirror: space-separated base URLs, "{name}" is the dataset.
-        mirrors = [m.replace("{name}", name) for m in os.environ["SEQMNIST_MIRRORS"].split()]
-    for base in spec.files.values():
-        existing = find_file(folder, base)
-        if existing is not None and sha256_of_content(existing) == spec.sha256[base]:
-            continue
-        try:
-            download_file(base, spec.sha256[base], folder, mirrors or spec.mirrors,
-                          progress=progress, **kwargs)
-        except DownloadError as exc:
-            raise DataError(str(exc)) from None
+def fetch_files(files: dict[str, str], folder: Path, mirrors: list[str], progress: bool = True,
+                **kwargs) -> Path:
+    """Make ``folder`` hold every file ``base`` of ``files`` ({base: sha256 of its content}):
+    files already there with the right content are kept; missing, corrupt or wrong ones are
+    downloaded again (a wrong file is replaced only once a good copy is on disk). Partial files
+    left by a killed download are removed first. A folder this call created is removed again if
+    nothing could be downloaded into it."""
+    created = not folder.exists()
+    if folder.is_dir():
+        for stale in folder.glob(".*.part"):
+            stale.unlink(missing_ok=True)
+    try:
+        for base, expected in files.items():
+            existing = find_file(folder, base)
+            if existing is not None:
+                try:
+                    if sha256_of_content(existing) == expected:
+                        continue
+                except DataError:
+                    pass  # corrupt: download a good copy over it
+            final = download_file(base, expected, folder, mirrors, progress=progress, **kwargs)
+            if existing is not None and existing != final:
+                existing.unlink(missing_ok=True)  # the raw copy that was wrong
+    except BaseException:
+        if created and folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
+        raise
     return folder
-
-
-@dataclass
-class FileCheck:
-    path: Path | None
-    expected: str
-    actual: str | None
-    error: str | None = None
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None and self.actual == self.expected
-
-
-def verify(name: str, data_dir: str | Path | None = None) -> list[FileCheck]:
-    """Check each file of ``name`` found on disk (first folder holding it) against the registry."""
-    spec = get_spec(name)
-    checks = []
-    for base in spec.files.values():
-        path = next((p for d in search_dirs(name, data_dir) if (p := find_file(d, base))), None)
-        if path is None:
-            checks.append(FileCheck(None, spec.sha256[base], None, f"{base}: not found"))
-            continue
-        try:
-            checks.append(FileCheck(path, spec.sha256[base], sha256_of_content(path)))
-        except DataError as exc:
-            checks.append(FileCheck(path, spec.sha256[base], None, str(exc)))
-    return checks

@@ -39,3 +39,9 @@ class ImageError(SeqmnistError, ValueError):
     """A user image that cannot be used: unknown format, too large, corrupt, empty."""
 
     exit_code = 2
+
+
+class KernelInputError(SeqmnistError, ValueError):
+    """A call into the compiled LSTM kernel with inputs it cannot take (checked before C runs)."""
+
+    exit_code = 2

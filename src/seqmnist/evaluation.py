@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from .backends import autocast
 from .storage import Run, load_run
 
 
@@ -43,10 +44,6 @@ class Evaluation:
         wrong = wrong[np.argsort(-self.confidence[wrong])][:limit]
         return [[int(i), int(self.labels[i]), int(self.predictions[i]),
                  round(float(self.confidence[i]), 4)] for i in wrong]
-
-
-def autocast(device: torch.device, precision: str):
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
 
 
 @torch.inference_mode()

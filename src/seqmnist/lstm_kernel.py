@@ -1,4 +1,4 @@
-"""seqmnist's own LSTM for CPUs with AVX-512 (``csrc/lstm.c``), used by the LSTM models.
+"""seqmnist's own LSTM for x86-64 CPUs with AVX-512 or AVX2 (``csrc/lstm.c``), from Python.
 
 PyTorch's ``nn.LSTM`` on CPU runs oneDNN's RNN kernels, which at this size (50 units, batch 32-64,
 28 steps) spend much of their time on per-step and per-operation overheads. The kernel runs each
@@ -6,42 +6,47 @@ step as register-blocked products (the input and recurrent projections) followed
 on the same rows while they are in L1; the backward pass also accumulates the weight gradients step
 by step. Two entry points:
 
-- ``lstm(x, w_ih, w_hh, b_ih, b_hh)``: one layer as an autograd function (evaluation, the web page,
-  any LSTM ``Recurrent`` layer);
-- ``ClassifierStep``: a whole training step of the LSTM classifiers (layers, dropout, dense head,
-  loss; forward and backward) in a handful of C calls, with no autograd graph and no allocations.
+- ``lstm(x, w_ih, w_hh, b_ih, b_hh)``: one layer as an autograd function (evaluation, the web page);
+- ``ClassifierStep``: a whole training step of a stack of LSTM layers with dropout, a dense head
+  and softmax cross-entropy (forward and backward) in a handful of C calls, with no autograd graph
+  and no allocations.
 
-The weights stay in the ``nn.LSTM`` modules, so checkpoints and state dicts do not change; results
-match ``nn.LSTM`` to float32 rounding (the tests compare outputs and every gradient). Where the
-extension was not built (no C compiler at install time, a non-x86 CPU), the CPU lacks AVX-512, or
-``SEQMNIST_LSTM_KERNEL=0`` is set, the models use ``nn.LSTM`` and autograd as before.
+This module knows tensors, not models: ``backends.py`` decides when it runs and hands it the
+layers. Every call is checked here before any pointer reaches C (shapes, dtypes, devices, label
+range), so a wrong call raises ``KernelInputError`` instead of reading or writing out of bounds.
+The library is plain C loaded with ctypes (which releases the GIL during calls); it is optional.
 """
 
 from __future__ import annotations
 
 import ctypes
-import importlib.util
-import os
+import sys
 from functools import cache
+from pathlib import Path
 
 import torch
 
+from .errors import KernelInputError
+
 _P, _I, _L = ctypes.c_void_p, ctypes.c_int, ctypes.c_long
+LIBRARY = Path(__file__).with_name(
+    "libseqmnist_lstm" + (".dylib" if sys.platform == "darwin" else ".so"))
+ISAS = {2: "avx512", 1: "avx2"}
+MAX_CLASSES = 256  # the dense layer's logits live on the C stack
 
 
 @cache
-def _library() -> ctypes.CDLL | None:
-    if os.environ.get("SEQMNIST_LSTM_KERNEL", "1").strip().lower() in ("0", "off", "false", "no"):
-        return None
-    spec = importlib.util.find_spec("seqmnist._lstm")
-    if spec is None or not spec.origin:
-        return None
+def _load() -> tuple[ctypes.CDLL | None, str]:
+    """(the library, '') or (None, why not)."""
+    if not LIBRARY.is_file():
+        return None, f"not built ({LIBRARY.name} is missing: no C compiler at install time?)"
     try:
-        lib = ctypes.CDLL(spec.origin)  # a plain C library: ctypes releases the GIL during calls
-    except OSError:
-        return None
-    if not lib.seqmnist_lstm_supported():
-        return None
+        lib = ctypes.CDLL(str(LIBRARY))
+    except OSError as exc:
+        return None, f"cannot be loaded ({exc})"
+    isa = lib.seqmnist_lstm_isa()
+    if isa not in ISAS:
+        return None, "this CPU has neither AVX-512 nor AVX2 with FMA"
     signatures = {
         "seqmnist_lstm_forward": [_I] * 4 + [_P, _I] + [_P] * 9,
         "seqmnist_lstm_backward": [_I] * 4 + [_P, _I] + [_P] * 13,
@@ -53,35 +58,68 @@ def _library() -> ctypes.CDLL | None:
         fn = getattr(lib, name)
         fn.argtypes, fn.restype = argtypes, None
     lib.seqmnist_dense_softmax_ce.restype = ctypes.c_double
+    return lib, ""
+
+
+def _library() -> ctypes.CDLL:
+    lib, reason = _load()
+    if lib is None:
+        raise KernelInputError(f"seqmnist's LSTM kernel is not available: {reason}")
     return lib
 
 
+def status() -> tuple[bool, str]:
+    """(True, instruction set) when the kernel can run here, else (False, the reason)."""
+    lib, reason = _load()
+    return (True, ISAS[lib.seqmnist_lstm_isa()]) if lib is not None else (False, reason)
+
+
 def available() -> bool:
-    """Whether the compiled kernel is present, enabled and supported by this CPU."""
-    return _library() is not None
-
-
-def _autocast_on() -> bool:
-    try:
-        return torch.is_autocast_enabled("cpu")
-    except TypeError:  # PyTorch < 2.4
-        return torch.is_autocast_cpu_enabled()
-
-
-def usable(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    """Whether ``lstm`` can run this input. Inference on big batches with several threads stays
-    with oneDNN, which uses all of them (measured 0.47 s vs 0.73 s for the 10,000 test images
-    on 2 cores); the kernel is single-threaded, as each training replica is."""
-    if x.dim() != 3 or x.shape[0] == 0 or x.shape[1] == 0:
-        return False
-    if torch.get_num_threads() > 1 and not torch.is_grad_enabled() and x.shape[0] >= 256:
-        return False
-    return (x.device.type == "cpu" and x.dtype == torch.float32 and weight.dtype == torch.float32
-            and not _autocast_on() and available())
+    """Whether the compiled kernel is present and this CPU can run it."""
+    return _load()[0] is not None
 
 
 def _ptr(t: torch.Tensor) -> int:
     return t.data_ptr()
+
+
+def _check_tensor(name: str, t, dims: int, dtype: torch.dtype = torch.float32) -> None:
+    if not isinstance(t, torch.Tensor):
+        raise KernelInputError(f"{name} must be a tensor, got {type(t).__name__}")
+    if t.dim() != dims:
+        raise KernelInputError(f"{name} must have {dims} dimensions, got shape {tuple(t.shape)}")
+    if t.dtype != dtype:
+        raise KernelInputError(f"{name} must be {dtype}, got {t.dtype}")
+    if t.device.type != "cpu":
+        raise KernelInputError(f"{name} must be on the CPU, got {t.device}")
+
+
+def check_lstm_weights(w_ih, w_hh, b_ih, b_hh) -> tuple[int, int]:
+    """(input features, hidden units) of one LSTM layer's parameters, after checking them."""
+    for name, t, dims in (("w_ih", w_ih, 2), ("w_hh", w_hh, 2), ("b_ih", b_ih, 1),
+                          ("b_hh", b_hh, 1)):
+        _check_tensor(name, t, dims)
+    gates, features = w_ih.shape
+    hidden = gates // 4
+    if gates == 0 or gates % 4 or features == 0:
+        raise KernelInputError(f"w_ih must be (4 H, I) with H, I >= 1, got {tuple(w_ih.shape)}")
+    for name, t, shape in (("w_hh", w_hh, (gates, hidden)), ("b_ih", b_ih, (gates,)),
+                           ("b_hh", b_hh, (gates,))):
+        if tuple(t.shape) != shape:
+            raise KernelInputError(f"{name} must be {shape} for {hidden} hidden units, "
+                                   f"got {tuple(t.shape)}")
+    return features, hidden
+
+
+def check_sequence(x, features: int) -> tuple[int, int]:
+    """(batch, steps) of an input (N, T, features), after checking it."""
+    _check_tensor("x", x, 3)
+    n, steps, got = x.shape
+    if n == 0 or steps == 0:
+        raise KernelInputError(f"x must hold at least one step of one sample, got {tuple(x.shape)}")
+    if got != features:
+        raise KernelInputError(f"x has {got} features per step but the weights expect {features}")
+    return n, steps
 
 
 def _kernel_input(x: torch.Tensor) -> tuple[torch.Tensor, int]:
@@ -106,13 +144,12 @@ class _LSTM(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, w_ih, w_hh, b_ih, b_hh):
         # every tensor whose address goes to C is held in a variable for the whole call
-        n, steps, features = x.shape
-        gates = w_ih.shape[0]
-        hidden = gates // 4
+        features, hidden = check_lstm_weights(w_ih, w_hh, b_ih, b_hh)
+        n, steps = check_sequence(x, features)
         x_in, batch_first = _kernel_input(x)
         w_ih, w_hh, b_ih, b_hh = (t.contiguous() for t in (w_ih, w_hh, b_ih, b_hh))
         work = x.new_empty(_work_size(features, hidden, n))
-        act = x.new_empty(steps, n, gates)
+        act = x.new_empty(steps, n, 4 * hidden)
         c, tc, h = (x.new_empty(steps, n, hidden) for _ in range(3))
         _library().seqmnist_lstm_forward(
             n, steps, features, hidden, _ptr(x_in), batch_first, _ptr(w_ih), _ptr(w_hh),
@@ -127,7 +164,7 @@ class _LSTM(torch.autograd.Function):
         steps, n, hidden = h.shape
         features = w_ih.shape[1]
         need = ctx.needs_input_grad
-        grad_tm = grad_h.transpose(0, 1).contiguous()
+        grad_tm = grad_h.transpose(0, 1).contiguous().float()
         dx = h.new_empty(steps, n, features) if need[0] else None
         dw_ih, dw_hh, db = torch.empty_like(w_ih), torch.empty_like(w_hh), h.new_empty(4 * hidden)
         work = h.new_empty(_work_size(features, hidden, n))
@@ -142,43 +179,59 @@ class _LSTM(torch.autograd.Function):
 def lstm(x: torch.Tensor, w_ih: torch.Tensor, w_hh: torch.Tensor, b_ih: torch.Tensor,
          b_hh: torch.Tensor) -> torch.Tensor:
     """Hidden states (N, T, H) of a one-layer, one-direction LSTM from zero initial states, with
-    ``nn.LSTM``'s parameters (gate order i, f, g, o). Check ``usable`` first."""
+    ``nn.LSTM``'s parameters (gate order i, f, g, o). Raises KernelInputError for inputs the
+    kernel cannot take (checked before anything reaches C)."""
     return _LSTM.apply(x, w_ih, w_hh, b_ih, b_hh)
 
 
+def dropout(x: torch.Tensor, p: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x * mask, mask) with the kernel's counter-based dropout (mask is 0 or 1 / (1 - p))."""
+    _check_tensor("x", x, x.dim())
+    if not 0 <= p < 1:
+        raise KernelInputError(f"dropout rate must be in [0, 1), got {p}")
+    x = x.contiguous()
+    mask, y = torch.empty_like(x), torch.empty_like(x)
+    _library().seqmnist_dropout(x.numel(), p, seed & (2**64 - 1), _ptr(x), _ptr(mask), _ptr(y))
+    return y, mask
+
+
 class ClassifierStep:
-    """One training step of an LSTM classifier (``models.RecurrentClassifier`` with one-direction
-    LSTM layers, dropout, a dense head, softmax cross-entropy) done entirely by the kernels: no
-    autograd graph, no per-step allocations, a few dozen C calls. Writes the gradients of
-    (summed loss / ``total``) into the parameters' ``.grad``, as ``loss.backward()`` would;
-    the tests check them against autograd through ``nn.LSTM``. Dropout masks come from a
-    counter-based hash keyed by a number drawn from ``generator`` each step, so runs stay
-    reproducible and resumable."""
+    """One training step of a stack of one-direction LSTM layers (``nn.LSTM`` modules with one
+    layer and biases), dropout ``p`` after each, and a dense ``head`` with softmax cross-entropy,
+    done entirely by the kernels: no autograd graph, no per-step allocations. Writes the
+    gradients of (summed loss / ``total``) into the parameters' ``.grad``, as
+    ``loss.backward()`` would; the tests check them against autograd through ``nn.LSTM``.
+    Dropout masks come from a counter-based hash keyed by a number drawn from ``generator`` each
+    step, so runs stay reproducible and resumable."""
 
-    def __init__(self, model: torch.nn.Module, generator: torch.Generator | None = None):
-        self.generator = generator
-        self.layers = [m.rnn for m in model.net if hasattr(m, "rnn")]
-        self.p = next((float(m.p) for m in model.net if isinstance(m, torch.nn.Dropout)), 0.0)
-        self.head = model.net[-1]
-        self.params = [p for p in model.parameters() if p.requires_grad]
+    def __init__(self, lstms: list[torch.nn.LSTM], head: torch.nn.Linear, p: float,
+                 generator: torch.Generator | None = None):
+        if not lstms:
+            raise KernelInputError("ClassifierStep needs at least one LSTM layer")
+        width = lstms[0].input_size
+        for k, rnn in enumerate(lstms):
+            if rnn.num_layers != 1 or rnn.bidirectional or not rnn.bias or not rnn.batch_first:
+                raise KernelInputError(f"LSTM layer {k}: the kernel runs one-layer, "
+                                       "one-direction, batch-first LSTMs with biases")
+            if rnn.proj_size:
+                raise KernelInputError(f"LSTM layer {k}: projections are not supported")
+            if rnn.input_size != width:
+                raise KernelInputError(f"LSTM layer {k} takes {rnn.input_size} features but "
+                                       f"the layer before gives {width}")
+            check_lstm_weights(rnn.weight_ih_l0, rnn.weight_hh_l0, rnn.bias_ih_l0,
+                               rnn.bias_hh_l0)
+            width = rnn.hidden_size
+        if head.in_features != width or not 1 <= head.out_features <= MAX_CLASSES:
+            raise KernelInputError(f"the dense head must take {width} features and give 1 to "
+                                   f"{MAX_CLASSES} classes, got {head.in_features} -> "
+                                   f"{head.out_features}")
+        if not 0 <= p < 1:
+            raise KernelInputError(f"dropout rate must be in [0, 1), got {p}")
+        self.generator, self.layers, self.head, self.p = generator, list(lstms), head, float(p)
+        self.params = [q for m in [*lstms, head] for q in m.parameters() if q.requires_grad]
+        for q in [*self.params, *(q for m in [*lstms, head] for q in m.parameters())]:
+            _check_tensor("parameter", q, q.dim())
         self.work: dict[tuple, dict] = {}
-
-    @staticmethod
-    def supports(model: torch.nn.Module) -> bool:
-        net = getattr(model, "net", None)
-        if net is None or not available() or not isinstance(net[-1], torch.nn.Linear):
-            return False
-        rnns = [m for m in net if hasattr(m, "rnn")]
-        kinds = [type(m) for m in net if not hasattr(m, "rnn")][:-1]
-        ps = {float(m.p) for m in net if isinstance(m, torch.nn.Dropout)}
-        return (bool(rnns) and len(kinds) == len(rnns)
-                and all(issubclass(k, torch.nn.Dropout) for k in kinds) and len(ps) == 1
-                and all(m.cell == "lstm" and not m.rnn.bidirectional and m.rnn.bias
-                        and m.rnn.num_layers == 1 for m in rnns)
-                and all(m.return_sequences for m in rnns[:-1]) and not rnns[-1].return_sequences
-                and net[-1].out_features <= 256
-                and all(p.device.type == "cpu" and p.dtype == torch.float32
-                        for p in model.parameters()))
 
     def _workspace(self, n: int, steps: int) -> dict:
         key = (n, steps)
@@ -203,12 +256,27 @@ class ClassifierStep:
                 p.grad = torch.zeros_like(p)
         return self.work[key]
 
+    def check_batch(self, x, y) -> tuple[torch.Tensor, torch.Tensor]:
+        """The batch as the kernel reads it (contiguous float32 inputs, int64 labels), after
+        checking shapes and that every label is a class of the head."""
+        n, _ = check_sequence(x, self.layers[0].input_size)
+        if not isinstance(y, torch.Tensor) or y.dim() != 1 or len(y) != n:
+            raise KernelInputError(f"labels must be a 1-D tensor of {n} class indices, got "
+                                   f"{getattr(y, 'shape', type(y).__name__)}")
+        if y.dtype.is_floating_point or y.dtype.is_complex or y.dtype == torch.bool:
+            raise KernelInputError(f"labels must be integers, got {y.dtype}")
+        classes = self.head.out_features
+        if int(y.min()) < 0 or int(y.max()) >= classes:
+            raise KernelInputError(f"labels must be in 0..{classes - 1}, got "
+                                   f"{int(y.min())}..{int(y.max())}")
+        return x.contiguous(), y.to(device="cpu", dtype=torch.int64).contiguous()
+
     @torch.no_grad()
     def forward_backward(self, x: torch.Tensor, y: torch.Tensor, total: int
                          ) -> tuple[float, int]:
         """Returns (loss summed over the rows, number of correct predictions)."""
+        x, labels = self.check_batch(x, y)  # held: C reads both during the calls
         lib, ptr = _library(), _ptr
-        x = x.contiguous()  # read in place by the first layer (batch-first), forward and backward
         n, steps, _ = x.shape
         ws = self._workspace(n, steps)
         seed = int(torch.randint(0, 2**62, (1,), generator=self.generator))
@@ -228,11 +296,12 @@ class ClassifierStep:
                              ptr(ws["d"]))
         correct = ctypes.c_longlong(0)
         head = self.head
-        labels = y.to(torch.int64).contiguous()  # held: C reads it during the call
         loss = lib.seqmnist_dense_softmax_ce(
             n, head.in_features, head.out_features, ptr(ws["d"]), ptr(head.weight),
             ptr(head.bias), ptr(labels), 1.0 / total,
             ptr(head.weight.grad), ptr(head.bias.grad), ptr(ws["dd"]), ctypes.byref(correct))
+        if loss < 0:  # the C side's own label check (already done above)
+            raise KernelInputError("the kernel refused the labels")
         torch.mul(ws["dd"], ws["mask"], out=L[-1]["dh_out"][-1])
         for k in range(len(L) - 1, -1, -1):
             rnn, w = self.layers[k], L[k]

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from . import lstm_kernel
 from .errors import UsageError
+from .views import sequence_views
 
 
 @dataclass
@@ -28,7 +28,7 @@ class ModelEntry:
 
 
 MODELS: dict[str, ModelEntry] = {}
-SEQUENCE_VIEWS = ("rows", "columns", "pixels", "permuted")
+SEQUENCE_VIEWS = sequence_views()
 
 
 def register_model(name: str, views: tuple[str, ...], description: str = "", **defaults):
@@ -97,9 +97,14 @@ def set_dropout_generator(model: nn.Module, generator: torch.Generator | None) -
 
 
 class Recurrent(nn.Module):
-    """One recurrent layer (LSTM, GRU or tanh RNN), returning the sequence or its last step."""
+    """One recurrent layer (LSTM, GRU or tanh RNN), returning the sequence or its last step.
+
+    ``kernel`` is how the layer's sequence is computed: ``None`` for PyTorch's module, or a
+    function ``kernel(rnn, x) -> (N, T, H)`` that a backend installs (see backends.py). The model
+    describes the network; it does not know which kernel computes it."""
 
     KERAS_NAMES = {"lstm": "LSTM", "gru": "GRU", "rnn": "SimpleRNN"}
+    kernel: Callable[[nn.Module, torch.Tensor], torch.Tensor] | None = None
 
     def __init__(self, cell: str, in_features: int, hidden: int, bidirectional: bool,
                  return_sequences: bool, keras_init: bool):
@@ -128,10 +133,9 @@ class Recurrent(nn.Module):
                     p.requires_grad_(False)  # Keras has one bias per gate: keep this one at zero
 
     def sequence(self, x: torch.Tensor) -> torch.Tensor:
-        r = self.rnn
-        if self.cell == "lstm" and not r.bidirectional and lstm_kernel.usable(x, r.weight_ih_l0):
-            return lstm_kernel.lstm(x, r.weight_ih_l0, r.weight_hh_l0, r.bias_ih_l0, r.bias_hh_l0)
-        return r(x)[0]
+        if self.kernel is not None:
+            return self.kernel(self.rnn, x)
+        return self.rnn(x)[0]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.sequence(x)
@@ -164,7 +168,16 @@ class RecurrentClassifier(nn.Module):
         if keras_init:
             glorot_(head)
         self.net = nn.Sequential(*mods, head)
+        self.cell, self.dropout_rate = cell, float(dropout)
         self.last_index = len(mods) - 2  # the last recurrent layer (an index: not a 2nd child)
+
+    @property
+    def recurrent_layers(self) -> list[Recurrent]:
+        return [m for m in self.net if isinstance(m, Recurrent)]
+
+    @property
+    def head(self) -> nn.Linear:
+        return self.net[-1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)

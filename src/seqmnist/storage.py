@@ -10,44 +10,22 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import pickle
-import tempfile
 import zipfile
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+from .backends import inference_backend, install_backend
 from .config import TrainConfig
 from .errors import CheckpointError, SeqmnistError
+from .fileio import atomic_write, read_json, write_json
+from .models import create_model
 
 CHECKPOINT = "checkpoint.pt"
 PREVIOUS_CHECKPOINT = "checkpoint.prev.pt"
 WEIGHTS = "model.safetensors"
 HISTORY_KEYS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "seconds")
-
-
-def atomic_write(path: str | Path, data: bytes | str, backup: Path | None = None) -> None:
-    """Write ``data`` to ``path`` so that no reader ever sees a partial file; with ``backup``,
-    the file it replaces is kept under that name (renamed only once the new one is on disk)."""
-    path = Path(path)
-    payload = data.encode() if isinstance(data, str) else data
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(payload)
-            fh.flush()
-            os.fsync(fh.fileno())
-        if backup is not None and path.exists():
-            os.replace(path, backup)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_json(path: str | Path, obj) -> None:
-    atomic_write(path, json.dumps(obj, indent=2) + "\n")
 
 
 def write_history(folder: Path, history: list[dict]) -> None:
@@ -148,21 +126,10 @@ class Run:
         return self.path.name
 
 
-def read_json(path: Path, default=None):
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        return default
-    except (OSError, ValueError) as exc:
-        raise CheckpointError(f"{path}: unreadable ({exc})") from None
-
-
 def load_run(path: str | Path) -> Run:
     """Rebuild a run's model from ``model.safetensors`` (its configuration travels inside)."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file, safe_open
-
-    from .models import create_model
 
     folder = Path(path)
     weights = folder / WEIGHTS
@@ -179,13 +146,14 @@ def load_run(path: str | Path) -> Run:
         cfg = TrainConfig.from_dict(json.loads(meta["config"]))
         input_shape = tuple(json.loads(meta["input_shape"]))
         num_classes = int(meta["num_classes"])
-    except (SafetensorError, OSError, KeyError, ValueError) as exc:
+    except (SafetensorError, OSError, KeyError, ValueError, TypeError, RecursionError) as exc:
         raise CheckpointError(f"{weights}: corrupt or not a seqmnist weights file ({exc})") from None
-    model = create_model(cfg.model, input_shape, num_classes, **cfg.model_options)
     try:
+        model = create_model(cfg.model, input_shape, num_classes, **cfg.model_options)
         model.load_state_dict(state)
-    except RuntimeError as exc:
+    except (RuntimeError, SeqmnistError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{weights}: weights do not fit the model ({str(exc)[:200]})") from None
+    install_backend(model, inference_backend(cfg.backend, model))
     model.eval()
     return Run(folder, cfg, model, input_shape, num_classes,
                read_json(folder / "metrics.json", {}), read_json(folder / "history.json", []))

@@ -9,6 +9,7 @@ the history files and nothing else are written atomically, so a kill never costs
 
 from __future__ import annotations
 
+import math
 import signal
 import threading
 import time
@@ -19,22 +20,22 @@ from pathlib import Path
 
 import torch
 
+from . import system
+from .backends import install_backend, resolve_backend
 from .config import TrainConfig
 from .data import Dataset, load_dataset
 from .errors import CheckpointError, SeqmnistError, UsageError
 from .evaluation import Evaluation, evaluate_tensors
+from .fileio import atomic_write, read_json, write_json
 from .models import create_model, summary_text, trainable_parameters
 from .parallel import Replicas
 from .storage import (
     PREVIOUS_CHECKPOINT,
-    atomic_write,
     load_checkpoint,
     new_run_dir,
-    read_json,
     save_checkpoint,
     save_weights,
     write_history,
-    write_json,
 )
 from .views import VIEWS, to_input
 
@@ -131,8 +132,17 @@ def _start_or_resume(cfg: TrainConfig | None, resume: str | Path | None):
     state, warnings = load_checkpoint(folder)
     for w in warnings:
         print(f"warning: {w}; using {PREVIOUS_CHECKPOINT}")
-    saved = read_json(folder / "config.json")
-    return TrainConfig.from_dict(saved).resolved(), folder, state
+    try:
+        trained = TrainConfig.from_dict(state.get("config"))
+        saved = TrainConfig.from_dict(read_json(folder / "config.json"))
+    except UsageError as exc:
+        raise CheckpointError(f"{folder}: {exc}") from None
+    if saved != trained:
+        changed = [k for k, v in asdict(trained).items() if asdict(saved).get(k) != v]
+        raise CheckpointError(f"{folder}: config.json disagrees with the checkpoint it was trained "
+                              f"with ({', '.join(changed)}); the checkpoint's settings are the "
+                              "run's: restore config.json or start a new run")
+    return trained.resolved(), folder, state
 
 
 def train(config: TrainConfig | None = None, *, out: str | Path = "runs",
@@ -149,8 +159,8 @@ def train(config: TrainConfig | None = None, *, out: str | Path = "runs",
     cfg = replace(cfg, precision=resolve_precision(cfg, device))
     torch.manual_seed(cfg.seed)
 
-    if data_dir is not None:
-        cfg = replace(cfg, data_dir=str(data_dir))
+    if data_dir is not None:  # stored absolute: a resume from another folder finds the same files
+        cfg = replace(cfg, data_dir=str(Path(data_dir).resolve()))
     ds = dataset.limit(cfg.limit) if dataset is not None else \
         load_dataset(cfg.dataset, cfg.data_dir, cfg.limit)
     input_shape = VIEWS[cfg.view].shape(*ds.image_shape)
@@ -164,8 +174,11 @@ def train(config: TrainConfig | None = None, *, out: str | Path = "runs",
     y_test = torch.as_tensor(ds.y_test, device=device)
 
     threads = torch.get_num_threads()
-    cfg = replace(cfg, replicas=count_replicas(cfg, device, threads))  # stored: resume matches
-    replicas = Replicas(model, cfg.replicas, cfg.seed)
+    # The backend is decided here, once, and stored; a resume must run the same one.
+    cfg = replace(cfg, replicas=count_replicas(cfg, device, threads),  # stored: resume matches
+                  backend=resolve_backend(cfg.backend, model, device, cfg.precision))
+    install_backend(model, cfg.backend)
+    replicas = Replicas(model, cfg.replicas, cfg.seed, cfg.backend, cfg.precision)
     opt = make_adam(replicas.params[0], cfg.lr, cfg.adam_eps)
     steps = -(-len(x_train) // cfg.batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.epochs * steps) \
@@ -175,8 +188,14 @@ def train(config: TrainConfig | None = None, *, out: str | Path = "runs",
 
     if state is None:
         folder = new_run_dir(out, cfg)
+        provenance = dict(started=_now(), **system.environment(), device=str(device),
+                          backend=cfg.backend, precision=cfg.precision, threads=threads,
+                          replicas=cfg.replicas, train_images=len(x_train),
+                          train_images_total=ds.train_total, test_images=len(x_test),
+                          data_source=ds.source, recipe=asdict(cfg), resumed=[])
         with writing_to(folder):
             write_json(folder / "config.json", asdict(cfg))
+            write_json(folder / "provenance.json", provenance)
             atomic_write(folder / "summary.txt", summary_text(model, input_shape, cfg.model) + "\n")
         start = 0
     else:
@@ -191,12 +210,19 @@ def train(config: TrainConfig | None = None, *, out: str | Path = "runs",
         history, start = list(state["history"]), int(state["epoch"])
         for stale in folder.glob(".*.tmp"):  # temporary files of a process killed mid-write
             stale.unlink()
+        provenance = read_json(folder / "provenance.json", {}) or {}
+        provenance.setdefault("resumed", []).append(
+            dict(at=_now(), after_epoch=start, **system.environment(), threads=threads))
+        with writing_to(folder):  # the checkpoint is the truth: its history replaces the files'
+            write_history(folder, history)
+            write_json(folder / "provenance.json", provenance)
         log(f"Resuming {folder} after epoch {start}/{cfg.epochs}")
     if start == 0:
+        lr = f"peak lr {cfg.lr:g} (one-cycle)" if cfg.schedule == "onecycle" else f"lr {cfg.lr:g}"
         log(f"Training {cfg.model} on {cfg.dataset} ({len(x_train):,} images, view {cfg.view}, "
-            f"batch {cfg.batch_size}, lr {cfg.lr:g}, {cfg.epochs} epochs, {device}, {cfg.precision}"
-            f"{f', batch split over {len(replicas)} cores' if len(replicas) > 1 else ''}"
-            f"{', seqmnist LSTM kernel' if replicas.uses_kernel(cfg.precision) else ''}); "
+            f"batch {cfg.batch_size}, {lr}, {plural(cfg.epochs, 'epoch')}, {device}, "
+            f"{cfg.precision}, backend {cfg.backend}"
+            f"{f', batch split over {len(replicas)} cores' if len(replicas) > 1 else ''}); "
             f"validating on the {len(x_test):,} test images after each epoch, as the tutorial does.")
         log(f"Run folder: {folder}")
 
@@ -211,6 +237,11 @@ def train(config: TrainConfig | None = None, *, out: str | Path = "runs",
             torch.set_num_threads(threads)
             if flag["signum"] is not None:
                 raise TrainingInterrupted(flag["signum"], folder, epoch)
+            if not math.isfinite(loss):
+                raise SeqmnistError(
+                    f"training diverged: the loss became {loss} in epoch {epoch + 1}; the run "
+                    f"keeps its last good checkpoint (epoch {epoch}) in {folder}. Try a lower "
+                    "--lr or another --seed")
             seconds = time.perf_counter() - t0
             val = evaluate_tensors(model, x_test, y_test, cfg.eval_batch_size, cfg.precision)
             history.append(dict(epoch=epoch + 1, loss=loss, accuracy=acc, val_loss=val.loss,
@@ -238,6 +269,16 @@ def train(config: TrainConfig | None = None, *, out: str | Path = "runs",
     return TrainResult(folder, cfg, metrics, history, model)
 
 
+def _now() -> str:
+    from datetime import datetime, timezone
+
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def plural(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s")
+
+
 def count_replicas(cfg: TrainConfig, device: torch.device, threads: int) -> int:
     """Data-parallel replicas: as asked, else one per thread for recurrent models on CPU (their
     small matrix products use one core well, two poorly), else one."""
@@ -261,8 +302,7 @@ def _train_epoch(replicas: Replicas, opt, sched, x, y, gen, cfg: TrainConfig, ep
                disable=None if progress else True, leave=False)
     for step, i in enumerate(range(0, len(x), cfg.batch_size)):
         idx = perm[i:i + cfg.batch_size]
-        loss_sum, hits = replicas.forward_backward(x.index_select(0, idx), y.index_select(0, idx),
-                                                   cfg.precision)
+        loss_sum, hits = replicas.forward_backward(x.index_select(0, idx), y.index_select(0, idx))
         opt.step()
         replicas.sync()
         if sched is not None:
@@ -295,7 +335,9 @@ def finish_run(folder: Path, model, cfg: TrainConfig, ds: Dataset, input_shape, 
         per_class_accuracy=dict(zip(ds.classes, val.per_class_accuracy(ds.num_classes))),
         classes=ds.classes, image_shape=list(ds.image_shape), confusion=cm.tolist(),
         misclassified=val.misclassified(),
-        train_images=len(ds.x_train), test_images=len(ds.x_test))
+        train_images=len(ds.x_train), train_images_total=ds.train_total,
+        test_images=len(ds.x_test), backend=cfg.backend, precision=cfg.precision,
+        provenance=read_json(folder / "provenance.json", {}))
     save_weights(folder, model.to("cpu", memory_format=torch.contiguous_format), cfg,
                  input_shape, ds.num_classes)
     write_json(folder / "metrics.json", metrics)

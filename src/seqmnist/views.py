@@ -1,4 +1,5 @@
-"""Views: how an image (N, H, W) becomes model input.
+"""Views: how an image (N, H, W) becomes model input. One registry entry per view holds both its
+per-sample input shape and its transform.
 
 Sequence views give (N, steps, features); the image view gives (N, 1, H, W). A view is applied once
 to the whole dataset tensor, so training batches are plain index slices.
@@ -6,6 +7,7 @@ to the whole dataset tensor, so training batches are plain index slices.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -18,25 +20,28 @@ class View:
     name: str
     kind: str  # "sequence" or "image"
     description: str
+    input_shape: Callable[[int, int], tuple[int, ...]]  # (height, width) -> per-sample shape
+    transform: Callable[[torch.Tensor, int], torch.Tensor]  # (images (N, H, W), seed) -> input
 
     def shape(self, height: int, width: int) -> tuple[int, ...]:
         """Per-sample input shape for an image of ``height`` x ``width``."""
-        return {
-            "rows": (height, width),
-            "columns": (width, height),
-            "pixels": (height * width, 1),
-            "permuted": (height * width, 1),
-            "image": (1, height, width),
-        }[self.name]
+        return self.input_shape(height, width)
 
 
-VIEWS = {v.name: v for v in [
-    View("rows", "sequence", "one step per row, the row's pixels as features (the tutorial)"),
-    View("columns", "sequence", "one step per column, left to right"),
-    View("pixels", "sequence", "one pixel per step in reading order (sequential MNIST)"),
-    View("permuted", "sequence", "one pixel per step under a fixed seeded permutation"),
-    View("image", "image", "the 2-D image with one channel, for CNNs"),
-]}
+VIEWS: dict[str, View] = {}
+
+
+def register_view(name: str, kind: str, description: str,
+                  input_shape: Callable[[int, int], tuple[int, ...]]):
+    """Decorator: register ``transform(images, seed)`` as the view ``name``."""
+    def wrap(transform):
+        VIEWS[name] = View(name, kind, description, input_shape, transform)
+        return transform
+    return wrap
+
+
+def sequence_views() -> tuple[str, ...]:
+    return tuple(n for n, v in VIEWS.items() if v.kind == "sequence")
 
 
 def get_view(name: str) -> View:
@@ -52,23 +57,39 @@ def permutation(num_pixels: int, seed: int) -> torch.Tensor:
     return torch.randperm(num_pixels, generator=gen)
 
 
+@register_view("rows", "sequence", "one step per row, the row's pixels as features (the tutorial)",
+               lambda h, w: (h, w))
+def _rows(images: torch.Tensor, seed: int) -> torch.Tensor:
+    return images
+
+
+@register_view("columns", "sequence", "one step per column, left to right", lambda h, w: (w, h))
+def _columns(images: torch.Tensor, seed: int) -> torch.Tensor:
+    return images.transpose(1, 2)
+
+
+@register_view("pixels", "sequence", "one pixel per step in reading order (sequential MNIST)",
+               lambda h, w: (h * w, 1))
+def _pixels(images: torch.Tensor, seed: int) -> torch.Tensor:
+    return images.reshape(len(images), -1, 1)
+
+
+@register_view("permuted", "sequence", "one pixel per step under a fixed order drawn from the seed",
+               lambda h, w: (h * w, 1))
+def _permuted(images: torch.Tensor, seed: int) -> torch.Tensor:
+    flat = images.reshape(len(images), -1)
+    return flat[:, permutation(flat.shape[1], seed).to(images.device)].unsqueeze(-1)
+
+
+@register_view("image", "image", "the 2-D image with one channel, for CNNs",
+               lambda h, w: (1, h, w))
+def _image(images: torch.Tensor, seed: int) -> torch.Tensor:
+    return images.unsqueeze(1)
+
+
 def apply_view(images: torch.Tensor, view: str, perm_seed: int = 0) -> torch.Tensor:
     """Turn float images (N, H, W) into the view's layout, contiguous."""
-    n, h, w = images.shape
-    if view == "rows":
-        out = images
-    elif view == "columns":
-        out = images.transpose(1, 2)
-    elif view == "pixels":
-        out = images.reshape(n, h * w, 1)
-    elif view == "permuted":
-        out = images.reshape(n, h * w)[:, permutation(h * w, perm_seed).to(images.device)]
-        out = out.unsqueeze(-1)
-    elif view == "image":
-        out = images.unsqueeze(1)
-    else:
-        get_view(view)  # raises the UsageError
-    return out.contiguous()
+    return get_view(view).transform(images, perm_seed).contiguous()
 
 
 def to_input(images_uint8, view: str, perm_seed: int = 0, device: str | torch.device = "cpu"

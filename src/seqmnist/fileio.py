@@ -1,0 +1,63 @@
+"""Files written so that no reader ever sees half of one, and JSON read back with clear errors.
+
+Every file is written to a temporary name in the same folder, flushed, fsynced and renamed, so a
+kill at any moment leaves either the old file or the new one under the final name.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+
+from .errors import CheckpointError
+
+
+def atomic_write(path: str | Path, data: bytes | str, backup: Path | None = None) -> None:
+    """Write ``data`` to ``path`` so that no reader ever sees a partial file; with ``backup``,
+    the file it replaces is kept under that name (renamed only once the new one is on disk)."""
+    path = Path(path)
+    payload = data.encode() if isinstance(data, str) else data
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(payload)
+            fh.flush()
+            os.fsync(fh.fileno())
+        if backup is not None and path.exists():
+            os.replace(path, backup)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def json_safe(obj):
+    """``obj`` with every NaN or infinity replaced by None, so that it is valid JSON."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj
+
+
+def dumps(obj, indent: int | None = 2) -> str:
+    """Strict JSON: undefined numbers (NaN, inf) become null instead of invalid tokens."""
+    return json.dumps(json_safe(obj), indent=indent, allow_nan=False)
+
+
+def write_json(path: str | Path, obj) -> None:
+    atomic_write(path, dumps(obj) + "\n")
+
+
+def read_json(path: Path, default=None):
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return default
+    except (OSError, ValueError, RecursionError) as exc:
+        raise CheckpointError(f"{path}: unreadable ({str(exc)[:200]})") from None
