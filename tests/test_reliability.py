@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from seqmnist import TrainConfig, train
 from seqmnist.data import parse_idx
-from seqmnist.errors import CheckpointError, DataError, ImageError, SeqmnistError
+from seqmnist.errors import CheckpointError, DataError, ImageError
 from seqmnist.images import decode_image, prepare_array
 from seqmnist.storage import PREVIOUS_CHECKPOINT, load_checkpoint, load_run, save_checkpoint
 
@@ -165,7 +165,8 @@ def test_full_disk_fails_clearly_and_leaves_no_partial_file(small_mnist_dir, tmp
 
 
 def test_interrupted_in_process_keeps_history(tmp_path, monkeypatch):
-    """The stop flag, checked between batches, ends training with a resumable checkpoint."""
+    """The stop flag, checked between batches, ends training with a resumable checkpoint whose
+    history holds the finished epoch; resuming completes the run with every epoch."""
     from seqmnist import training
 
     real = training._train_epoch
@@ -175,11 +176,73 @@ def test_interrupted_in_process_keeps_history(tmp_path, monkeypatch):
         args[8]["signum"] = signal.SIGTERM  # as if SIGTERM arrived during the first epoch
         return result
 
+    cfg = TrainConfig(model="rnn", dataset="digits", epochs=3, limit=300)
     monkeypatch.setattr(training, "_train_epoch", epoch_then_signal)
     with pytest.raises(training.TrainingInterrupted) as info:
-        train(TrainConfig(model="rnn", dataset="digits", epochs=3), out=tmp_path,
-              log=lambda *_: None, progress=False)
-    assert info.value.exit_code == 143
+        train(cfg, out=tmp_path, log=lambda *_: None, progress=False)
+    assert info.value.exit_code == 143 and info.value.epochs_done == 1
+    folder = only_run(tmp_path)
+    state, _ = load_checkpoint(folder)
+    assert state["epoch"] == 1 and len(state["history"]) == 1
+    assert len((folder / "history.csv").read_text().splitlines()) == 2  # header + epoch 1
+    assert not (folder / "model.safetensors").exists()
+    monkeypatch.setattr(training, "_train_epoch", real)
+    result = train(resume=folder, log=lambda *_: None, progress=False)
+    assert [h["epoch"] for h in result.history] == [1, 2, 3]
+    assert result.history[0] == state["history"][0]
+
+
+class Killed(BaseException):
+    """Stands for SIGKILL: nothing after it runs, no cleanup but the OS's."""
+
+
+def _history_rows(folder):
+    return len((folder / "history.csv").read_text().splitlines()) - 1
+
+
+def test_a_kill_at_every_write_then_resume_ends_consistent(tmp_path, monkeypatch):
+    """Kill the run just before each of its file replacements in turn (every write goes through
+    one), resume it, and check the finished run: history files, metrics and checkpoint agree."""
+    import json
+
+    cfg = TrainConfig(model="rnn", dataset="digits", epochs=2, limit=200, seed=5)
+    quiet = dict(log=lambda *_: None, progress=False)
+    real_replace = os.replace
+    calls = []
+
+    def counting(src, dst):
+        calls.append(str(dst))
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", counting)
+    train(cfg, out=tmp_path / "reference", **quiet)
+    writes = list(calls)
+    assert any(w.endswith("history.csv") for w in writes) and len(writes) > 10
+    for k in range(len(writes)):
+        out = tmp_path / f"killed-{k}"
+
+        def kill_at(src, dst, k=k):
+            if len(calls) == k:
+                raise Killed(dst)
+            calls.append(str(dst))
+            return real_replace(src, dst)
+
+        calls.clear()
+        monkeypatch.setattr(os, "replace", kill_at)
+        with pytest.raises(Killed):
+            train(cfg, out=out, **quiet)
+        monkeypatch.setattr(os, "replace", real_replace)
+        folder = only_run(out)
+        if not (folder / "checkpoint.pt").exists() and not (folder / PREVIOUS_CHECKPOINT).exists():
+            with pytest.raises(CheckpointError):  # killed before the first epoch was saved
+                train(resume=folder, **quiet)
+            continue
+        result = train(resume=folder, **quiet)
+        metrics = json.loads((folder / "metrics.json").read_text())
+        history = json.loads((folder / "history.json").read_text())
+        assert metrics["epochs"] == len(history) == _history_rows(folder) == 2, writes[k]
+        assert [h["epoch"] for h in history] == [1, 2] and result.history == history, writes[k]
+        assert (folder / "model.safetensors").is_file() and not list(folder.glob(".*.tmp"))
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -216,5 +279,29 @@ def test_fuzz_preparation_of_arrays(h, w, ink, seed):
     assert out.shape == (28, 28) and out.dtype == np.uint8
 
 
-def test_run_error_types_are_project_errors():
-    assert issubclass(CheckpointError, SeqmnistError) and CheckpointError.exit_code == 2
+def test_edited_config_json_cannot_mix_settings_on_resume(tmp_path, monkeypatch):
+    """The checkpoint holds the config the run was trained with; an edited config.json is a
+    clear error on resume, not a run with mixed settings."""
+    import json
+
+    from seqmnist import training
+
+    real = training._train_epoch
+
+    def epoch_then_signal(*args):
+        result = real(*args)
+        args[8]["signum"] = signal.SIGINT
+        return result
+
+    monkeypatch.setattr(training, "_train_epoch", epoch_then_signal)
+    with pytest.raises(training.TrainingInterrupted):
+        train(TrainConfig(model="rnn", dataset="digits", epochs=2, limit=100), out=tmp_path,
+              log=lambda *_: None, progress=False)
+    folder = only_run(tmp_path)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "view": "columns"}))
+    with pytest.raises(CheckpointError, match=r"disagrees with the checkpoint.*\(view\)"):
+        train(resume=folder, log=lambda *_: None, progress=False)
+    (folder / "config.json").write_text(json.dumps({**config, "epochs": "two"}))
+    with pytest.raises(CheckpointError, match="'epochs' must be int"):
+        train(resume=folder, log=lambda *_: None, progress=False)

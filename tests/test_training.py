@@ -8,7 +8,8 @@ from seqmnist import TrainConfig, evaluate, load_run, train
 from seqmnist.errors import SeqmnistError, UsageError
 
 RUN_FILES = {"config.json", "history.csv", "history.json", "summary.txt", "loss.png",
-             "accuracy.png", "confusion.png", "metrics.json", "model.safetensors", "checkpoint.pt"}
+             "accuracy.png", "confusion.png", "metrics.json", "model.safetensors", "checkpoint.pt",
+             "provenance.json"}
 
 
 def quiet(*_):
@@ -30,7 +31,8 @@ def test_lstm_on_6000_real_images_learns(real_mnist, tmp_path):
     assert len(m["per_class_accuracy"]) == 10
     with open(result.path / "history.csv") as fh:
         rows = list(csv.DictReader(fh))
-    assert list(rows[0]) == ["epoch", "loss", "accuracy", "val_loss", "val_accuracy", "seconds"]
+    assert list(rows[0]) == ["epoch", "loss", "accuracy", "val_loss", "val_accuracy", "seconds",
+                            "lr"]
     assert float(rows[0]["val_accuracy"]) == pytest.approx(m["test_accuracy"])
     config = json.loads((result.path / "config.json").read_text())
     assert config["batch_size"] == 64 and config["lr"] == 1e-3 and config["adam_eps"] == 1e-7
@@ -65,6 +67,63 @@ def test_fast_preset_fills_only_unset_values():
     assert cfg.epochs == 3 and cfg.schedule == "onecycle"
 
 
+def test_explicit_values_beat_the_preset_even_when_they_equal_the_tutorials():
+    """--preset fast --batch-size 64 --epochs 10: explicit values win, whatever they are."""
+    from seqmnist.training import config_from_args
+
+    cfg = config_from_args("lstm", preset="fast", batch_size=64, epochs=10, lr=None).resolved()
+    assert (cfg.batch_size, cfg.epochs, cfg.lr, cfg.schedule) == (64, 10, 8e-3, "onecycle")
+    cfg = TrainConfig(model="lstm", preset="fast", schedule="constant", lr=1e-3).resolved()
+    assert (cfg.batch_size, cfg.schedule, cfg.lr) == (256, "constant", 1e-3)
+    tutorial = TrainConfig(model="cnn").resolved()  # no preset values: the model's, the recipe's
+    assert (tutorial.batch_size, tutorial.epochs, tutorial.lr, tutorial.schedule,
+            tutorial.view) == (64, 10, 1e-4, "constant", "image")
+
+
+def test_one_cycle_schedule_is_stepped_every_batch(tmp_path):
+    """The learning rate in the history follows OneCycleLR stepped once per batch."""
+    import torch
+
+    cfg = TrainConfig(model="rnn", dataset="digits", epochs=3, limit=300, batch_size=50,
+                      schedule="onecycle", lr=0.01)
+    result = train(cfg, out=tmp_path, log=quiet, progress=False)
+    opt = torch.optim.Adam([torch.zeros(1, requires_grad=True)], lr=0.01)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=0.01, total_steps=3 * 6)
+    expected = []
+    for _ in range(3):
+        for _ in range(6):
+            opt.step()
+            sched.step()
+        expected.append(opt.param_groups[0]["lr"])
+    assert [h["lr"] for h in result.history] == pytest.approx(expected, rel=1e-9)
+    assert "lr" in (result.path / "history.csv").read_text().splitlines()[0]
+
+
+@pytest.mark.parametrize("backend", ["torch", "native"])
+def test_data_parallel_replicas_train_like_one_model(tmp_path, backend):
+    """Without dropout, two replicas (two half-batches, gradients summed, weights synchronised
+    after every step) train the same weights as one model on whole batches."""
+    from safetensors.torch import load_file
+
+    from seqmnist.backends import native_problem
+    from seqmnist.models import create_model
+
+    if backend == "native" and native_problem(create_model("lstm", (8, 8))):
+        pytest.skip(native_problem(create_model("lstm", (8, 8))))
+    runs = {}
+    for replicas in (1, 2):
+        cfg = TrainConfig(model="lstm", dataset="digits", epochs=2, limit=400, replicas=replicas,
+                          backend=backend, model_options=dict(dropout=0.0), seed=2)
+        runs[replicas] = load_file(train(cfg, out=tmp_path / str(replicas), log=quiet,
+                                         progress=False).path / "model.safetensors")
+    torch.manual_seed(2)  # train() seeds before building the model: the same initial weights
+    start = create_model("lstm", (8, 8), 10, dropout=0.0)
+    for name, tensor in runs[1].items():
+        torch.testing.assert_close(runs[2][name], tensor, rtol=1e-3, atol=1e-4)
+    moved = sum((runs[1][k] - v).abs().sum() for k, v in start.state_dict().items())
+    assert moved > 1.0  # it trained
+
+
 @pytest.mark.parametrize("change, message", [
     (dict(epochs=0), "epochs must be at least 1"),
     (dict(batch_size=-5), "batch-size must be at least 1"),
@@ -73,6 +132,9 @@ def test_fast_preset_fills_only_unset_values():
     (dict(model="mlp"), "unknown model"),
     (dict(preset="turbo"), "unknown preset"),
     (dict(device="tpu"), "unknown device"),
+    (dict(backend="cudnn"), "unknown backend"),
+    (dict(schedule="cosine"), "unknown schedule"),
+    (dict(lr=float("nan")), "learning rate must be positive"),
 ])
 def test_bad_config_rejected(change, message):
     with pytest.raises(UsageError, match=message):

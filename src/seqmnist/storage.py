@@ -25,7 +25,7 @@ from .models import create_model
 CHECKPOINT = "checkpoint.pt"
 PREVIOUS_CHECKPOINT = "checkpoint.prev.pt"
 WEIGHTS = "model.safetensors"
-HISTORY_KEYS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "seconds")
+HISTORY_KEYS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "seconds", "lr")
 
 
 def write_history(folder: Path, history: list[dict]) -> None:
@@ -34,7 +34,7 @@ def write_history(folder: Path, history: list[dict]) -> None:
     writer = csv.DictWriter(buf, fieldnames=HISTORY_KEYS, lineterminator="\n")
     writer.writeheader()
     for row in history:
-        writer.writerow({k: row[k] for k in HISTORY_KEYS})
+        writer.writerow({k: row.get(k) for k in HISTORY_KEYS})
     atomic_write(folder / "history.csv", buf.getvalue())
 
 

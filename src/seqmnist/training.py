@@ -232,10 +232,10 @@ def train(config: TrainConfig | None = None, *, out: str | Path = "runs",
             t0 = time.perf_counter()
             # Replicas run one core each; evaluation below uses all the threads again.
             torch.set_num_threads(1 if len(replicas) > 1 else threads)
-            loss, acc = _train_epoch(replicas, opt, sched, x_train, y_train, gen, cfg, epoch,
-                                     flag, progress)
+            loss, acc, complete = _train_epoch(replicas, opt, sched, x_train, y_train, gen, cfg,
+                                               epoch, flag, progress)
             torch.set_num_threads(threads)
-            if flag["signum"] is not None:
+            if not complete:  # stopped between batches: this epoch is not kept
                 raise TrainingInterrupted(flag["signum"], folder, epoch)
             if not math.isfinite(loss):
                 raise SeqmnistError(
@@ -245,7 +245,8 @@ def train(config: TrainConfig | None = None, *, out: str | Path = "runs",
             seconds = time.perf_counter() - t0
             val = evaluate_tensors(model, x_test, y_test, cfg.eval_batch_size, cfg.precision)
             history.append(dict(epoch=epoch + 1, loss=loss, accuracy=acc, val_loss=val.loss,
-                                val_accuracy=val.accuracy, seconds=round(seconds, 3)))
+                                val_accuracy=val.accuracy, seconds=round(seconds, 3),
+                                lr=opt.param_groups[0]["lr"]))
             with writing_to(folder):
                 save_checkpoint(folder, dict(
                     model=model.state_dict(), optimizer=opt.state_dict(),
@@ -289,7 +290,8 @@ def count_replicas(cfg: TrainConfig, device: torch.device, threads: int) -> int:
 
 
 def _train_epoch(replicas: Replicas, opt, sched, x, y, gen, cfg: TrainConfig, epoch: int,
-                 flag: dict, progress: bool) -> tuple[float, float]:
+                 flag: dict, progress: bool) -> tuple[float, float, bool]:
+    """One pass over the training set: (mean loss, accuracy, whether every batch ran)."""
     from tqdm.auto import tqdm
 
     replicas.train()
@@ -300,6 +302,7 @@ def _train_epoch(replicas: Replicas, opt, sched, x, y, gen, cfg: TrainConfig, ep
     steps = -(-len(x) // cfg.batch_size)
     bar = tqdm(total=steps, desc=f"Epoch {epoch + 1}/{cfg.epochs}", unit="batch",
                disable=None if progress else True, leave=False)
+    done = 0
     for step, i in enumerate(range(0, len(x), cfg.batch_size)):
         idx = perm[i:i + cfg.batch_size]
         loss_sum, hits = replicas.forward_backward(x.index_select(0, idx), y.index_select(0, idx))
@@ -314,10 +317,11 @@ def _train_epoch(replicas: Replicas, opt, sched, x, y, gen, cfg: TrainConfig, ep
             bar.set_postfix(loss=f"{total_loss.item() / seen:.4f}",
                             acc=f"{correct.item() / seen:.4f}", refresh=False)
         bar.update()
+        done = step + 1
         if flag["signum"] is not None:
             break
     bar.close()
-    return total_loss.item() / max(seen, 1), correct.item() / max(seen, 1)
+    return total_loss.item() / max(seen, 1), correct.item() / max(seen, 1), done == steps
 
 
 def finish_run(folder: Path, model, cfg: TrainConfig, ds: Dataset, input_shape, history: list,
