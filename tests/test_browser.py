@@ -36,7 +36,9 @@ def _require():
 
 @pytest.fixture(scope="module")
 def good_runs(real_mnist, tmp_path_factory):
-    """Models good enough to read a hand-drawn digit (~97% measured), trained in seconds."""
+    """Models good enough to read a hand-drawn digit (~97% measured), trained in seconds, once
+    the browser is known to be there."""
+    _require()
     from seqmnist import TrainConfig, train
 
     out = tmp_path_factory.mktemp("browser-runs")

@@ -124,3 +124,102 @@ def test_no_runs_is_a_clear_message(tmp_path):
 def test_latest_run_per_model_is_chosen(small_runs):
     runs = resolve_runs(None, small_runs["lstm"].parent)
     assert {r.config.model for r in runs} == {"lstm", "cnn"}
+
+
+def test_a_dot_is_not_a_digit(client):
+    dot = np.full((280, 280), 255, np.uint8)
+    dot[100:116, 140:156] = 0  # one touch of the brush
+    resp = client.post("/api/predict", content=png_of(dot, (280, 280)),
+                       headers={"Content-Type": "image/png"})
+    assert resp.status_code == 400 and "too little ink" in resp.json()["error"]
+    assert "draw a digit" in resp.json()["error"]
+
+
+def test_page_declares_its_icon_so_loading_it_has_no_404(client):
+    page = client.get("/").text
+    assert '<link rel="icon" href="data:,">' in page
+
+
+@pytest.fixture(scope="module")
+def live_server(small_runs):
+    """The app on a real uvicorn server (TestClient does not reproduce socket behaviour)."""
+    import socket
+    import threading
+    import time
+
+    pytest.importorskip("uvicorn")
+    from seqmnist import web
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    srv = web.server(create_app(resolve_runs(list(small_runs.values()))), "127.0.0.1", port)
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 30
+    while not srv.started and time.time() < deadline:
+        time.sleep(0.05)
+    yield port
+    srv.should_exit = True
+    thread.join(10)
+
+
+def test_oversized_post_sent_whole_first_still_gets_its_413(live_server):
+    """urllib sends the whole body before reading: it must see the 413, not a reset."""
+    import urllib.error
+    import urllib.request
+
+    req = urllib.request.Request(f"http://127.0.0.1:{live_server}/api/predict",
+                                 data=b"\0" * (3 * MAX_BODY), method="POST",
+                                 headers={"Content-Type": "image/png"})
+    with pytest.raises(urllib.error.HTTPError) as info:
+        urllib.request.urlopen(req, timeout=30)
+    assert info.value.code == 413 and b"request body over" in info.value.read()
+
+
+def test_serve_refuses_a_taken_port_before_announcing_it(live_server):
+    from seqmnist.errors import UsageError
+    from seqmnist.web import check_port
+
+    with pytest.raises(UsageError, match=f"cannot listen on 127.0.0.1:{live_server}.*--port"):
+        check_port("127.0.0.1", live_server)
+    assert UsageError.exit_code == 2
+
+
+def test_a_client_that_never_finishes_its_headers_is_cut_off(live_server, monkeypatch):
+    """Slowloris: headers dribbling in are not waited for beyond the deadline."""
+    import socket
+    import time
+
+    from seqmnist import web
+
+    monkeypatch.setattr(web, "HEADER_SECONDS", 2.0)
+    start = time.monotonic()
+    with socket.create_connection(("127.0.0.1", live_server), timeout=30) as sock:
+        sock.sendall(b"POST /api/predict HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        closed = sock.recv(1024) == b""  # blocks until the server closes the connection
+    waited = time.monotonic() - start
+    assert closed and web.HEADER_SECONDS - 1 <= waited < web.HEADER_SECONDS + 5
+
+
+def test_deeply_nested_json_and_bad_models_are_4xx_or_per_model_errors(client, small_runs):
+    resp = client.post("/api/predict", content=b"[" * 100_000 + b"]" * 100_000,
+                       headers={"Content-Type": "application/json"})
+    assert resp.status_code == 400 and "nested too deeply" in resp.json()["error"]
+    import torch
+
+    from seqmnist.web import predict_all
+
+    runs = resolve_runs(list(small_runs.values()))
+    with torch.no_grad():
+        for p in runs[0].model.parameters():
+            p.fill_(float("nan"))
+    data = predict_all(runs, np.pad(np.full((20, 20), 255, np.uint8), 4))
+    assert "NaN" in data["models"][0]["error"] and "probabilities" in data["models"][1]
+
+
+def test_uploads_far_larger_than_a_digit_are_refused_from_the_header(client):
+    buf = io.BytesIO()
+    Image.new("L", (4000, 4000), 255).save(buf, "PNG")  # a few KB declaring 16 megapixels
+    resp = client.post("/api/predict", content=buf.getvalue(), headers={"Content-Type": "image/png"})
+    assert resp.status_code == 400 and "resize the image" in resp.json()["error"]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import importlib
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 _API = {
     "load_dataset": "data", "list_datasets": "data", "Dataset": "data",

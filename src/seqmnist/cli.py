@@ -135,6 +135,9 @@ def build_compare(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, help="report folder (default: reports/<time>-<dataset>)")
     p.add_argument("--runs-dir", type=Path, default=Path("runs"),
                    help="where new runs go (default: runs/)")
+    p.add_argument("--seeds", type=int_at_least(1, 1000), default=1, metavar="N",
+                   help="train every model with N seeds (--seed, --seed + 1, ...) and report "
+                   "mean, spread, intervals and paired tests (default: 1)")
     add_training_options(p)
 
 
@@ -235,7 +238,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     from .comparison import compare
 
-    compare(args.models, runs=args.runs, out=args.out, runs_dir=args.runs_dir,
+    compare(args.models, runs=args.runs, seeds=args.seeds, out=args.out, runs_dir=args.runs_dir,
             data_dir=args.data_dir, progress=not args.no_progress, **_train_kwargs(args))
     return 0
 
@@ -362,7 +365,7 @@ COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
 
 def build_parser(command: str | None = None, everything: bool = False) -> argparse.ArgumentParser:
     """The parser; the arguments of ``command`` (or of every command) are filled in."""
-    from . import __version__
+    from ._version import __version__
 
     parser = Parser(prog="seqmnist", description="Read an image as a sequence: train LSTMs and "
                     "CNNs on MNIST and compare them.", epilog=EPILOG)

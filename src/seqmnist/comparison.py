@@ -1,7 +1,7 @@
-"""Compare models: train each (or reuse finished runs) and write one report.
+"""Compare models: train each with several seeds (or reuse finished runs) and write one report.
 
     from seqmnist import compare
-    compare(["lstm", "cnn"], epochs=1, limit=6000, out="reports/quick")
+    compare(["lstm", "cnn"], seeds=3, epochs=1, limit=6000, out="reports/quick")
 """
 
 from __future__ import annotations
@@ -12,29 +12,52 @@ from pathlib import Path
 
 from .config import TrainConfig
 from .data import load_dataset
-from .errors import UsageError
-from .storage import load_run
+from .errors import CheckpointError, UsageError
+from .evaluation import evaluate
+from .storage import PREDICTIONS, Run, load_run, save_predictions
+
+REQUIRED_METRICS = ("test_accuracy", "test_loss", "params", "seconds_per_epoch",
+                    "inference_images_per_second", "per_class_accuracy", "classes", "confusion")
+
+
+def finished_run(path: str | Path, data_dir: str | Path | None = None) -> Run:
+    """A finished run ready to be compared: its metrics complete, its per-image predictions on
+    disk (computed from its weights and saved beside them when an older run lacks them)."""
+    run = load_run(path)
+    missing = [k for k in REQUIRED_METRICS if k not in (run.metrics or {})]
+    if missing:
+        raise CheckpointError(f"{run.path}: metrics.json is missing or incomplete (no "
+                              f"{', '.join(missing)}); evaluate or retrain the run")
+    if not (run.path / PREDICTIONS).is_file():
+        ev = evaluate(run, data_dir)
+        save_predictions(run.path, ev.predictions, ev.probabilities, ev.labels)
+    return run
 
 
 def compare(models: list[str] | None = None, *, runs: list[str | Path] | None = None,
-            out: str | Path | None = None, runs_dir: str | Path = "runs",
+            seeds: int = 1, out: str | Path | None = None, runs_dir: str | Path = "runs",
             data_dir: str | Path | None = None, progress: bool = True, log=print,
             **config) -> dict:
-    """Train ``models`` with the same settings (``config`` = TrainConfig fields), add finished
-    ``runs``, and write ``report.md`` / ``report.html`` under ``out``. Returns the report summary."""
+    """Train each of ``models`` with seeds s, s+1, ... (``seeds`` of them; s is ``seed``, default
+    0) and the same settings (``config`` = TrainConfig fields), add finished ``runs``, and write
+    ``report.md``, ``report.html`` and ``comparison.json`` under ``out``. Returns the analysis."""
     from .reports import write_report
     from .training import train
 
+    if seeds < 1:
+        raise UsageError(f"seeds must be at least 1, got {seeds}")
     models = list(models) if models else ([] if runs else ["lstm", "cnn"])
-    finished = [load_run(r) for r in runs or []]
+    finished = [finished_run(r, data_dir) for r in runs or []]
     dataset_name = config.get("dataset") or (finished[0].config.dataset if finished else "mnist")
     if any(r.config.dataset != dataset_name for r in finished):
         raise UsageError("runs to compare must all use the same dataset")
     base = TrainConfig(**{k: v for k, v in config.items() if v is not None})
-    configs = [replace(base, model=m).resolved() for m in models]  # fail fast on bad options
+    first = base.seed
+    configs = [replace(base, model=m, seed=first + k).resolved()  # fail fast on bad options
+               for m in models for k in range(seeds)]
     ds = load_dataset(dataset_name, data_dir)
-    for cfg in configs:
-        log(f"\n=== {cfg.model} ===")
+    for i, cfg in enumerate(configs, 1):
+        log(f"\n=== {cfg.model}, seed {cfg.seed} ({i} of {len(configs)}) ===")
         result = train(cfg, out=runs_dir, data_dir=data_dir, dataset=ds, progress=progress, log=log)
         finished.append(load_run(result.path))
     if not finished:

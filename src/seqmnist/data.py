@@ -35,17 +35,39 @@ SPLIT_FILES = {
 MAX_IDX_ITEMS = 1 << 31
 
 
+def _idx_size(head: bytes) -> int | None:
+    """The total size an IDX file must have, from its first bytes (None: not IDX, or too short
+    to tell; ``parse_idx`` then says what is wrong)."""
+    if len(head) < 4 or head[:2] != b"\0\0" or head[2] not in IDX_DTYPES or head[3] == 0:
+        return None
+    ndim = head[3]
+    if len(head) < 4 + 4 * ndim:
+        return None
+    dims = struct.unpack(f">{ndim}I", head[4:4 + 4 * ndim])
+    if math.prod(d for d in dims if d) > MAX_IDX_ITEMS:
+        return None
+    return 4 + 4 * ndim + math.prod(dims) * np.dtype(IDX_DTYPES[head[2]]).itemsize
+
+
 def _open_bytes(path: Path) -> bytes:
+    """The file's IDX bytes, gunzipped if need be. Whatever the file, at most the size its IDX
+    header promises (plus one byte, to notice extra data) is read or decompressed: a small gzip
+    that inflates to gigabytes costs nothing. Only regular files are opened."""
     try:
-        raw = path.read_bytes()
+        if not path.is_file():
+            raise DataError(f"{path}: not a regular file")
+        with open(path, "rb") as raw:
+            gz = raw.read(2) == b"\x1f\x8b"
+            raw.seek(0)
+            fh = gzip.GzipFile(fileobj=raw) if gz else raw
+            head = fh.read(4 + 4 * 255)
+            size = _idx_size(head)
+            cap = (size if size is not None else len(head)) + 1
+            return head[:cap] + fh.read(max(0, cap - len(head)))
+    except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
+        raise DataError(f"{path}: corrupt or truncated gzip data ({exc})") from None
     except OSError as exc:
         raise DataError(f"{path}: cannot read file ({exc.strerror or exc})") from None
-    if raw[:2] != b"\x1f\x8b":
-        return raw
-    try:
-        return gzip.decompress(raw)
-    except (EOFError, OSError, zlib.error) as exc:
-        raise DataError(f"{path}: corrupt or truncated gzip data ({exc})") from None
 
 
 def parse_idx(data: bytes, name: str = "<bytes>", expect_ndim: int | None = None) -> np.ndarray:
@@ -189,6 +211,29 @@ def not_found_message(name: str, data_dir: str | Path | None, reason: str = "") 
     return "\n".join(lines)
 
 
+def check_split(where: str, split: str, images: np.ndarray, labels: np.ndarray,
+                classes: int) -> None:
+    """A split seqmnist can train on: uint8 images (N, H, W) with H, W >= 1, at least one, and
+    one whole-number label in 0..classes-1 per image; else DataError naming what is wrong."""
+    if images.dtype != np.uint8:
+        raise DataError(f"{where}: {split} images are {images.dtype}; MNIST-style images are "
+                        "unsigned bytes (IDX type 0x08)")
+    if images.ndim != 3 or 0 in images.shape[1:]:
+        raise DataError(f"{where}: {split} images have shape {images.shape}; expected "
+                        "(count, height, width) with height and width of at least 1")
+    if len(images) == 0:
+        raise DataError(f"{where}: the {split} split is empty")
+    if len(images) != len(labels):
+        raise DataError(f"{where}: {split} has {len(images)} images but {len(labels)} labels")
+    if labels.dtype.kind not in "iu":
+        raise DataError(f"{where}: {split} labels are {labels.dtype}, not whole numbers")
+    low, high = int(labels.min()), int(labels.max())
+    if low < 0 or high >= classes:
+        bad = high if high >= classes else low
+        raise DataError(f"{where}: {split} label {bad} out of range for {classes} classes "
+                        f"(labels must be 0..{classes - 1})")
+
+
 def _load_idx_dataset(spec: DatasetSpec, data_dir: Path | None) -> Dataset:
     folder = locate(spec.name, data_dir)
     if folder is None and data_dir is not None:
@@ -209,11 +254,7 @@ def _load_idx_dataset(spec: DatasetSpec, data_dir: Path | None) -> Dataset:
         arrays[role] = read_idx(find_file(folder, base), 3 if role.endswith("images") else 1)
     for split in ("train", "test"):
         images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
-        if len(images) != len(labels):
-            raise DataError(f"{folder}: {split} has {len(images)} images but {len(labels)} labels")
-        if labels.size and int(labels.max()) >= len(spec.classes):
-            raise DataError(f"{folder}: {split} label {int(labels.max())} out of range "
-                            f"for {len(spec.classes)} classes")
+        check_split(str(folder), split, images, labels, len(spec.classes))
     if arrays["train_images"].shape[1:] != arrays["test_images"].shape[1:]:
         raise DataError(f"{folder}: train images are {arrays['train_images'].shape[1:]}, "
                         f"test images {arrays['test_images'].shape[1:]}")

@@ -22,6 +22,7 @@ class Evaluation:
     confidence: np.ndarray  # probability of the predicted class
     labels: np.ndarray
     seconds: float
+    probabilities: np.ndarray | None = None  # (images, classes), float32
 
     @property
     def images_per_second(self) -> float:
@@ -52,23 +53,50 @@ def evaluate_tensors(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
     """Evaluate ``model`` on inputs already in the view's layout, in eval mode, in big batches."""
     was_training = model.training
     model.eval()
-    total_loss, preds, confs = 0.0, [], []
+    total_loss, all_probs = 0.0, []
     start = time.perf_counter()
     for i in range(0, len(x), batch_size):
         with autocast(x.device, precision):
             logits = model(x[i:i + batch_size]).float()
         total_loss += F.cross_entropy(logits, y[i:i + batch_size], reduction="sum").item()
-        probs = logits.softmax(-1)
-        conf, pred = probs.max(-1)
-        preds.append(pred.cpu())
-        confs.append(conf.cpu())
+        all_probs.append(logits.softmax(-1).cpu())
     seconds = time.perf_counter() - start
     model.train(was_training)
-    predictions = torch.cat(preds).numpy() if preds else np.zeros(0, dtype=np.int64)
+    probs = torch.cat(all_probs).numpy() if all_probs else np.zeros((0, 1), dtype=np.float32)
+    predictions = probs.argmax(-1) if len(probs) else np.zeros(0, dtype=np.int64)
     labels = y.cpu().numpy()
     n = max(len(labels), 1)
     return Evaluation(total_loss / n, float((predictions == labels).sum() / n), predictions,
-                      torch.cat(confs).numpy() if confs else np.zeros(0), labels, seconds)
+                      probs.max(-1) if len(probs) else np.zeros(0), labels, seconds, probs)
+
+
+def anytime_steps(steps: int, points: int = 28) -> list[int]:
+    """The step counts at which anytime accuracy is measured: every step up to ``points``
+    steps (rows, columns), else ``points`` evenly spaced ones ending at the last (pixels)."""
+    if steps <= points:
+        return list(range(1, steps + 1))
+    return sorted({max(1, round(steps * k / points)) for k in range(1, points + 1)})
+
+
+@torch.inference_mode()
+def anytime_accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
+                     batch_size: int = 1000) -> dict | None:
+    """Test accuracy when a causal sequence model has read only its first k steps, for the
+    ``anytime_steps`` k: {"steps": [...], "accuracy": [...], "of": total steps}. None for
+    models that do not answer step by step (a CNN)."""
+    if not hasattr(model, "forward_steps") or x.dim() != 3:
+        return None
+    was_training = model.training
+    model.eval()
+    ks = anytime_steps(x.shape[1])
+    index = torch.tensor([k - 1 for k in ks], device=x.device)
+    correct = torch.zeros(len(ks), dtype=torch.long)
+    for i in range(0, len(x), batch_size):
+        logits = model.forward_steps(x[i:i + batch_size]).index_select(1, index)
+        correct += (logits.argmax(-1) == y[i:i + batch_size, None]).sum(0).cpu()
+    model.train(was_training)
+    n = max(len(x), 1)
+    return dict(steps=ks, accuracy=(correct.double() / n).tolist(), of=int(x.shape[1]))
 
 
 def evaluate(run: Run | str | Path, data_dir: str | Path | None = None,

@@ -8,6 +8,8 @@ to a photo or drawing of any size, dark on light or light on dark.
 from __future__ import annotations
 
 import io
+import os
+import stat
 import warnings
 from pathlib import Path
 
@@ -18,10 +20,14 @@ from .errors import ImageError
 ALLOWED_FORMATS = ("PNG", "JPEG", "BMP", "GIF", "WEBP")
 MAX_PIXELS = 16_000_000  # far below Pillow's default bomb limit (~89 MP)
 MAX_BYTES = 20 * 1024 * 1024
+# Ink spanning less than this share of the image's longer side is a dot, not a digit (an MNIST
+# digit spans about 70%; a single touch of the page's brush about 6%).
+MIN_INK_EXTENT = 0.12
 
 
-def decode_image(data: bytes, name: str = "image") -> np.ndarray:
-    """Decode allow-listed image bytes to a float grayscale array in [0, 1] (first frame)."""
+def decode_image(data: bytes, name: str = "image", max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """Decode allow-listed image bytes to a float grayscale array in [0, 1] (first frame). The
+    size is checked from the header, before any pixel is decoded."""
     from PIL import Image, UnidentifiedImageError
 
     if not data:
@@ -33,8 +39,9 @@ def decode_image(data: bytes, name: str = "image") -> np.ndarray:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
             w, h = img.size
-            if w * h > MAX_PIXELS:
-                raise ImageError(f"{name}: {w}x{h} pixels is more than the {MAX_PIXELS:,} allowed")
+            if w * h > max_pixels:
+                raise ImageError(f"{name}: {w}x{h} pixels is more than the {max_pixels:,} allowed; "
+                                 "a digit needs far fewer: resize the image")
             if w < 1 or h < 1:
                 raise ImageError(f"{name}: image has no pixels")
             img.seek(0)
@@ -90,6 +97,11 @@ def prepare_array(gray: np.ndarray, size: tuple[int, int] = (28, 28)) -> np.ndar
     rows = np.flatnonzero((gray > 0.2).any(axis=1))
     cols = np.flatnonzero((gray > 0.2).any(axis=0))
     crop = gray[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+    extent = max(crop.shape) / max(gray.shape)
+    if extent < MIN_INK_EXTENT and max(gray.shape) >= 2 / MIN_INK_EXTENT:
+        raise ImageError(f"too little ink to be a digit: the ink spans {max(crop.shape)} of "
+                         f"{max(gray.shape)} pixels, a dot rather than a digit; draw a digit "
+                         "(or crop the image closer to it)")
     height, width = size
     box = max(1, round(min(height, width) * 20 / 28))
     scale = box / max(crop.shape)
@@ -115,12 +127,25 @@ def prepare_image(source: str | Path | bytes, size: tuple[int, int] = (28, 28)) 
     """A file path or image bytes -> uint8 ``size`` array ready for a model."""
     if isinstance(source, (str, Path)):
         path = Path(source)
-        try:
-            data = path.read_bytes()
-        except OSError as exc:
-            raise ImageError(f"{path}: cannot read ({exc.strerror or exc})") from None
-        return prepare_array(decode_image(data, str(path)), size)
+        return prepare_array(decode_image(read_image_file(path), str(path)), size)
     return prepare_array(decode_image(bytes(source)), size)
+
+
+def read_image_file(path: Path) -> bytes:
+    """The bytes of a regular file, at most MAX_BYTES of them (one more means too large). A FIFO
+    or device (a link to /dev/zero, a named pipe) is refused without reading it: opened
+    non-blocking, checked with fstat, never read."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except OSError as exc:
+        raise ImageError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    with os.fdopen(fd, "rb") as fh:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ImageError(f"{path}: not a regular file")
+        data = fh.read(MAX_BYTES + 1)
+    if len(data) > MAX_BYTES:
+        raise ImageError(f"{path}: larger than the {MAX_BYTES:,} bytes allowed")
+    return data
 
 
 def predict_arrays(run, images: np.ndarray, steps: bool = False) -> list[dict]:

@@ -264,14 +264,24 @@ def _layer_name(m: nn.Module) -> str:
                 type(m).__name__)
 
 
+def keras_shape(shape: tuple[int, ...]) -> str:
+    """An output shape as Keras prints it: batch as None, images channels-last (H, W, C)."""
+    dims = list(shape[1:])
+    if len(dims) == 3:  # PyTorch's (C, H, W) -> Keras's (H, W, C)
+        dims = dims[1:] + dims[:1]
+    return "(None, " + ", ".join(str(d) for d in dims) + ")"
+
+
 def summary_rows(model: nn.Module, input_shape: tuple[int, ...]) -> list[tuple[str, str, int]]:
-    """(layer, output shape, trainable parameters) for each top-level layer, as Keras lists them."""
+    """(layer, output shape, trainable parameters) for each top-level layer, as Keras lists them
+    (the children of ``model.net`` where the model keeps its layers there, else of the model)."""
     rows: list[tuple[str, str, int]] = []
     hooks = []
-    for m in model.net:
+    layers = list(getattr(model, "net", model).children()) or [model]
+    for m in layers:
         def hook(mod, _inp, out, mod_name=_layer_name(m)):
-            shape = "(None, " + ", ".join(str(d) for d in out.shape[1:]) + ")"
-            rows.append((mod_name, shape, trainable_parameters(mod)))
+            out = out[0] if isinstance(out, tuple) else out
+            rows.append((mod_name, keras_shape(tuple(out.shape)), trainable_parameters(mod)))
         hooks.append(m.register_forward_hook(hook))
     was_training = model.training
     model.eval()
@@ -303,4 +313,6 @@ def summary_text(model: nn.Module, input_shape: tuple[int, ...], title: str = ""
     out.append(f"Trainable params: {total:,}")
     out.append("Non-trainable params: 0" + (f" (plus {frozen:,} fixed zero biases PyTorch "
                                              "keeps for Keras's single-bias layout)" if frozen else ""))
+    out.append("Output shapes in Keras's order (images channels-last: height, width, channels; "
+               "PyTorch computes them channels-first).")
     return "\n".join(out)

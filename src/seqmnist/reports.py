@@ -1,195 +1,293 @@
-"""Plots and the comparison report (``report.md`` and a self-contained ``report.html``).
-
-Plots use matplotlib's object API with the Agg canvas: no pyplot state, safe on servers and threads.
+"""The comparison report: ``report.md``, a self-contained ``report.html`` and ``comparison.json``
+(every number in them, from analysis.py), with the figures beside them as PNG files.
 """
 
 from __future__ import annotations
 
 import base64
 import html
-import io
+import os
 from pathlib import Path
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
 
-from .storage import atomic_write
-
-
-def _figure(width: float = 6.0, height: float = 4.0) -> Figure:
-    fig = Figure(figsize=(width, height), dpi=100)
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def _png(fig: Figure) -> bytes:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", bbox_inches="tight")
-    return buf.getvalue()
+from .analysis import analyse
+from .fileio import atomic_write, write_json
+from .plots import (
+    confusions_figure,
+    figure,
+    gallery_figure,
+    history_figure,
+    png,
+    save_figure,
+)
 
 
-def save_figure(fig: Figure, path: Path) -> None:
-    atomic_write(path, _png(fig))
+def _pct(x: float) -> str:
+    return f"{x * 100:.2f}%"
 
 
-def history_figure(series: dict[str, list[dict]], metric: str, title: str) -> Figure:
-    """Training (dashed) vs validation (solid) ``metric`` per epoch, one colour per run."""
-    fig = _figure()
+def _interval(ci, scale: float = 100, unit: str = "") -> str:
+    return "–" if not ci else f"{ci[0] * scale:.2f} to {ci[1] * scale:.2f}{unit}"
+
+
+def seconds(x: float) -> str:
+    """Seconds with enough digits to be read: 0.034, 1.27, 34.1."""
+    return f"{x:.3g}" if x < 10 else f"{x:.1f}"
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def _group_row(g: dict) -> list[str]:
+    acc, loss = g["accuracy"], g["loss"]
+    spread = f" ± {acc['std'] * 100:.2f}" if acc["n"] > 1 else ""
+    lspread = f" ± {loss['std']:.4f}" if loss["n"] > 1 else ""
+    return [g["name"], str(acc["n"]), f"{acc['mean'] * 100:.2f}%{spread}",
+            _interval(acc["ci_seeds"]), _interval(acc["ci_images"]),
+            f"{loss['mean']:.4f}{lspread}", f"{g['params']:,}",
+            seconds(g["seconds_per_epoch"]["mean"]),
+            f"{g['inference_images_per_second']['mean']:,.0f}", str(g["epochs"])]
+
+
+GROUP_HEADERS = ["model", "seeds", "test accuracy (mean ± std)", "95% CI across seeds",
+                 "95% CI over test images", "test loss", "parameters", "s / epoch",
+                 "inference img/s", "epochs"]
+PAIR_HEADERS = ["pair (a vs b)", "a − b (points)", "95% CI", "interval from", "seed pair",
+                "both right", "a only", "b only", "both wrong", "McNemar p (Holm)"]
+RECIPE_HEADERS = ["model", "training images", "epochs", "batch", "learning rate", "schedule",
+                  "preset", "precision", "backend", "seeds"]
+PROVENANCE_HEADERS = ["model", "seqmnist", "PyTorch", "Python", "OS", "CPU / GPU", "device",
+                      "threads", "replicas", "started"]
+
+
+def _pair_rows(p: dict) -> list[list[str]]:
+    rows = []
+    for i, t in enumerate(p["mcnemar"]):
+        first = i == 0
+        rows.append([f"{p['a']} vs {p['b']}" if first else "",
+                     f"{p['difference']:+.2f}" if first else "",
+                     f"{p['ci'][0]:.2f} to {p['ci'][1]:.2f}" if first else "",
+                     p["ci_method"] if first else "", str(i + 1), f"{t['both_right']:,}",
+                     f"{t['only_a']:,}", f"{t['only_b']:,}", f"{t['both_wrong']:,}",
+                     f"{t['p_holm']:.2g}"])
+    return rows
+
+
+def _recipe_row(g: dict) -> list[str]:
+    r = g["recipe"]
+    used, total = g["train_images"], g["train_images_total"]
+    images = f"{used:,} of {total:,}" if used and total and used < total else f"{used or 0:,}"
+    lr = f"{r['lr']:g}" + (" (peak)" if r["schedule"] == "onecycle" else "")
+    return [g["name"], images, str(r["epochs"]), str(r["batch_size"]), lr, r["schedule"],
+            r["preset"], r["precision"], ", ".join(r["backend"]),
+            ", ".join(map(str, g["seeds"]))]
+
+
+def _fmt(v) -> str:
+    if isinstance(v, list):
+        return " / ".join(_fmt(x) for x in v)
+    return "–" if v is None else str(v)
+
+
+def _provenance_row(g: dict) -> list[str]:
+    p = g["provenance"]
+    hardware = p.get("gpu") or p.get("cpu")
+    return [g["name"], _fmt(p.get("seqmnist")), _fmt(p.get("torch")), _fmt(p.get("python")),
+            _fmt(p.get("os")), _fmt(hardware), _fmt(p.get("device")), _fmt(p.get("threads")),
+            _fmt(p.get("replicas")), _fmt(p.get("started"))]
+
+
+def _per_class_table(groups: list[dict]) -> tuple[list[str], list[list[str]]]:
+    classes = groups[0]["classes"]
+    headers = ["class"] + [g["name"] for g in groups]
+    rows = []
+    for c in classes:
+        row = [c]
+        for g in groups:
+            s = g["per_class"].get(c)
+            row.append("–" if s is None else f"{s['mean'] * 100:.2f}%" +
+                       (f" ± {s['std'] * 100:.2f}" if s["n"] > 1 else ""))
+        rows.append(row)
+    return headers, rows
+
+
+def anytime_figure(groups: list[dict]) -> Figure | None:
+    """Test accuracy after the first k steps, per model (band: min to max across seeds)."""
+    shown = [g for g in groups if g.get("anytime")]
+    if not shown:
+        return None
+    fig = figure()
     ax = fig.add_subplot()
-    for i, (label, history) in enumerate(series.items()):
-        epochs = [h["epoch"] for h in history]
-        colour = f"C{i}"
-        prefix = f"{label}: " if len(series) > 1 else ""
-        ax.plot(epochs, [h[metric] for h in history], "--o", color=colour, markersize=3,
-                label=f"{prefix}training {metric}")
-        ax.plot(epochs, [h[f"val_{metric}"] for h in history], "-o", color=colour, markersize=3,
-                label=f"{prefix}validation {metric}")
-    ax.set_title(title)
-    ax.set_xlabel("epoch")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_ylabel(metric)
+    for i, g in enumerate(shown):
+        a = g["anytime"]
+        ax.plot(a["steps"], a["mean"], "-o", markersize=3, color=f"C{i}",
+                label=f"{g['name']} ({a['of']} steps)")
+        ax.fill_between(a["steps"], a["low"], a["high"], color=f"C{i}", alpha=0.15, linewidth=0)
+    ax.set_xlabel("steps read")
+    ax.set_ylabel("test accuracy")
+    ax.set_ylim(0, 1)
+    ax.set_title("Anytime accuracy: answering after the first k steps")
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize=8)
     return fig
 
 
-def plot_history(history: list[dict], folder: Path, title: str = "") -> None:
-    """``loss.png`` and ``accuracy.png``, each training vs validation, correctly titled."""
-    for metric, name in (("loss", "Loss"), ("accuracy", "Accuracy")):
-        fig = history_figure({"": history}, metric, f"Training and Validation {name}: {title}")
-        save_figure(fig, folder / f"{metric}.png")
+def curves_figure(groups: list[dict], metric: str) -> Figure:
+    series, bands = {}, {}
+    for g in groups:
+        c = g["curves"]
+        series[g["name"]] = [dict(epoch=e, **{metric: c[metric]["mean"][i],
+                                              f"val_{metric}": c[f"val_{metric}"]["mean"][i]})
+                             for i, e in enumerate(c["epoch"])]
+        if len(g["seeds"]) > 1:
+            bands[g["name"]] = dict(epoch=c["epoch"], low=c[f"val_{metric}"]["low"],
+                                    high=c[f"val_{metric}"]["high"])
+    title = f"{metric.capitalize()} per epoch" + (" (mean over seeds; band: min to max of "
+                                                  "validation)" if bands else "")
+    return history_figure(series, metric, title, bands)
 
 
-def confusion_figure(cm: np.ndarray, classes: list[str], title: str) -> Figure:
-    cm = np.asarray(cm)
-    fig = _figure(5.5, 5.0)
-    ax = fig.add_subplot()
-    ax.imshow(np.log1p(cm), cmap="Blues")
-    n = len(classes)
-    ax.set_xticks(range(n), classes, rotation=45 if max(map(len, classes)) > 2 else 0, ha="right"
-                  if max(map(len, classes)) > 2 else "center")
-    ax.set_yticks(range(n), classes)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    threshold = np.log1p(cm).max() / 2 if cm.size else 0
-    for i in range(n):
-        for j in range(n):
-            ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=7,
-                    color="white" if np.log1p(cm[i, j]) > threshold else "black")
-    ax.set_title(title)
-    return fig
+def _figures(result: dict, test_images: np.ndarray | None) -> list[tuple[str, str, Figure]]:
+    """(file stem, caption, figure) for every figure of the report, in order."""
+    groups = result["groups"]
+    figs = [("loss", "Loss per epoch", curves_figure(groups, "loss")),
+            ("accuracy", "Accuracy per epoch", curves_figure(groups, "accuracy"))]
+    anytime = anytime_figure(groups)
+    if anytime is not None:
+        figs.append(("anytime", "Anytime accuracy of the sequence readers", anytime))
+    seeds = {len(g["seeds"]) for g in groups}
+    summed = "" if seeds == {1} else " (summed over seeds)"
+    figs.append(("confusion", "Confusion matrices" + summed, confusions_figure(
+        {g["name"] + summed: np.array(g["confusion"]) for g in groups}, groups[0]["classes"])))
+    if test_images is None:
+        return figs
+    classes = groups[0]["classes"]
+    for k, p in enumerate(result["pairs"]):
+        for key, right, wrong in (("a_only", p["a"], p["b"]), ("b_only", p["b"], p["a"])):
+            flips = p["flips"][key]
+            if flips["images"]:
+                caption = f"Images {right} gets right and {wrong} wrong in most seeds " \
+                          f"({flips['count']:,} in all)"
+                fig = gallery_figure(test_images, [[i] for i in flips["images"]], classes,
+                                     caption, caption=lambda item: f"#{item[0]}")
+                figs.append((f"flips-{k}-{key}", caption, fig))
+    for k, g in enumerate(groups):
+        if g["misclassified"]:
+            caption = f"{g['name']}: most confident mistakes (true → predicted, confidence)"
+            figs.append((f"mistakes-{k}", caption, gallery_figure(
+                test_images, g["misclassified"], classes, caption)))
+    return figs
 
 
-def plot_confusion(cm: np.ndarray, classes: list[str], path: Path, title: str = "") -> None:
-    save_figure(confusion_figure(cm, classes, title), path)
+def _md_table(headers: list[str], rows: list[list[str]]) -> list[str]:
+    out = ["| " + " | ".join(headers) + " |", "|" + " --- |" * len(headers)]
+    return out + ["| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in rows]
 
 
-def gallery_figure(images: np.ndarray, mistakes: list[list], classes: list[str], title: str,
-                   cols: int = 8, rows: int = 3) -> Figure:
-    """The most confident mistakes: the image, its true class and what the model said."""
-    shown = mistakes[:cols * rows]
-    fig = _figure(cols * 1.1, max(1, -(-len(shown) // cols)) * 1.35 + 0.4)
-    fig.suptitle(title)
-    for k, (idx, true, pred, conf) in enumerate(shown):
-        ax = fig.add_subplot(-(-len(shown) // cols), cols, k + 1)
-        ax.imshow(images[idx], cmap="gray_r")
-        ax.set_title(f"{classes[true][:7]}→{classes[pred][:7]}\n{conf:.0%}", fontsize=7)
-        ax.axis("off")
-    return fig
-
-
-def _data_uri(fig: Figure) -> str:
-    return "data:image/png;base64," + base64.b64encode(_png(fig)).decode()
-
-
-def _fmt_row(r: dict) -> list[str]:
-    return [r["name"], f"{r['test_accuracy']:.2%}", f"{r['test_loss']:.4f}", f"{r['params']:,}",
-            f"{r['seconds_per_epoch']:.1f}", f"{r['inference_images_per_second']:,.0f}",
-            str(r["epochs"])]
-
-
-HEADERS = ["model", "test accuracy", "test loss", "parameters", "s / epoch", "inference img/s",
-           "epochs"]
-
-
-def verdict(rows: list[dict]) -> str:
-    """One sentence: who is more accurate, and at what cost."""
-    if len(rows) == 1:
-        r = rows[0]
-        return f"{r['name']} reached {r['test_accuracy']:.2%} test accuracy."
-    best = max(rows, key=lambda r: r["test_accuracy"])
-    others = [r for r in rows if r is not best]
-    runner = max(others, key=lambda r: r["test_accuracy"])
-    gap = best["test_accuracy"] - runner["test_accuracy"]
-    ratio = best["params"] / max(runner["params"], 1)
-    size = f"{ratio:.0f}x the parameters" if ratio >= 1 else f"{1 / ratio:.0f}x fewer parameters"
-    return (f"{best['name']} is the most accurate at {best['test_accuracy']:.2%}, "
-            f"{gap * 100:.2f} points ahead of {runner['name']} ({runner['test_accuracy']:.2%}), "
-            f"with {size} and {best['seconds_per_epoch']:.1f}s vs "
-            f"{runner['seconds_per_epoch']:.1f}s per epoch.")
-
-
-def write_report(runs: list, out: str | Path, test_images: np.ndarray | None = None) -> dict:
-    """Write ``report.md``, ``report.html`` and the PNGs they use for finished ``runs``."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    rows = [dict(name=f"{r.config.model} ({r.config.view})", **r.metrics) for r in runs]
-    series = {row["name"]: r.history for row, r in zip(rows, runs)}
-    figures = {
-        "loss": history_figure(series, "loss", "Loss per epoch (dashed: training)"),
-        "accuracy": history_figure(series, "accuracy", "Accuracy per epoch (dashed: training)"),
-    }
-    for row, r in zip(rows, runs):
-        key = r.config.model if r.config.model not in figures else row["name"]
-        figures[f"confusion-{key}"] = confusion_figure(np.array(row["confusion"]), row["classes"],
-                                                       f"{row['name']}: confusion")
-        if test_images is not None and row.get("misclassified"):
-            figures[f"mistakes-{key}"] = gallery_figure(
-                test_images, row["misclassified"], row["classes"],
-                f"{row['name']}: most confident mistakes (true→predicted)")
-    files = {}
-    for key, fig in figures.items():
-        name = "".join(c if c.isalnum() or c in "-_" else "_" for c in key) + ".png"
-        save_figure(fig, out / name)
-        files[key] = name
-    sentence = verdict(rows)
-    table = ["| " + " | ".join(HEADERS) + " |", "|" + "---|" * len(HEADERS)]
-    table += ["| " + " | ".join(_fmt_row(r)) + " |" for r in rows]
-    dataset = runs[0].config.dataset
-    md = [f"# seqmnist comparison on {dataset}", "", sentence, "", *table, "",
-          "Run folders: " + ", ".join(f"`{r.path}`" for r in runs), ""]
-    md += [f"## {k}\n\n![{k}]({v})\n" for k, v in files.items()]
-    atomic_write(out / "report.md", "\n".join(md))
-    atomic_write(out / "report.html", _html(dataset, sentence, rows, runs, figures))
-    return dict(verdict=sentence, rows=rows, report=str(out / "report.html"))
-
-
-def _html(dataset: str, sentence: str, rows: list[dict], runs: list, figures: dict) -> str:
+def _html_table(headers: list[str], rows: list[list[str]]) -> str:
     esc = html.escape
-    head = "".join(f"<th>{esc(h)}</th>" for h in HEADERS)
-    body = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in _fmt_row(r)) + "</tr>"
-                   for r in rows)
-    imgs = "".join(f'<figure><img alt="{esc(k)}" src="{_data_uri(f)}"><figcaption>{esc(k)}'
-                   f"</figcaption></figure>" for k, f in figures.items())
-    folders = "".join(f"<li><code>{esc(str(r.path))}</code></li>" for r in runs)
+    head = "".join(f"<th>{esc(h)}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in r) + "</tr>" for r in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _quick_warning(result: dict) -> str | None:
+    if not result["quick"]:
+        return None
+    parts = "; ".join(f"{name}: {', '.join(r)}" for name, r in result["quick"].items())
+    return (f"Quick run, not a result: these models were trained below their recipe ({parts}). "
+            "Their accuracy says little about what the models reach; rerun without --limit and "
+            "with the recipe's epochs before drawing conclusions.")
+
+
+def _sections(result: dict) -> list[tuple[str, list[str], list[list[str]]]]:
+    groups = result["groups"]
+    sections = [("Models", GROUP_HEADERS, [_group_row(g) for g in groups])]
+    if result["pairs"]:
+        sections.append(("Pairwise tests on the same test images", PAIR_HEADERS,
+                         [row for p in result["pairs"] for row in _pair_rows(p)]))
+    sections.append(("Per-class test accuracy", *_per_class_table(groups)))
+    sections.append(("Training recipe", RECIPE_HEADERS, [_recipe_row(g) for g in groups]))
+    sections.append(("Where and how each model ran", PROVENANCE_HEADERS,
+                     [_provenance_row(g) for g in groups]))
+    return sections
+
+
+def _relative(path: str, out: Path) -> str:
+    try:
+        return os.path.relpath(path, out)
+    except ValueError:
+        return path
+
+
+def write_report(runs: list, out: str | Path, test_images: np.ndarray | None = None,
+                 seed: int = 0) -> dict:
+    """Analyse finished ``runs`` and write ``report.md``, ``report.html``, ``comparison.json``
+    and the figures under ``out``. Returns the analysis with the report's path added."""
+    out = Path(out)
+    result = analyse(runs, seed=seed)
+    out.mkdir(parents=True, exist_ok=True)
+    figs = _figures(result, test_images)
+    files = []
+    for stem, caption, fig in figs:
+        save_figure(fig, out / f"{stem}.png")
+        files.append((f"{stem}.png", caption))
+    warning = _quick_warning(result)
+    title = f"seqmnist comparison on {result['dataset']} ({result['test_images']:,} test images)"
+    md = [f"# {title}", ""]
+    if warning:
+        md += [f"> **{warning}**", ""]
+    md += [result["verdict"], ""]
+    for name, headers, rows in _sections(result):
+        md += [f"## {name}", "", *_md_table(headers, rows), ""]
+    md += ["## Figures", ""] + [f"![{c}]({f})\n\n*{c}*\n" for f, c in files]
+    md += ["## Method", "", result["methods"], "", "## Run folders", ""]
+    md += [f"- {g['name']}: " + ", ".join(f"[{Path(r).name}]({_relative(r, out)})"
+                                           for r in g["runs"]) for g in result["groups"]]
+    atomic_write(out / "report.md", "\n".join(md) + "\n")
+    atomic_write(out / "report.html", _html(title, warning, result, figs, out))
+    write_json(out / "comparison.json", result)
+    return dict(result, report=str(out / "report.html"))
+
+
+def _html(title: str, warning: str | None, result: dict, figs, out: Path) -> str:
+    esc = html.escape
+    tables = "".join(f"<h2>{esc(name)}</h2>{_html_table(headers, rows)}"
+                     for name, headers, rows in _sections(result))
+    images = "".join(
+        f'<figure><img alt="{esc(c)}" src="data:image/png;base64,'
+        f'{base64.b64encode(png(f)).decode()}"><figcaption>{esc(c)}</figcaption></figure>'
+        for _, c, f in figs)
+    folders = "".join(
+        f"<li>{esc(g['name'])}: " + ", ".join(
+            f'<a href="{esc(_relative(r, out))}">{esc(Path(r).name)}</a>' for r in g["runs"])
+        + "</li>" for g in result["groups"])
+    banner = f'<p class="quick">{esc(warning)}</p>' if warning else ""
     return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>seqmnist: comparison on {esc(dataset)}</title>
+<html lang="en"><head><meta charset="utf-8"><title>{esc(title)}</title>
 <style>
-body {{ font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; padding: 0 1em;
+body {{ font-family: system-ui, sans-serif; max-width: 1200px; margin: 2em auto; padding: 0 1em;
        color: #222; }}
-table {{ border-collapse: collapse; margin: 1em 0; }}
-th, td {{ border: 1px solid #ccc; padding: .35em .7em; text-align: right; }}
+table {{ border-collapse: collapse; margin: 1em 0; font-size: .92em; }}
+th, td {{ border: 1px solid #ccc; padding: .3em .6em; text-align: right; }}
 th:first-child, td:first-child {{ text-align: left; }}
-.verdict {{ font-size: 1.2em; background: #f3f7ff; padding: .8em 1em; border-radius: 6px; }}
-figure {{ display: inline-block; margin: .5em; vertical-align: top; }}
+.verdict {{ font-size: 1.15em; background: #f3f7ff; padding: .8em 1em; border-radius: 6px; }}
+.quick {{ background: #fff3cd; border: 1px solid #e0b000; padding: .8em 1em; border-radius: 6px;
+          font-weight: 600; }}
+figure {{ display: inline-block; margin: .5em; vertical-align: top; max-width: 100%; }}
+figcaption {{ font-size: .9em; color: #444; }}
 img {{ max-width: 100%; }}
 </style></head><body>
-<h1>seqmnist: comparison on {esc(dataset)}</h1>
-<p class="verdict">{esc(sentence)}</p>
-<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>
-{imgs}
+<h1>{esc(title)}</h1>
+{banner}
+<p class="verdict">{esc(result["verdict"])}</p>
+{tables}
+<h2>Figures</h2>
+{images}
+<h2>Method</h2><p>{esc(result["methods"])}</p>
 <h2>Run folders</h2><ul>{folders}</ul>
 </body></html>
 """

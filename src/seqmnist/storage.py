@@ -109,6 +109,41 @@ def save_weights(folder: Path, model, cfg: TrainConfig, input_shape, num_classes
     atomic_write(folder / WEIGHTS, save(tensors, metadata=meta))
 
 
+PREDICTIONS = "predictions.npz"
+
+
+def save_predictions(folder: Path, predictions, probabilities, labels) -> None:
+    """Per-image test predictions: predicted class, class probabilities and the true label of
+    every test image, so finished runs can be compared pairwise without retraining."""
+    import numpy as np
+
+    buf = io.BytesIO()
+    np.savez_compressed(buf, predictions=np.asarray(predictions, dtype=np.int16),
+                        probabilities=np.asarray(probabilities, dtype=np.float32),
+                        labels=np.asarray(labels, dtype=np.int16))
+    atomic_write(folder / PREDICTIONS, buf.getvalue())
+
+
+def load_predictions(folder: Path) -> dict:
+    """{"predictions", "probabilities", "labels"} arrays of a finished run (no pickles)."""
+    import numpy as np
+
+    path = Path(folder) / PREDICTIONS
+    if not path.is_file():
+        raise CheckpointError(f"{folder}: no {PREDICTIONS} (a run from an older seqmnist? "
+                              "evaluate it again or retrain)")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            out = {k: data[k] for k in ("predictions", "probabilities", "labels")}
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as exc:
+        raise CheckpointError(f"{path}: unreadable ({str(exc)[:200]})") from None
+    n = len(out["labels"])
+    if out["predictions"].shape != (n,) or out["probabilities"].ndim != 2 \
+            or len(out["probabilities"]) != n:
+        raise CheckpointError(f"{path}: arrays of inconsistent shapes")
+    return out
+
+
 @dataclass
 class Run:
     """A finished (or resumable) run folder, reloaded."""

@@ -40,7 +40,7 @@ def versions() -> dict:
     import numpy
     import torch
 
-    from . import __version__
+    from ._version import __version__
 
     return dict(seqmnist=__version__, torch=torch.__version__, numpy=numpy.__version__,
                 python=platform.python_version(), os=f"{platform.system()} {platform.release()}",

@@ -23,17 +23,19 @@ import torch
 from . import system
 from .backends import install_backend, resolve_backend
 from .config import TrainConfig
-from .data import Dataset, load_dataset
+from .data import Dataset, check_split, load_dataset
 from .errors import CheckpointError, SeqmnistError, UsageError
-from .evaluation import Evaluation, evaluate_tensors
+from .evaluation import Evaluation, anytime_accuracy, evaluate_tensors
 from .fileio import atomic_write, read_json, write_json
 from .models import create_model, summary_text, trainable_parameters
 from .parallel import Replicas
+from .plots import plot_confusion, plot_history
 from .storage import (
     PREVIOUS_CHECKPOINT,
     load_checkpoint,
     new_run_dir,
     save_checkpoint,
+    save_predictions,
     save_weights,
     write_history,
 )
@@ -163,6 +165,9 @@ def train(config: TrainConfig | None = None, *, out: str | Path = "runs",
         cfg = replace(cfg, data_dir=str(Path(data_dir).resolve()))
     ds = dataset.limit(cfg.limit) if dataset is not None else \
         load_dataset(cfg.dataset, cfg.data_dir, cfg.limit)
+    for split in ("train", "test"):  # also a Dataset built by hand: refuse what cannot train
+        check_split(ds.name, split, getattr(ds, f"x_{split}"), getattr(ds, f"y_{split}"),
+                    ds.num_classes)
     input_shape = VIEWS[cfg.view].shape(*ds.image_shape)
     model = create_model(cfg.model, input_shape, ds.num_classes, **cfg.model_options).to(device)
     x_train = to_input(ds.x_train, cfg.view, cfg.seed, device)
@@ -264,7 +269,7 @@ def train(config: TrainConfig | None = None, *, out: str | Path = "runs",
     if val is None:  # resumed a run whose last epoch was done but whose outputs were not written
         val = evaluate_tensors(model, x_test, y_test, cfg.eval_batch_size, cfg.precision)
     with writing_to(folder):
-        metrics = finish_run(folder, model, cfg, ds, input_shape, history, val)
+        metrics = finish_run(folder, model, cfg, ds, input_shape, history, val, x_test, y_test)
     log(f"Test accuracy {metrics['test_accuracy']:.4f}, test loss {metrics['test_loss']:.4f}, "
         f"{metrics['train_seconds']:.1f}s training. Results in {folder}")
     return TrainResult(folder, cfg, metrics, history, model)
@@ -325,11 +330,10 @@ def _train_epoch(replicas: Replicas, opt, sched, x, y, gen, cfg: TrainConfig, ep
 
 
 def finish_run(folder: Path, model, cfg: TrainConfig, ds: Dataset, input_shape, history: list,
-               val: Evaluation) -> dict:
-    """Write weights, metrics and plots of a finished run."""
-    from .reports import plot_confusion, plot_history
-
+               val: Evaluation, x_test: torch.Tensor, y_test: torch.Tensor) -> dict:
+    """Write weights, per-image test predictions, metrics and plots of a finished run."""
     cm = val.confusion(ds.num_classes)
+    anytime = anytime_accuracy(model, x_test, y_test, cfg.eval_batch_size)
     metrics = dict(
         model=cfg.model, dataset=cfg.dataset, view=cfg.view, test_accuracy=val.accuracy,
         test_loss=val.loss, params=trainable_parameters(model),
@@ -341,12 +345,14 @@ def finish_run(folder: Path, model, cfg: TrainConfig, ds: Dataset, input_shape, 
         misclassified=val.misclassified(),
         train_images=len(ds.x_train), train_images_total=ds.train_total,
         test_images=len(ds.x_test), backend=cfg.backend, precision=cfg.precision,
-        provenance=read_json(folder / "provenance.json", {}))
+        anytime=anytime, provenance=read_json(folder / "provenance.json", {}))
+    save_predictions(folder, val.predictions, val.probabilities, val.labels)
     save_weights(folder, model.to("cpu", memory_format=torch.contiguous_format), cfg,
                  input_shape, ds.num_classes)
     write_json(folder / "metrics.json", metrics)
-    plot_history(history, folder, title=f"{cfg.model} on {cfg.dataset} ({cfg.view})")
-    plot_confusion(cm, ds.classes, folder / "confusion.png", title=f"{cfg.model}: confusion")
+    plot_history(history, folder, title=f"{cfg.model} on {cfg.dataset}, {cfg.view} view")
+    plot_confusion(cm, ds.classes, folder / "confusion.png",
+                   title=f"{cfg.model} on {cfg.dataset}: confusion matrix")
     (folder / PREVIOUS_CHECKPOINT).unlink(missing_ok=True)
     return metrics
 

@@ -12,17 +12,34 @@ a path the client chose.
 
 from __future__ import annotations
 
+import errno
 import json
 from importlib import resources
 from pathlib import Path
 
 import numpy as np
 
-from ..errors import ImageError, SeqmnistError
+from ..errors import ImageError, SeqmnistError, UsageError
 from ..images import decode_image, predict_arrays, prepare_array
 from ..storage import Run, latest_runs, load_run
 
 MAX_BODY = 2 * 1024 * 1024
+# A digit needs far fewer pixels than a photo has: larger uploads are refused from the header,
+# before any decoding (a small PNG can declare 16 megapixels and cost 0.2 s of CPU to decode).
+MAX_PIXELS = 2_000_000
+# Inference runs in worker threads, WORKERS at a time; at most QUEUE requests wait for one, and
+# the next gets 503 with Retry-After at once, so a burst cannot stall the server for everyone.
+WORKERS = 2
+QUEUE = 16
+RETRY_AFTER = "1"
+# A request body must arrive within this many seconds (slow clients cannot hold a connection).
+BODY_SECONDS = 10.0
+CONNECTIONS = 64
+HEADER_SECONDS = 10.0
+# A refused body is read and dropped up to this much (or this long) before the 413 is sent, so a
+# client that sends its whole body before reading gets the 413 instead of a reset connection.
+DRAIN_BYTES = 16 * MAX_BODY
+DRAIN_SECONDS = 5.0
 LOOPBACK = ["127.0.0.1", "localhost", "::1", "[::1]"]
 STATIC = {"/": ("index.html", "text/html; charset=utf-8"),
           "/app.js": ("app.js", "text/javascript; charset=utf-8"),
@@ -45,9 +62,11 @@ class BodyLimit:
             return
         from starlette.responses import JSONResponse
 
-        too_large = JSONResponse({"error": f"request body over {self.limit:,} bytes"}, 413)
+        too_large = JSONResponse({"error": f"request body over {self.limit:,} bytes"}, 413,
+                                 headers={"Connection": "close"})
         length = dict(scope["headers"]).get(b"content-length")
         if length is not None and (not length.isdigit() or int(length) > self.limit):
+            await _drain(receive)
             await too_large(scope, receive, send)
             return
         seen = 0
@@ -71,7 +90,29 @@ class BodyLimit:
             await self.app(scope, limited_receive, tracking_send)
         except BodyTooLarge:
             if not started:
+                await _drain(receive)
                 await too_large(scope, receive, send)
+
+
+async def _drain(receive) -> None:
+    """Read and drop what is left of a request body, within DRAIN_BYTES and DRAIN_SECONDS."""
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+    deadline, seen = loop.time() + DRAIN_SECONDS, 0
+    while seen < DRAIN_BYTES:
+        left = deadline - loop.time()
+        if left <= 0:
+            return
+        try:
+            message = await asyncio.wait_for(receive(), left)
+        except asyncio.TimeoutError:
+            return
+        if message["type"] != "http.request":
+            return
+        seen += len(message.get("body", b""))
+        if not message.get("more_body", False):
+            return
 
 
 def resolve_runs(runs: list[str | Path] | None, runs_dir: str | Path = "runs") -> list[Run]:
@@ -90,45 +131,66 @@ def model_info(run: Run) -> dict:
 
 
 def predict_all(runs: list[Run], image: np.ndarray) -> dict:
-    """Every model's probabilities for one prepared uint8 image; per-row beliefs for row readers."""
+    """Every model's probabilities for one prepared uint8 image; per-row beliefs for row readers.
+    A model that cannot answer (its input size cannot hold this drawing, or it gives NaN) says
+    so in its own entry instead of failing the request."""
     results = []
     for run in runs:
+        info = model_info(run)
         shape = tuple(run.metrics.get("image_shape") or (28, 28))
-        img = image if image.shape == shape else prepare_array(image / 255.0, shape)
-        (pred,) = predict_arrays(run, img[None], steps=run.config.view == "rows")
-        results.append({**model_info(run), **pred})
+        try:
+            img = image if image.shape == shape else prepare_array(image / 255.0, shape)
+            (pred,) = predict_arrays(run, img[None], steps=run.config.view == "rows")
+        except ImageError as exc:
+            results.append({**info, "error": str(exc)})
+            continue
+        if not np.isfinite(pred["probabilities"]).all():
+            results.append({**info, "error": "this model's output is not a number (NaN): its "
+                                             "weights are broken; retrain it"})
+            continue
+        results.append({**info, **pred})
     return {"image": image.tolist(), "models": results}
 
 
-async def _read_image(request) -> np.ndarray:
-    """The request's image as a prepared 28 x 28 uint8 array; raises ImageError."""
+async def _read_body(request) -> tuple[str, object]:
+    """The request's image as sent: ("pixels", array) or ("image", bytes); raises ImageError.
+    Only reads; decoding (CPU work) is left to ``_prepare``, off the event loop."""
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype == "application/json":
         try:
             pixels = np.asarray(json.loads(await request.body())["pixels"], dtype=np.float64)
+        except RecursionError:
+            raise ImageError("JSON body nested too deeply") from None
         except (ValueError, KeyError, TypeError) as exc:
             raise ImageError(f'JSON body must be {{"pixels": [[...28 x 28 numbers...]]}} ({exc})'
                              ) from None
         if pixels.shape != (28, 28) or not np.isfinite(pixels).all() \
                 or pixels.min() < 0 or pixels.max() > 255:
             raise ImageError(f"pixels must be 28 x 28 numbers in 0-255, got shape {pixels.shape}")
-        return np.rint(pixels).astype(np.uint8)
+        return "pixels", np.rint(pixels).astype(np.uint8)
     if ctype == "multipart/form-data":
         async with request.form(max_files=1, max_fields=4) as form:
             upload = form.get("image") or form.get("file")
             if upload is None or isinstance(upload, str):
                 raise ImageError('multipart upload needs a file field named "image"')
-            data = await upload.read()
-    elif ctype.startswith("image/"):
-        data = await request.body()
-    else:
-        raise ImageError("send image/png, image/jpeg, multipart/form-data or application/json")
-    return prepare_array(decode_image(data, "upload"))
+            return "image", await upload.read()
+    if ctype.startswith("image/"):
+        return "image", await request.body()
+    raise ImageError("send image/png, image/jpeg, multipart/form-data or application/json")
+
+
+def _prepare(kind: str, payload) -> np.ndarray:
+    """A prepared 28 x 28 uint8 image from what ``_read_body`` returned; raises ImageError."""
+    if kind == "pixels":
+        return payload
+    return prepare_array(decode_image(payload, "upload", max_pixels=MAX_PIXELS))
 
 
 def create_app(runs: list[Run], allowed_hosts: list[str] | None = None):
     """The Starlette application serving ``runs``."""
+    import anyio
     from starlette.applications import Starlette
+    from starlette.requests import ClientDisconnect
     from starlette.middleware import Middleware
     from starlette.middleware.trustedhost import TrustedHostMiddleware
     from starlette.responses import JSONResponse, Response
@@ -147,16 +209,35 @@ def create_app(runs: list[Run], allowed_hosts: list[str] | None = None):
     async def models(request):
         return JSONResponse({"models": [model_info(r) for r in runs]})
 
+    limiter = anyio.CapacityLimiter(WORKERS)
+    state = {"pending": 0}
+
+    def work(kind: str, payload) -> dict:
+        return predict_all(runs, _prepare(kind, payload))
+
     async def predict(request):
         origin = request.headers.get("origin")
         if origin is not None and origin.split("://", 1)[-1] != request.headers.get("host") \
                 or request.headers.get("sec-fetch-site") == "cross-site":
             return JSONResponse({"error": "cross-origin requests are refused"}, 403)
+        if state["pending"] >= WORKERS + QUEUE:
+            return JSONResponse({"error": "busy: too many requests at once; try again"}, 503,
+                                headers={"Retry-After": RETRY_AFTER})
+        state["pending"] += 1
         try:
-            image = await _read_image(request)
+            with anyio.fail_after(BODY_SECONDS):
+                kind, payload = await _read_body(request)
+            result = await anyio.to_thread.run_sync(work, kind, payload, limiter=limiter)
         except ImageError as exc:
             return JSONResponse({"error": str(exc)}, 400)
-        return JSONResponse(predict_all(runs, image))
+        except TimeoutError:
+            return JSONResponse({"error": f"request body not received within {BODY_SECONDS:g} s"},
+                                408, headers={"Connection": "close"})
+        except ClientDisconnect:
+            return Response(status_code=400)  # the client is gone; nothing to log
+        finally:
+            state["pending"] -= 1
+        return JSONResponse(result)
 
     routes = [Route(path, page) for path in pages]
     routes += [Route("/api/models", models), Route("/api/predict", predict, methods=["POST"])]
@@ -165,14 +246,30 @@ def create_app(runs: list[Run], allowed_hosts: list[str] | None = None):
         Middleware(TrustedHostMiddleware, allowed_hosts=hosts)])
 
 
+def check_port(host: str, port: int) -> None:
+    """Raise UsageError (exit 2) when ``host:port`` cannot be listened on, before announcing it."""
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            hint = f"; try --port {port + 1}" if exc.errno == errno.EADDRINUSE else ""
+            raise UsageError(f"cannot listen on {host}:{port}: {exc.strerror or exc}{hint}") \
+                from None
+
+
 def serve(runs: list[str | Path] | None = None, runs_dir: str | Path = "runs",
           host: str = "127.0.0.1", port: int = 8000) -> None:
     """Load runs and serve the page until Ctrl-C."""
     try:
-        import uvicorn
+        import uvicorn  # noqa: F401
     except ImportError:
         raise SeqmnistError("the web page needs its extra: pip install 'seqmnist[web]'") from None
     loaded = resolve_runs(runs, runs_dir)
+    check_port(host, port)
     hosts = LOOPBACK + ([host] if host not in LOOPBACK else [])
     if host in ("0.0.0.0", "::"):
         print("warning: listening on every interface; the page is reachable from your network")
@@ -181,4 +278,36 @@ def serve(runs: list[str | Path] | None = None, runs_dir: str | Path = "runs",
         acc = run.metrics.get("test_accuracy")
         print(f"  {run.config.model:<5} {run.path}" + (f"  (test accuracy {acc:.2%})" if acc else ""))
     print(f"Open http://{'localhost' if host in LOOPBACK else host}:{port}/ (Ctrl-C to stop)")
-    uvicorn.run(create_app(loaded, hosts), host=host, port=port, log_level="warning")
+    server(create_app(loaded, hosts), host, port).run()
+
+
+def server(app, host: str = "127.0.0.1", port: int = 8000):
+    """A uvicorn server for ``app`` with seqmnist's limits: at most CONNECTIONS connections
+    (more get 503 at once), headers within HEADER_SECONDS of connecting or of the previous
+    response, idle keep-alive connections closed after 5 s. Slow or silent clients cannot pile
+    up; ``run()`` serves until Ctrl-C."""
+    import uvicorn
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class HeaderDeadline(H11Protocol):
+        """Closes a connection whose request headers have not all arrived in time (slowloris)."""
+
+        def _arm(self) -> None:
+            self.loop.call_later(HEADER_SECONDS, self._check_headers)
+
+        def _check_headers(self) -> None:
+            if (self.cycle is None or self.cycle.response_complete) \
+                    and not self.transport.is_closing():
+                self.transport.close()
+
+        def connection_made(self, transport) -> None:  # type: ignore[override]
+            super().connection_made(transport)
+            self._arm()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            self._arm()
+
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning", http=HeaderDeadline,
+                            limit_concurrency=CONNECTIONS, timeout_keep_alive=5)
+    return uvicorn.Server(config)

@@ -67,13 +67,23 @@ document.getElementById("clear").addEventListener("click", () => {
   for (const card of modelsPanel.querySelectorAll(".card")) card.classList.add("stale");
 });
 
-document.getElementById("upload").addEventListener("change", (e) => {
+document.getElementById("upload").addEventListener("change", async (e) => {
   const file = e.target.files[0];
   if (!file) return;
   const form = new FormData();
   form.append("image", file);
   send(form, null);
   e.target.value = "";
+  try {  // show the upload where the drawing was, scaled to fit
+    const img = await createImageBitmap(file);
+    clearPad();
+    const scale = Math.min(pad.width / img.width, pad.height / img.height);
+    const w = img.width * scale, h = img.height * scale;
+    ctx.drawImage(img, (pad.width - w) / 2, (pad.height - h) / 2, w, h);
+    hasInk = true;
+  } catch (err) {
+    // the browser cannot decode it; the server's answer says why
+  }
 });
 
 async function send(body, type) {
@@ -88,8 +98,10 @@ async function send(body, type) {
     show(data);
     statusLine.textContent = "Keep drawing, or Clear to start again.";
   } catch (err) {
-    statusLine.textContent = "Could not read that: " + err.message;
+    statusLine.textContent = err.message.startsWith("too little ink")
+      ? "Draw a digit: that is only a dot." : "Could not read that: " + err.message;
     statusLine.classList.add("error");
+    for (const card of modelsPanel.querySelectorAll(".card")) card.classList.add("stale");
   }
 }
 
@@ -158,6 +170,17 @@ function beliefStrip(m) {
   }));
   const legend = el("div", { class: "legend" });
   m.classes.forEach((c) => legend.append(el("span", {}, c)));
+  const axis = el("div", { class: "row-axis", "aria-hidden": "true" });
+  const n = m.steps.length;
+  for (const r of [1, Math.round(n / 4), Math.round(n / 2), Math.round(3 * n / 4), n]) {
+    const label = el("span", {}, `row ${r}`);
+    label.style.top = `${(100 * (r - 0.5)) / n}%`;
+    axis.append(label);
+  }
+  const plot = el("div", { class: "belief-plot" });
+  plot.append(axis, strip);
+  const scale = el("div", { class: "scale" });
+  scale.append(el("span", {}, "0%"), el("span", { class: "gradient" }), el("span", {}, "100% belief"));
   const detail = el("p", { class: "row-detail" }, "Point at a row to see what it believed there.");
   strip.addEventListener("pointermove", (e) => {
     const r = Math.min(m.steps.length - 1, Math.floor(e.offsetY / strip.clientHeight * m.steps.length));
@@ -167,7 +190,7 @@ function beliefStrip(m) {
     drawSeen();
   });
   strip.addEventListener("pointerleave", () => { highlightRow = null; drawSeen(); });
-  wrap.append(note, legend, strip, detail);
+  wrap.append(note, legend, plot, scale, detail);
   return wrap;
 }
 

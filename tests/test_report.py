@@ -1,0 +1,107 @@
+"""The comparison report: grouping, every section, what the verdict may say, provenance."""
+
+import json
+
+import numpy as np
+import pytest
+
+from seqmnist import TrainConfig, compare, train
+from seqmnist.analysis import group_runs
+from seqmnist.errors import UsageError
+from seqmnist.storage import load_predictions, load_run
+
+
+def quiet(*_):
+    pass
+
+
+@pytest.fixture(scope="module")
+def two_seed_report(small_mnist_dir, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("report")
+    summary = compare(["lstm", "cnn"], seeds=2, epochs=1, limit=300, data_dir=small_mnist_dir,
+                      out=tmp / "report", runs_dir=tmp / "runs", progress=False, log=quiet)
+    return tmp, summary
+
+
+def test_two_seed_compare_report_holds_every_section(two_seed_report):
+    tmp, summary = two_seed_report
+    data = json.loads((tmp / "report" / "comparison.json").read_text())
+    assert [g["name"] for g in data["groups"]] == ["lstm (rows)", "cnn (image)"]
+    for g in data["groups"]:
+        assert g["seeds"] == [0, 1] and g["accuracy"]["n"] == 2
+        assert len(g["accuracy"]["ci_seeds"]) == 2 and len(g["accuracy"]["ci_images"]) == 2
+        assert set(g["per_class"]) == {str(i) for i in range(10)}
+        assert len(g["curves"]["val_accuracy"]["low"]) == 1
+        assert g["provenance"]["torch"] and g["provenance"]["cpu"]
+        assert g["recipe"]["epochs"] == 1 and g["quick"]
+    lstm, cnn = data["groups"]
+    assert lstm["anytime"]["steps"] == list(range(1, 29)) and cnn["anytime"] is None
+    assert lstm["recipe"]["backend"] and cnn["recipe"]["backend"] == ["torch"]
+    (pair,) = data["pairs"]
+    assert len(pair["mcnemar"]) == 2 and pair["ci_method"] == "t interval across seed pairs"
+    for t in pair["mcnemar"]:
+        assert t["both_right"] + t["only_a"] + t["only_b"] + t["both_wrong"] == 1000
+    assert pair["flips"]["a_only"]["count"] + pair["flips"]["b_only"]["count"] > 0
+    md = (tmp / "report" / "report.md").read_text()
+    html = (tmp / "report" / "report.html").read_text()
+    for section in ("## Models", "## Pairwise tests", "## Per-class test accuracy",
+                    "## Training recipe", "## Where and how each model ran", "## Method"):
+        assert section in md and section[3:] in html
+    assert "Quick run, not a result" in md and "Quick run, not a result" in html
+    assert md.index("Quick run") < md.index("## Models")  # near the top
+    assert "300 of 2,000" in md and "1 epoch instead of the tutorial recipe's 10" in md
+    for png in ("loss", "accuracy", "anytime", "confusion", "flips-0-a_only", "mistakes-0"):
+        assert (tmp / "report" / f"{png}.png").is_file(), png
+    assert html.count("data:image/png;base64,") >= 6
+    assert "http://" not in html and "https://" not in html  # self-contained
+    assert summary["verdict"] == data["verdict"]
+
+
+def test_runs_are_grouped_by_recipe_and_reused_without_retraining(two_seed_report,
+                                                                   small_mnist_dir):
+    tmp, _ = two_seed_report
+    runs = [load_run(p) for p in sorted((tmp / "runs").iterdir())]
+    groups = group_runs(runs)
+    assert sorted((g.name, tuple(g.seeds)) for g in groups) == [("cnn (image)", (0, 1)),
+                                                                 ("lstm (rows)", (0, 1))]
+    again = compare(runs=[r.path for r in runs], out=tmp / "again", data_dir=small_mnist_dir,
+                    log=quiet)
+    first = json.loads((tmp / "report" / "comparison.json").read_text())
+    assert again["verdict"] == first["verdict"]  # the same runs: the same report
+    with pytest.raises(UsageError, match="same seed"):
+        group_runs(runs + runs[:1])
+
+
+def test_every_run_stores_its_test_predictions(two_seed_report):
+    tmp, _ = two_seed_report
+    run = sorted((tmp / "runs").iterdir())[0]
+    p = load_predictions(run)
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert p["probabilities"].shape == (1000, 10)
+    assert np.allclose(p["probabilities"].sum(1), 1, atol=1e-4)
+    assert (p["predictions"] == p["probabilities"].argmax(1)).all()
+    assert (p["predictions"] == p["labels"]).mean() == pytest.approx(metrics["test_accuracy"])
+
+
+def test_two_identical_models_are_not_called_different(tmp_path):
+    """Two recipes that differ only in the evaluation batch size predict the same: the verdict
+    must not call either one more accurate."""
+    runs = []
+    for eval_batch in (90, 360):
+        for seed in (0, 1):
+            cfg = TrainConfig(model="rnn", dataset="digits", epochs=1, seed=seed,
+                              eval_batch_size=eval_batch)
+            runs.append(train(cfg, out=tmp_path / "runs", log=quiet, progress=False).path)
+    summary = compare(runs=runs, out=tmp_path / "report", log=quiet)
+    assert summary["verdict"].startswith("No significant difference between rnn (rows")
+    assert "eval_batch_size" in summary["verdict"]
+    (pair,) = summary["pairs"]
+    assert pair["difference"] == 0 and not pair["significant"]
+
+
+def test_mixed_datasets_are_an_error(two_seed_report, tmp_path):
+    tmp, _ = two_seed_report
+    digits = train(TrainConfig(model="rnn", dataset="digits", epochs=1), out=tmp_path,
+                   log=quiet, progress=False).path
+    with pytest.raises(UsageError, match="same dataset"):
+        compare(runs=[sorted((tmp / "runs").iterdir())[0], digits], out=tmp_path / "r", log=quiet)
