@@ -136,3 +136,69 @@ def test_limit_validated_and_total_kept(small_mnist):
         small_mnist.limit(0)
     assert small_mnist.limit(300).train_total == 2000 and len(small_mnist.limit(300).x_train) == 300
     assert small_mnist.train_total == 2000
+
+
+def _typed_idx(array: np.ndarray, code: int) -> bytes:
+    """IDX bytes of ``array`` stored with IDX type ``code`` (0x09 int8, 0x0B int16, 0x0D float32)."""
+    import struct
+
+    dtype = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4"}[code]
+    header = struct.pack(">HBB", 0, code, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    return header + np.ascontiguousarray(array, dtype=dtype).tobytes()
+
+
+@pytest.mark.parametrize("labels, message", [
+    (np.array([0, 1, -3, 2, 1], np.int8), "label -3 out of range for 10 classes"),
+    (np.array([0, 1, 300, 2, 1], np.int16), "label 300 out of range"),
+    (np.array([0, 1, 1.5, 2, 1], np.float32), "not whole numbers"),
+])
+def test_labels_of_any_idx_type_are_checked_against_the_classes(tmp_path, labels, message):
+    images, good = _tiny()
+    folder = write_dataset(tmp_path / "mnist", images, good, images, good)
+    code = {np.dtype(np.int8): 0x09, np.dtype(np.int16): 0x0B, np.dtype(np.float32): 0x0D}
+    (folder / "train-labels-idx1-ubyte.gz").write_bytes(
+        gzip.compress(_typed_idx(labels, code[labels.dtype])))
+    with pytest.raises(DataError, match=message):
+        load_dataset("mnist", folder)
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda im: _typed_idx(im.astype(np.int8) - 100, 0x09), "images are int8"),
+    (lambda im: _typed_idx(np.zeros((5, 0, 3), np.uint8), 0x08), "height and width of at least 1"),
+    (lambda im: _typed_idx(np.zeros((0, 4, 3), np.uint8), 0x08), "the train split is empty"),
+])
+def test_images_that_cannot_train_are_refused(tmp_path, make, message):
+    images, labels = _tiny()
+    folder = write_dataset(tmp_path / "mnist", images, labels, images, labels)
+    (folder / "train-images-idx3-ubyte.gz").write_bytes(gzip.compress(make(images)))
+    with pytest.raises(DataError, match=message):
+        load_dataset("mnist", folder)
+
+
+def test_an_empty_split_is_refused_not_trained(tmp_path):
+    images, labels = _tiny()
+    folder = write_dataset(tmp_path / "mnist", images, labels, images[:0], labels[:0])
+    with pytest.raises(DataError, match="the test split is empty"):
+        load_dataset("mnist", folder)
+
+
+def test_a_gzip_bomb_is_read_only_as_far_as_its_header_promises(tmp_path):
+    """A few kilobytes that inflate to a gigabyte: only the header's promise is decompressed."""
+    import resource
+    import zlib
+
+    header = idx_bytes(np.zeros((10, 4, 4), np.uint8))  # promises 160 bytes of pixels
+    compressor = zlib.compressobj(9, zlib.DEFLATED, 31)  # gzip container
+    blob = compressor.compress(header)
+    zeros = b"\0" * (1 << 20)
+    for _ in range(1024):  # 1 GiB of zeros after the promised data
+        blob += compressor.compress(zeros)
+    blob += compressor.flush()
+    path = tmp_path / "bomb.gz"
+    path.write_bytes(blob)
+    assert path.stat().st_size < 2_000_000
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(DataError, match="unexpected bytes after the data"):
+        read_idx(path)
+    grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    assert grown_mb < 100

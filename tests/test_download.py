@@ -27,6 +27,23 @@ class Handler(BaseHTTPRequestHandler):
         if kind == "missing":
             self.send_error(404)
             return
+        if kind == "huge":  # announces far more than the file can be
+            self.send_response(200)
+            self.send_header("Content-Length", str(50_000_000))
+            self.end_headers()
+            return
+        if kind in ("endless", "drip"):  # no length; endless data, or a byte now and then
+            self.send_response(200)
+            self.end_headers()
+            for _ in range(2000 if kind == "endless" else 40):
+                try:
+                    self.wfile.write(b"\x1f\x8b" + b"\0" * 65534 if kind == "endless" else b"\0")
+                    self.wfile.flush()
+                except OSError:
+                    return
+                if kind == "drip":
+                    threading.Event().wait(0.1)
+            return
         body = {"good": GOOD, "corrupt": gzip.compress(CONTENT[:-1] + b"\x01"),
                 "html": b"<html><body>Service unavailable</body></html>",
                 "truncated": GOOD, "stall": GOOD}[kind]
@@ -139,3 +156,34 @@ def test_fetch_then_load_a_registered_dataset(server, tmp_path, monkeypatch):
     finally:
         DATASETS.pop("tiny-test", None)
         httpd.shutdown()
+
+
+@pytest.mark.parametrize("kind, message", [("huge", "offers 50,000,000 bytes"),
+                                           ("endless", "sent more than")])
+def test_downloads_are_capped_from_the_known_size(server, tmp_path, kind, message):
+    with pytest.raises(DownloadError, match=message):
+        _fetch(server, tmp_path, kind, size=len(CONTENT), retries=3)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_dripping_mirror_meets_the_overall_deadline(server, tmp_path, monkeypatch):
+    monkeypatch.setattr(download, "limits_for", lambda size: (10_000_000, 1.0))
+    with pytest.raises(DownloadError, match="too slow"):
+        _fetch(server, tmp_path, "drip", size=len(CONTENT), retries=1, timeout=5)
+
+
+def test_a_corrupt_cached_file_and_stale_partial_files_are_repaired(server, tmp_path):
+    folder = tmp_path / "cache"
+    folder.mkdir()
+    (folder / "f.gz").write_bytes(GOOD[: len(GOOD) // 2])  # truncated by an earlier crash
+    (folder / ".f.abc.part").write_bytes(b"half a download")  # left by a killed process
+    download.fetch_files({"f": EXPECTED}, folder, [f"{server}/good"], progress=False)
+    assert sha256_of_content(folder / "f.gz") == EXPECTED
+    assert sorted(p.name for p in folder.iterdir()) == ["f.gz"]
+
+
+def test_a_failed_fetch_leaves_no_empty_folder(server, tmp_path):
+    folder = tmp_path / "new" / "mnist"
+    with pytest.raises(DownloadError):
+        download.fetch_files({"f": EXPECTED}, folder, [f"{server}/missing"], progress=False)
+    assert not folder.exists()

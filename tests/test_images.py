@@ -115,3 +115,31 @@ def test_gif_uses_first_frame():
     data = io.BytesIO()
     first.save(data, "GIF", save_all=True, append_images=[second])
     assert prepare_image(data.getvalue()).max() > 200  # the second (blank) frame would raise
+
+
+def test_only_regular_files_are_read_and_only_up_to_the_cap(tmp_path):
+    """A link to /dev/zero would be read until memory runs out, a FIFO would hang: both are
+    refused at once, without reading."""
+    import os
+    import threading
+
+    from seqmnist.images import prepare_image
+
+    zero = tmp_path / "zero.png"
+    zero.symlink_to("/dev/zero")
+    fifo = tmp_path / "pipe.png"
+    os.mkfifo(fifo)
+    done = {}
+
+    def attempt():
+        for path in (zero, fifo):
+            try:
+                prepare_image(path)
+            except ImageError as exc:
+                done[path] = str(exc)
+
+    worker = threading.Thread(target=attempt, daemon=True)
+    worker.start()
+    worker.join(10)
+    assert not worker.is_alive(), "reading a FIFO hung"
+    assert "not a regular file" in done[zero] and "not a regular file" in done[fifo]

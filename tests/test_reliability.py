@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -305,3 +306,86 @@ def test_edited_config_json_cannot_mix_settings_on_resume(tmp_path, monkeypatch)
     (folder / "config.json").write_text(json.dumps({**config, "epochs": "two"}))
     with pytest.raises(CheckpointError, match="'epochs' must be int"):
         train(resume=folder, log=lambda *_: None, progress=False)
+
+
+@pytest.fixture(scope="module")
+def finished_lstm(small_mnist_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("finished")
+    return train(TrainConfig(model="lstm", epochs=1, limit=300, data_dir=str(small_mnist_dir)),
+                 out=out, log=lambda *_: None, progress=False).path
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers(-10**20, 10**20) | st.floats() | st.text(max_size=6),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner,
+                                                                 max_size=3),
+    max_leaves=6)
+EDITS = {
+    "config.json": ["model", "view", "dataset", "epochs", "batch_size", "lr", "seed", "backend",
+                    "model_options", "precision", "limit", "data_dir", "replicas"],
+    "metrics.json": ["classes", "image_shape", "test_accuracy", "test_loss", "params",
+                     "per_class_accuracy", "confusion", "anytime", "seconds_per_epoch"],
+    "metadata": ["config", "input_shape", "num_classes", "config.model_options",
+                 "config.view", "config.model"],
+}
+
+
+def _edit(folder, where: str, key: str, value) -> None:
+    import json
+
+    from safetensors.torch import load_file, safe_open, save_file
+
+    if where == "metadata":
+        weights = folder / "model.safetensors"
+        with safe_open(weights, framework="pt") as fh:
+            meta = fh.metadata()
+        if key.startswith("config."):
+            config = json.loads(meta["config"])
+            config[key.split(".", 1)[1]] = value
+            meta["config"] = json.dumps(config)
+        else:
+            meta[key] = json.dumps(value)
+        save_file(load_file(weights), weights, metadata=meta)
+        return
+    data = json.loads((folder / where).read_text())
+    data[key] = value
+    (folder / where).write_text(json.dumps(data))
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow,
+                                                                   HealthCheck.function_scoped_fixture])
+@given(where=st.sampled_from(sorted(EDITS)), pick=st.integers(0, 100), value=JSON_VALUES,
+       command=st.sampled_from(["evaluate", "predict", "compare", "resume"]))
+def test_edited_run_folders_give_one_line_errors_or_success(finished_lstm, small_mnist_dir,
+                                                             small_mnist, where, pick, value,
+                                                             command):
+    """Any field of any file we read back, set to any JSON value, fed to every command that reads
+    run folders: each answers with success or a one-line error, never a traceback."""
+    import contextlib
+    import io
+    import shutil
+    import tempfile
+
+    from PIL import Image
+
+    from seqmnist.cli import main
+
+    key = EDITS[where][pick % len(EDITS[where])]
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "run"
+        shutil.copytree(finished_lstm, folder)
+        _edit(folder, where, key, value)
+        image = Path(tmp) / "digit.png"
+        Image.fromarray(255 - small_mnist.x_test[0]).save(image)
+        args = {"evaluate": ["evaluate", str(folder), "--data-dir", str(small_mnist_dir)],
+                "predict": ["predict", str(folder), str(image)],
+                "compare": ["compare", "--runs", str(folder), "--out", str(Path(tmp) / "report"),
+                            "--data-dir", str(small_mnist_dir)],
+                "resume": ["train", "--resume", str(folder), "--no-progress"]}[command]
+        err, out = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
+            code = main(args)  # anything but SeqmnistError would escape and fail the test
+    assert code in (0, 1, 2), (code, err.getvalue())
+    if code:
+        lines = [line for line in err.getvalue().splitlines() if line.startswith("seqmnist")]
+        assert lines and "Traceback" not in err.getvalue(), err.getvalue()

@@ -127,11 +127,16 @@ def _provenance(group: Group) -> dict:
     return out
 
 
+def _or_nan(v) -> float:
+    return float("nan") if v is None else float(v)
+
+
 def _group_entry(group: Group, correct: np.ndarray, seed: int) -> dict:
     runs, cfg = group.runs, group.config
     metric = [r.metrics for r in runs]
     classes = metric[0].get("classes") or []
-    per_class = {c: summary([m["per_class_accuracy"][c] for m in metric]) for c in classes}
+    per_class = {c: summary([_or_nan(m["per_class_accuracy"].get(c)) for m in metric])
+                 for c in classes}
     ci_images = stats.bootstrap_mean(correct.mean(axis=0), seed=seed)
     return dict(
         name=group.name, model=cfg.model, view=cfg.view, dataset=cfg.dataset,

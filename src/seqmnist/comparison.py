@@ -24,7 +24,7 @@ def finished_run(path: str | Path, data_dir: str | Path | None = None) -> Run:
     """A finished run ready to be compared: its metrics complete, its per-image predictions on
     disk (computed from its weights and saved beside them when an older run lacks them)."""
     run = load_run(path)
-    missing = [k for k in REQUIRED_METRICS if k not in (run.metrics or {})]
+    missing = [k for k in REQUIRED_METRICS if (run.metrics or {}).get(k) is None]
     if missing:
         raise CheckpointError(f"{run.path}: metrics.json is missing or incomplete (no "
                               f"{', '.join(missing)}); evaluate or retrain the run")

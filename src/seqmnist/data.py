@@ -147,6 +147,7 @@ class DatasetSpec:
     description: str
     files: dict[str, str] = field(default_factory=dict)  # role -> file name, without .gz
     sha256: dict[str, str] = field(default_factory=dict)  # file name -> hash of decompressed bytes
+    sizes: dict[str, int] = field(default_factory=dict)  # file name -> decompressed bytes
     mirrors: list[str] = field(default_factory=list)
     loader: Callable[[DatasetSpec, Path | None], Dataset] | None = None
 
@@ -280,6 +281,9 @@ def _load_digits(spec: DatasetSpec, data_dir: Path | None) -> Dataset:
 
 
 DIGITS = [str(i) for i in range(10)]
+# Decompressed sizes of the 60,000 / 10,000 MNIST-format files (headers included).
+MNIST_SIZES = {"train-images-idx3-ubyte": 47_040_016, "train-labels-idx1-ubyte": 60_008,
+               "t10k-images-idx3-ubyte": 7_840_016, "t10k-labels-idx1-ubyte": 10_008}
 
 register_dataset(DatasetSpec(
     name="mnist", classes=DIGITS, description="MNIST handwritten digits, 28x28, 60k/10k",
@@ -290,6 +294,7 @@ register_dataset(DatasetSpec(
         "t10k-images-idx3-ubyte": "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
         "t10k-labels-idx1-ubyte": "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
     },
+    sizes=MNIST_SIZES,
     mirrors=["https://ossci-datasets.s3.amazonaws.com/mnist/",
              "https://storage.googleapis.com/cvdf-datasets/mnist/"],
     loader=_load_idx_dataset,
@@ -307,6 +312,7 @@ register_dataset(DatasetSpec(
         "t10k-images-idx3-ubyte": "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
         "t10k-labels-idx1-ubyte": "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
     },
+    sizes=MNIST_SIZES,
     mirrors=["http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
              "https://storage.googleapis.com/tensorflow/tf-keras-datasets/"],
     loader=_load_idx_dataset,
@@ -339,7 +345,8 @@ def fetch(name: str, dest: str | Path | None = None, mirrors: list[str] | None =
         mirrors = [m.replace("{name}", name) for m in os.environ["SEQMNIST_MIRRORS"].split()]
     files = {base: spec.sha256[base] for base in spec.files.values()}
     try:
-        return fetch_files(files, folder, mirrors or spec.mirrors, progress=progress, **kwargs)
+        return fetch_files(files, folder, mirrors or spec.mirrors, progress=progress,
+                           sizes=spec.sizes, **kwargs)
     except DownloadError as exc:
         raise DataError(str(exc)) from None
 

@@ -45,17 +45,40 @@ def find_file(folder: Path, base: str) -> Path | None:
     return None
 
 
-def _stream(url: str, target: Path, timeout: float, progress: bool) -> None:
+class TooBig(DataError):
+    """The mirror sends more than the file can be: a wrong file, not worth retrying."""
+
+
+def limits_for(size: int | None) -> tuple[int | None, float | None]:
+    """(most bytes, most seconds) to download a gzip whose content is ``size`` bytes: gzip adds
+    little even to incompressible data; a transfer slower than about 100 kB/s (after two minutes
+    of grace) is given up on, so a mirror dripping a byte at a time cannot hold us forever."""
+    if not size:
+        return None, None
+    return size + size // 1000 + 65536, 120.0 + size / 100_000
+
+
+def _stream(url: str, target: Path, timeout: float, progress: bool,
+            max_bytes: int | None = None, seconds: float | None = None) -> None:
     from tqdm.auto import tqdm
 
+    deadline = time.monotonic() + seconds if seconds else None
     req = urllib.request.Request(url, headers={"User-Agent": "seqmnist"})
     with urllib.request.urlopen(req, timeout=timeout) as resp, open(target, "wb") as out:
         total = int(resp.headers.get("Content-Length") or 0) or None
+        if max_bytes is not None and total is not None and total > max_bytes:
+            raise TooBig(f"the mirror offers {total:,} bytes, more than the {max_bytes:,} this "
+                         "file can be")
         with tqdm(total=total, unit="B", unit_scale=True, desc=Path(url).name,
                   disable=not progress, leave=False) as bar:
-            while chunk := resp.read(CHUNK):
+            while chunk := resp.read1(CHUNK):  # whatever has arrived: deadlines are checked
                 out.write(chunk)
                 bar.update(len(chunk))
+                if max_bytes is not None and out.tell() > max_bytes:
+                    raise TooBig(f"the mirror sent more than the {max_bytes:,} bytes this file "
+                                 "can be")
+                if deadline is not None and time.monotonic() > deadline:
+                    raise DataError(f"too slow: {out.tell():,} bytes in {seconds:.0f} s")
         if total is not None and out.tell() != total:
             raise DataError(f"connection closed after {out.tell()} of {total} bytes")
         out.flush()
@@ -63,8 +86,11 @@ def _stream(url: str, target: Path, timeout: float, progress: bool) -> None:
 
 
 def download_file(base: str, expected: str, dest: Path, mirrors: list[str], retries: int = 3,
-                  timeout: float = 30.0, backoff: float = 1.0, progress: bool = True) -> Path:
-    """Fetch ``base``.gz from the first mirror that serves the right content into ``dest``."""
+                  timeout: float = 30.0, backoff: float = 1.0, progress: bool = True,
+                  size: int | None = None) -> Path:
+    """Fetch ``base``.gz from the first mirror that serves the right content into ``dest``.
+    ``size`` (the content's length, when known) caps the bytes and the time of each attempt."""
+    max_bytes, seconds = limits_for(size)
     dest.mkdir(parents=True, exist_ok=True)
     final = dest / f"{base}.gz"
     problems: list[str] = []
@@ -75,7 +101,7 @@ def download_file(base: str, expected: str, dest: Path, mirrors: list[str], retr
             os.close(fd)
             tmp = Path(tmp_name)
             try:
-                _stream(url, tmp, timeout, progress)
+                _stream(url, tmp, timeout, progress, max_bytes, seconds)
                 with open(tmp, "rb") as fh:
                     if fh.read(2) != b"\x1f\x8b":
                         raise DataError("response is not gzip data (an error page?)")
@@ -86,6 +112,9 @@ def download_file(base: str, expected: str, dest: Path, mirrors: list[str], retr
                     break
                 os.replace(tmp, final)
                 return final
+            except TooBig as exc:
+                problems.append(f"{url}: {exc}")
+                break  # a wrong file will not fix itself on retry
             except urllib.error.HTTPError as exc:
                 problems.append(f"{url} (try {attempt + 1}/{retries}): HTTP {exc.code} {exc.reason}")
                 if 400 <= exc.code < 500:
@@ -103,8 +132,9 @@ def download_file(base: str, expected: str, dest: Path, mirrors: list[str], retr
 
 
 def fetch_files(files: dict[str, str], folder: Path, mirrors: list[str], progress: bool = True,
-                **kwargs) -> Path:
-    """Make ``folder`` hold every file ``base`` of ``files`` ({base: sha256 of its content}):
+                sizes: dict[str, int] | None = None, **kwargs) -> Path:
+    """Make ``folder`` hold every file ``base`` of ``files`` ({base: sha256 of its content};
+    ``sizes``: {base: content length}, which caps each download's bytes and time):
     files already there with the right content are kept; missing, corrupt or wrong ones are
     downloaded again (a wrong file is replaced only once a good copy is on disk). Partial files
     left by a killed download are removed first. A folder this call created is removed again if
@@ -122,7 +152,8 @@ def fetch_files(files: dict[str, str], folder: Path, mirrors: list[str], progres
                         continue
                 except DataError:
                     pass  # corrupt: download a good copy over it
-            final = download_file(base, expected, folder, mirrors, progress=progress, **kwargs)
+            final = download_file(base, expected, folder, mirrors, progress=progress,
+                                  size=(sizes or {}).get(base), **kwargs)
             if existing is not None and existing != final:
                 existing.unlink(missing_ok=True)  # the raw copy that was wrong
     except BaseException:

@@ -155,8 +155,9 @@ class RecurrentClassifier(nn.Module):
         super().__init__()
         if len(input_shape) != 2:
             raise UsageError(f"{cell} needs sequence input (steps, features), got {input_shape}")
-        if hidden < 1 or layers < 1 or not 0 <= dropout < 1:
-            raise UsageError("hidden and layers must be >= 1 and dropout in [0, 1)")
+        if not (1 <= hidden <= 4096 and 1 <= layers <= 64 and 0 <= dropout < 1):
+            raise UsageError(f"{cell}: hidden must be 1..4096, layers 1..64 and dropout in "
+                             f"[0, 1); got {hidden}, {layers}, {dropout}")
         # Separate one-layer modules (not num_layers=N): Keras's structure, and faster on CPU.
         mods: list[nn.Module] = []
         width = input_shape[1]
@@ -225,6 +226,10 @@ class CNN(nn.Module):
         if len(input_shape) != 3:
             raise UsageError(f"cnn needs image input (channels, height, width), got {input_shape}")
         c, h, w = input_shape
+        if not (1 <= len(channels) <= 8 and all(1 <= k <= 4096 for k in channels)
+                and 1 <= kernel <= 31 and 1 <= dense <= 65536 and 0 <= dropout < 1):
+            raise UsageError("cnn: at most 8 conv layers of 1..4096 channels, kernel 1..31, "
+                             "dense 1..65536, dropout in [0, 1)")
         mods: list[nn.Module] = []
         for out in channels:
             mods += [ConvReLU(nn.Conv2d(c, out, kernel, padding=kernel // 2), nn.ReLU()),

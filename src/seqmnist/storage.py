@@ -21,6 +21,7 @@ from .config import TrainConfig
 from .errors import CheckpointError, SeqmnistError
 from .fileio import atomic_write, read_json, write_json
 from .models import create_model
+from .views import get_view
 
 CHECKPOINT = "checkpoint.pt"
 PREVIOUS_CHECKPOINT = "checkpoint.prev.pt"
@@ -161,10 +162,109 @@ class Run:
         return self.path.name
 
 
-def load_run(path: str | Path) -> Run:
-    """Rebuild a run's model from ``model.safetensors`` (its configuration travels inside)."""
+MAX_SIDE = 4096  # no image or sequence seqmnist reads comes near this
+MAX_CLASSES = 10_000
+
+
+def _shapes_and_meta(weights: Path) -> tuple[dict, dict[str, tuple[int, ...]]]:
+    """The weights file's metadata and tensor shapes, read from its header only."""
     from safetensors import SafetensorError
-    from safetensors.torch import load_file, safe_open
+    from safetensors.torch import safe_open
+
+    try:
+        with safe_open(weights, framework="pt") as fh:
+            meta = fh.metadata() or {}
+            shapes = {k: tuple(fh.get_slice(k).get_shape()) for k in fh.keys()}
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{weights}: corrupt or not a seqmnist weights file ({exc})") from None
+    return meta, shapes
+
+
+def _check_meta(weights: Path, meta: dict) -> tuple[TrainConfig, tuple[int, ...], int]:
+    try:
+        cfg = TrainConfig.from_dict(json.loads(meta["config"]))
+        input_shape = json.loads(meta["input_shape"])
+        num_classes = json.loads(meta["num_classes"])
+    except (KeyError, ValueError, TypeError, RecursionError) as exc:
+        raise CheckpointError(f"{weights}: corrupt or not a seqmnist weights file ({exc})") from None
+    if not (isinstance(input_shape, list) and 1 <= len(input_shape) <= 3
+            and all(type(d) is int and 1 <= d <= MAX_SIDE * MAX_SIDE for d in input_shape)):
+        raise CheckpointError(f"{weights}: input shape {input_shape!r} is not a shape seqmnist makes")
+    if type(num_classes) is not int or not 1 <= num_classes <= MAX_CLASSES:
+        raise CheckpointError(f"{weights}: {num_classes!r} classes is not a class count")
+    return cfg, tuple(input_shape), num_classes
+
+
+def check_metrics(folder: Path, metrics, num_classes: int) -> dict:
+    """metrics.json as the commands read it, or a CheckpointError naming the bad field."""
+    if not isinstance(metrics, dict):
+        raise CheckpointError(f"{folder}/metrics.json: not a JSON object")
+    bad = None
+    classes = metrics.get("classes")
+    shape = metrics.get("image_shape")
+    if classes is not None and not (isinstance(classes, list) and len(classes) == num_classes
+                                    and all(isinstance(c, str) for c in classes)):
+        bad = f"classes must be {num_classes} names"
+    elif shape is not None and not (isinstance(shape, list) and len(shape) == 2 and all(
+            type(d) is int and 1 <= d <= MAX_SIDE for d in shape)):
+        bad = "image_shape must be [height, width]"
+    else:
+        for key in ("test_accuracy", "test_loss", "seconds_per_epoch", "train_seconds",
+                    "inference_images_per_second"):
+            v = metrics.get(key)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
+                bad = f"{key} must be a number"
+                break
+        for key in ("params", "epochs", "train_images", "train_images_total", "test_images"):
+            v = metrics.get(key)
+            if v is not None and type(v) is not int:
+                bad = f"{key} must be a whole number"
+                break
+        bad = bad or _check_tables(metrics, num_classes)
+    if bad:
+        raise CheckpointError(f"{folder}/metrics.json: {bad}")
+    return metrics
+
+
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _check_tables(m: dict, n: int) -> str | None:
+    """What is wrong with metrics.json's nested fields, or None."""
+    cm, per_class, wrong, anytime = (m.get(k) for k in ("confusion", "per_class_accuracy",
+                                                        "misclassified", "anytime"))
+    if cm is not None and not (isinstance(cm, list) and len(cm) == n and all(
+            isinstance(r, list) and len(r) == n and all(type(v) is int and v >= 0 for v in r)
+            for r in cm)):
+        return f"confusion must be {n} x {n} counts"
+    if per_class is not None and not (isinstance(per_class, dict) and all(
+            isinstance(k, str) and (v is None or _number(v)) for k, v in per_class.items())):
+        return "per_class_accuracy must map class names to numbers"
+    if wrong is not None and not (isinstance(wrong, list) and all(
+            isinstance(w, list) and len(w) == 4 and all(type(v) is int for v in w[:3])
+            and w[0] >= 0 and 0 <= w[1] < n and 0 <= w[2] < n and _number(w[3]) for w in wrong)):
+        return "misclassified must be [index, true, predicted, confidence] rows"
+    if anytime is not None and not (
+            isinstance(anytime, dict) and isinstance(anytime.get("steps"), list)
+            and isinstance(anytime.get("accuracy"), list)
+            and len(anytime["steps"]) == len(anytime["accuracy"]) > 0
+            and all(type(v) is int for v in anytime["steps"])
+            and all(_number(v) for v in anytime["accuracy"]) and type(anytime.get("of")) is int):
+        return "anytime must hold steps, accuracy and of"
+    if m.get("provenance") is not None and not isinstance(m["provenance"], dict):
+        return "provenance must be a JSON object"
+    return None
+
+
+def load_run(path: str | Path) -> Run:
+    """Rebuild a run's model from ``model.safetensors`` (its configuration travels inside).
+
+    Nothing is built from a file's word alone: the stored configuration and shapes are checked,
+    the model is first laid out on PyTorch's meta device (no memory) and its tensor shapes
+    compared with the file's, and only then built and filled."""
+    import torch
+    from safetensors.torch import load_file
 
     folder = Path(path)
     weights = folder / WEIGHTS
@@ -174,24 +274,40 @@ def load_run(path: str | Path) -> Run:
         hint = " (training did not finish; resume it with `seqmnist train --resume`)" \
             if (folder / CHECKPOINT).exists() else ""
         raise CheckpointError(f"{folder}: not a finished run: no {WEIGHTS}{hint}")
+    meta, shapes = _shapes_and_meta(weights)
     try:
-        with safe_open(weights, framework="pt") as fh:
-            meta = fh.metadata() or {}
-        state = load_file(weights)
-        cfg = TrainConfig.from_dict(json.loads(meta["config"]))
-        input_shape = tuple(json.loads(meta["input_shape"]))
-        num_classes = int(meta["num_classes"])
-    except (SafetensorError, OSError, KeyError, ValueError, TypeError, RecursionError) as exc:
-        raise CheckpointError(f"{weights}: corrupt or not a seqmnist weights file ({exc})") from None
+        cfg, input_shape, num_classes = _check_meta(weights, meta)
+        cfg.resolved()
+        metrics = check_metrics(folder, read_json(folder / "metrics.json", {}), num_classes)
+        image = metrics.get("image_shape")
+        if image is not None and get_view(cfg.view).shape(*image) != input_shape:
+            raise CheckpointError(f"{weights}: input shape {list(input_shape)} does not match "
+                                  f"{cfg.view} view of {image[0]}x{image[1]} images")
+        with torch.device("meta"):
+            layout = create_model(cfg.model, input_shape, num_classes, **cfg.model_options)
+    except (SeqmnistError, TypeError, ValueError, RuntimeError) as exc:
+        if isinstance(exc, CheckpointError):
+            raise
+        raise CheckpointError(f"{weights}: the stored configuration does not describe a model "
+                              f"({str(exc)[:200]})") from None
+    expected = {k: tuple(v.shape) for k, v in layout.state_dict().items()}
+    if expected != shapes:
+        diff = sorted(k for k in expected.keys() | shapes.keys()
+                      if expected.get(k) != shapes.get(k))
+        first = diff[0]
+        raise CheckpointError(f"{weights}: weights do not fit the stored configuration "
+                              f"({first}: file {shapes.get(first)}, model {expected.get(first)})")
     try:
         model = create_model(cfg.model, input_shape, num_classes, **cfg.model_options)
-        model.load_state_dict(state)
+        model.load_state_dict(load_file(weights))
     except (RuntimeError, SeqmnistError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{weights}: weights do not fit the model ({str(exc)[:200]})") from None
     install_backend(model, inference_backend(cfg.backend, model))
     model.eval()
-    return Run(folder, cfg, model, input_shape, num_classes,
-               read_json(folder / "metrics.json", {}), read_json(folder / "history.json", []))
+    history = read_json(folder / "history.json", [])
+    if not isinstance(history, list) or not all(isinstance(h, dict) for h in history):
+        raise CheckpointError(f"{folder}/history.json: not a list of epochs")
+    return Run(folder, cfg, model, input_shape, num_classes, metrics, history)
 
 
 def latest_runs(out: str | Path = "runs") -> dict[str, Path]:
