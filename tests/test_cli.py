@@ -2,10 +2,10 @@
 
 import io
 import json
-from html import escape
 import os
 import subprocess
 import sys
+from html import escape
 
 import pytest
 from PIL import Image

@@ -25,6 +25,7 @@ LAYERS = [
     ["evaluation"],
     ["plots"],
     ["training"],
+    ["keras_import"],
     ["analysis"],
     ["reports"],
     ["comparison"],

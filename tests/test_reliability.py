@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from seqmnist import TrainConfig, train
 from seqmnist.data import parse_idx
-from seqmnist.errors import CheckpointError, DataError, ImageError
+from seqmnist.errors import CheckpointError, DataError, ImageError, SeqmnistError
 from seqmnist.images import decode_image, prepare_array
 from seqmnist.storage import PREVIOUS_CHECKPOINT, load_checkpoint, load_run, save_checkpoint
 
@@ -389,3 +389,77 @@ def test_edited_run_folders_give_one_line_errors_or_success(finished_lstm, small
     if code:
         lines = [line for line in err.getvalue().splitlines() if line.startswith("seqmnist")]
         assert lines and "Traceback" not in err.getvalue(), err.getvalue()
+
+
+def test_a_diverged_run_stops_with_a_clear_error_and_keeps_its_last_good_checkpoint(
+        tmp_path, monkeypatch):
+    """The loss becomes NaN in epoch 2: training stops naming the epoch, and the checkpoint on
+    disk is epoch 1's, ready for a resume with other settings."""
+    from seqmnist import training
+
+    real, calls = training._train_epoch, []
+
+    def diverging(*args):
+        loss, acc, complete = real(*args)
+        calls.append(1)
+        return (float("nan") if len(calls) == 2 else loss), acc, complete
+
+    monkeypatch.setattr(training, "_train_epoch", diverging)
+    cfg = TrainConfig(model="rnn", dataset="digits", epochs=3, limit=300)
+    with pytest.raises(SeqmnistError, match=r"diverged: the loss became nan in epoch 2; .*"
+                                            r"last good checkpoint \(epoch 1\)"):
+        train(cfg, out=tmp_path, log=lambda *_: None, progress=False)
+    folder = only_run(tmp_path)
+    state, _ = load_checkpoint(folder)
+    assert state["epoch"] == 1 and not (folder / "model.safetensors").exists()
+
+
+def test_undefined_numbers_are_json_null_not_nan(finished_lstm, small_mnist_dir, tmp_path):
+    import json
+    import shutil
+
+    from safetensors.torch import load_file, safe_open, save_file
+
+    from seqmnist.cli import main
+
+    folder = tmp_path / "run"
+    shutil.copytree(finished_lstm, folder)
+    weights = folder / "model.safetensors"
+    with safe_open(weights, framework="pt") as fh:
+        meta = fh.metadata()
+    save_file({k: torch.full_like(v, float("nan")) for k, v in load_file(weights).items()},
+              weights, metadata=meta)
+    import contextlib
+    import io
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(["evaluate", str(folder), "--data-dir", str(small_mnist_dir), "--json"]) == 0
+    result = json.loads(out.getvalue())  # strict JSON: NaN would not parse
+    assert result["test_loss"] is None and "NaN" not in out.getvalue()
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("input_shape", [28, 14], "does not match rows view of 28x28"),
+    ("input_shape+no-metrics", [28, 14], r"weight_ih_l0\)?: file \(200, 28\), model \(200, 14\)"),
+    ("input_shape", [784, 1], "does not match rows view of 28x28"),
+    ("config.model_options", {"hidden": 3000}, "weights do not fit the stored configuration"),
+    ("config.model_options", {"hidden": 12000}, "hidden must be 1..4096"),
+    ("config.model_options", {"layers": 200000}, "layers 1..64"),
+    ("num_classes", 10**9, "is not a class count"),
+])
+def test_stored_shapes_are_checked_against_the_weights_before_building(finished_lstm, tmp_path,
+                                                                       key, value, message):
+    import shutil
+    import time as clock
+
+    folder = tmp_path / "run"
+    shutil.copytree(finished_lstm, folder)
+    if key.endswith("+no-metrics"):  # without the image shape to check the view against
+        key = key.removesuffix("+no-metrics")
+        (folder / "metrics.json").unlink()
+    _edit(folder, "metadata", key, value)
+    start = clock.perf_counter()
+    with pytest.raises(CheckpointError, match=message):
+        load_run(folder)
+    assert clock.perf_counter() - start < 5  # nothing gigabyte-sized was built first

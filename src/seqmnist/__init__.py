@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import importlib
 
-from ._version import __version__
+from ._version import __version__  # noqa: F401 (the package version, re-exported)
 
 _API = {
     "load_dataset": "data", "list_datasets": "data", "Dataset": "data",

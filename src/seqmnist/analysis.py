@@ -79,6 +79,8 @@ def summary(values) -> dict:
 def quick_reasons(group: Group) -> list[str]:
     """Why a group's runs are below their recipe (a quick look, not a result), in words."""
     cfg, m = group.config, group.runs[0].metrics
+    if (m.get("provenance") or {}).get("imported_from"):
+        return []  # trained elsewhere (Keras): its recipe is not seqmnist's to judge
     reasons = []
     used, total = m.get("train_images"), m.get("train_images_total")
     if cfg.limit is not None and used and total and used < total:

@@ -207,6 +207,22 @@ def build_serve(p: argparse.ArgumentParser) -> None:
                    help="port (default: 8000)")
 
 
+def build_import_keras(p: argparse.ArgumentParser) -> None:
+    from .data import DATASETS
+    from .views import VIEWS
+
+    p.add_argument("file", type=Path, help="a model saved by Keras: legacy HDF5 (.h5, as the "
+                   "tutorial's model.save('mnist_cnn.h5')) or a Keras 3 archive (.keras)")
+    p.add_argument("--out", type=Path, default=Path("runs"), help="parent of the run folder "
+                   "(default: runs/)")
+    p.add_argument("--dataset", type=one_of(DATASETS, "dataset"), default="mnist",
+                   help=choices_help("test set to evaluate it on", DATASETS, "mnist"))
+    p.add_argument("--view", type=one_of(VIEWS, "view"), help=choices_help(
+        "how the model reads the image", VIEWS, "rows for recurrent models, image for CNNs"))
+    p.add_argument("--data-dir", type=Path, help="folder holding the dataset's files "
+                   "(default: search as training does)")
+
+
 def build_doctor(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print JSON (default: text)")
 
@@ -340,6 +356,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_import_keras(args: argparse.Namespace) -> int:
+    from .keras_import import import_keras
+
+    import_keras(args.file, out=args.out, dataset=args.dataset, data_dir=args.data_dir,
+                 view=args.view)
+    return 0
+
+
 def cmd_doctor(args: argparse.Namespace) -> int:
     from .doctor import report
 
@@ -358,6 +382,8 @@ COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
     "summary": ("a model's layers and parameter count (Keras-style)", build_summary, cmd_summary),
     "data": ("list datasets; fetch or verify their files", build_data, cmd_data),
     "serve": ("web page: draw a digit, watch the models read it", build_serve, cmd_serve),
+    "import-keras": ("import a model trained with Keras (.h5 or .keras) as a run folder",
+                     build_import_keras, cmd_import_keras),
     "doctor": ("what this machine runs: versions, CPU features, LSTM kernel, backend",
                build_doctor, cmd_doctor),
 }

@@ -190,9 +190,9 @@ def create_app(runs: list[Run], allowed_hosts: list[str] | None = None):
     """The Starlette application serving ``runs``."""
     import anyio
     from starlette.applications import Starlette
-    from starlette.requests import ClientDisconnect
     from starlette.middleware import Middleware
     from starlette.middleware.trustedhost import TrustedHostMiddleware
+    from starlette.requests import ClientDisconnect
     from starlette.responses import JSONResponse, Response
     from starlette.routing import Route
 
