@@ -29,6 +29,7 @@ LAYERS = [
     ["analysis"],
     ["reports"],
     ["comparison"],
+    ["export"],
     ["images"],
     ["doctor", "web"],
     ["cli"],

@@ -112,6 +112,9 @@ def add_training_options(p: argparse.ArgumentParser) -> None:
                    "instead of searching (default: search SEQMNIST_DATA, the cache, then download)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (default: "
                    "shown on a terminal)")
+    p.add_argument("--tensorboard", action="store_true", help="also write TensorBoard events "
+                   "into each run folder's tensorboard/ (default: off; extra "
+                   "seqmnist[tensorboard])")
 
 
 TRAIN_FIELDS = ("dataset", "view", "epochs", "batch_size", "lr", "seed", "limit", "preset",
@@ -223,6 +226,21 @@ def build_import_keras(p: argparse.ArgumentParser) -> None:
                    "(default: search as training does)")
 
 
+def build_export(p: argparse.ArgumentParser) -> None:
+    from .export import FORMATS
+
+    p.add_argument("run", type=Path, help="a finished run folder")
+    p.add_argument("--format", type=one_of(FORMATS, "format"), default="onnx", help=choices_help(
+        "onnx (checked with onnxruntime on the test set) or card (a shareable model folder with "
+        "a model card)", FORMATS, "onnx"))
+    p.add_argument("--out", type=Path, help="the ONNX file or the model folder (default: "
+                   "RUN/model.onnx; a folder is required for card)")
+    p.add_argument("--data-dir", type=Path, help="dataset files for the ONNX check (default: "
+                   "search as training does)")
+    p.add_argument("--no-check", action="store_true", help="skip the onnxruntime check "
+                   "(default: check)")
+
+
 def build_doctor(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print JSON (default: text)")
 
@@ -239,7 +257,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.resume is not None:
         if args.model is not None:
             raise UsageError("--resume takes its settings from the run; give no MODEL with it")
-        train(resume=args.resume, data_dir=args.data_dir, progress=not args.no_progress)
+        train(resume=args.resume, data_dir=args.data_dir, progress=not args.no_progress,
+              tensorboard=args.tensorboard)
         return 0
     if args.model is None:
         raise UsageError(f"give a MODEL to train ({', '.join(list_models())}) or --resume RUN")
@@ -247,7 +266,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.bidirectional:
         options["bidirectional"] = True
     cfg = config_from_args(args.model, model_options=options, **_train_kwargs(args))
-    train(cfg, out=args.out, data_dir=args.data_dir, progress=not args.no_progress)
+    train(cfg, out=args.out, data_dir=args.data_dir, progress=not args.no_progress,
+          tensorboard=args.tensorboard)
     return 0
 
 
@@ -255,7 +275,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     from .comparison import compare
 
     compare(args.models, runs=args.runs, seeds=args.seeds, out=args.out, runs_dir=args.runs_dir,
-            data_dir=args.data_dir, progress=not args.no_progress, **_train_kwargs(args))
+            data_dir=args.data_dir, progress=not args.no_progress, tensorboard=args.tensorboard,
+            **_train_kwargs(args))
     return 0
 
 
@@ -364,6 +385,31 @@ def cmd_import_keras(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from .errors import UsageError
+    from .export import check_onnx, export_card, export_onnx
+    from .storage import load_run
+
+    run = load_run(args.run)
+    if args.format == "card":
+        if args.out is None:
+            raise UsageError("give --out DIR: the folder to write the model and its card to")
+        print(f"model folder: {export_card(run, args.out)}")
+        return 0
+    path = export_onnx(run, args.out)
+    print(f"ONNX: {path}")
+    if not args.no_check:
+        from .data import load_dataset
+        from .views import to_input
+
+        ds = load_dataset(run.config.dataset, args.data_dir)
+        x = to_input(ds.x_test, run.config.view, run.config.seed).numpy()
+        worst = check_onnx(path, run, x)
+        print(f"onnxruntime agrees with PyTorch on the {len(x):,} test images "
+              f"(largest difference in probability {worst:.1e})")
+    return 0
+
+
 def cmd_doctor(args: argparse.Namespace) -> int:
     from .doctor import report
 
@@ -384,6 +430,8 @@ COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
     "serve": ("web page: draw a digit, watch the models read it", build_serve, cmd_serve),
     "import-keras": ("import a model trained with Keras (.h5 or .keras) as a run folder",
                      build_import_keras, cmd_import_keras),
+    "export": ("export a run to ONNX, or as a shareable model folder with a model card",
+               build_export, cmd_export),
     "doctor": ("what this machine runs: versions, CPU features, LSTM kernel, backend",
                build_doctor, cmd_doctor),
 }

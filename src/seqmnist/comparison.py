@@ -37,7 +37,7 @@ def finished_run(path: str | Path, data_dir: str | Path | None = None) -> Run:
 def compare(models: list[str] | None = None, *, runs: list[str | Path] | None = None,
             seeds: int = 1, out: str | Path | None = None, runs_dir: str | Path = "runs",
             data_dir: str | Path | None = None, progress: bool = True, log=print,
-            **config) -> dict:
+            tensorboard: bool = False, **config) -> dict:
     """Train each of ``models`` with seeds s, s+1, ... (``seeds`` of them; s is ``seed``, default
     0) and the same settings (``config`` = TrainConfig fields), add finished ``runs``, and write
     ``report.md``, ``report.html`` and ``comparison.json`` under ``out``. Returns the analysis."""
@@ -58,7 +58,8 @@ def compare(models: list[str] | None = None, *, runs: list[str | Path] | None = 
     ds = load_dataset(dataset_name, data_dir)
     for i, cfg in enumerate(configs, 1):
         log(f"\n=== {cfg.model}, seed {cfg.seed} ({i} of {len(configs)}) ===")
-        result = train(cfg, out=runs_dir, data_dir=data_dir, dataset=ds, progress=progress, log=log)
+        result = train(cfg, out=runs_dir, data_dir=data_dir, dataset=ds, progress=progress, log=log,
+                       tensorboard=tensorboard)
         finished.append(load_run(result.path))
     if not finished:
         raise UsageError("nothing to compare: give model names or --runs")

@@ -120,9 +120,17 @@ def _read_keras(path: Path) -> KerasModel:
         blob = z.read("model.weights.h5")
     layers = _layer_configs(config)
     out = KerasModel(path, "keras", meta.get("keras_version"))
+    used: dict[str, int] = {}
     with h5py.File(io.BytesIO(blob), "r") as f:
         for layer in layers:
-            name = layer.get("config", {}).get("name")
+            if layer["class_name"] == "InputLayer":
+                out.layers.append((layer["class_name"], layer.get("config", {}), []))
+                continue
+            # Keras 3 stores a layer's variables under a name made from its class, numbered in
+            # order within the model (lstm, lstm_1, ...), not under the layer's own name
+            base = _snake_case(layer["class_name"])
+            name = base if base not in used else f"{base}_{used[base]}"
+            used[base] = used.get(base, 0) + 1
             group = f.get(f"layers/{name}")
             arrays = []
             if group is not None:
@@ -132,6 +140,15 @@ def _read_keras(path: Path) -> KerasModel:
             out.layers.append((layer["class_name"], layer.get("config", {}), arrays))
     out.input_shape = _input_shape(layers)
     return out
+
+
+def _snake_case(name: str) -> str:
+    """Keras's own class-name-to-snake-case (keras.src.utils.naming.to_snake_case)."""
+    import re
+
+    name = re.sub(r"\W+", "", name)
+    name = re.sub("(.)([A-Z][a-z]+)", r"\1_\2", name)
+    return re.sub("([a-z])([A-Z])", r"\1_\2", name).lower()
 
 
 def read_keras(path: str | Path) -> KerasModel:
@@ -356,7 +373,8 @@ def import_keras(path: str | Path, out: str | Path = "runs", dataset: str = "mni
     model = create_model(mapping.model, mapping.input_shape, ds.num_classes, **mapping.options)
     state = model.state_dict()
     if set(state) != set(mapping.state):
-        raise KerasImportError(f"the weights do not fill the model: {sorted(set(state) ^ set(mapping.state))}")
+        extra = sorted(set(state) ^ set(mapping.state))
+        raise KerasImportError(f"the weights do not fill the model: {extra}")
     for name, array in mapping.state.items():
         if tuple(array.shape) != tuple(state[name].shape):
             raise KerasImportError(f"{name}: Keras holds {array.shape}, the model needs "

@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from . import system
@@ -150,8 +151,10 @@ def _start_or_resume(cfg: TrainConfig | None, resume: str | Path | None):
 def train(config: TrainConfig | None = None, *, out: str | Path = "runs",
           data_dir: str | Path | None = None, resume: str | Path | None = None,
           dataset: Dataset | None = None, progress: bool = True,
-          log: Callable[[str], None] = print) -> TrainResult:
-    """Train a model and write its run folder; ``resume`` continues a run from its checkpoint."""
+          log: Callable[[str], None] = print, tensorboard: bool = False) -> TrainResult:
+    """Train a model and write its run folder; ``resume`` continues a run from its checkpoint.
+    ``tensorboard``: also write TensorBoard events into RUN/tensorboard (extra
+    ``seqmnist[tensorboard]``)."""
     cfg, folder, state = _start_or_resume(config, resume)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -231,6 +234,7 @@ def train(config: TrainConfig | None = None, *, out: str | Path = "runs",
             f"validating on the {len(x_test):,} test images after each epoch, as the tutorial does.")
         log(f"Run folder: {folder}")
 
+    board = TensorBoard(folder, steps) if tensorboard else None
     val: Evaluation | None = None
     with stop_on_signals() as flag:
         for epoch in range(start, cfg.epochs):
@@ -238,7 +242,7 @@ def train(config: TrainConfig | None = None, *, out: str | Path = "runs",
             # Replicas run one core each; evaluation below uses all the threads again.
             torch.set_num_threads(1 if len(replicas) > 1 else threads)
             loss, acc, complete = _train_epoch(replicas, opt, sched, x_train, y_train, gen, cfg,
-                                               epoch, flag, progress)
+                                               epoch, flag, progress, board)
             torch.set_num_threads(threads)
             if not complete:  # stopped between batches: this epoch is not kept
                 raise TrainingInterrupted(flag["signum"], folder, epoch)
@@ -260,6 +264,8 @@ def train(config: TrainConfig | None = None, *, out: str | Path = "runs",
                     rng_dropout=replicas.rng_states(),
                     epoch=epoch + 1, history=history, config=asdict(cfg)))
                 write_history(folder, history)
+            if board is not None:
+                board.epoch(history[-1])
             log(f"Epoch {epoch + 1}/{cfg.epochs} - {seconds:.1f}s - loss: {loss:.4f} - accuracy: "
                 f"{acc:.4f} - val_loss: {val.loss:.4f} - val_accuracy: {val.accuracy:.4f}")
             if flag["signum"] is not None:
@@ -270,6 +276,8 @@ def train(config: TrainConfig | None = None, *, out: str | Path = "runs",
         val = evaluate_tensors(model, x_test, y_test, cfg.eval_batch_size, cfg.precision)
     with writing_to(folder):
         metrics = finish_run(folder, model, cfg, ds, input_shape, history, val, x_test, y_test)
+    if board is not None:
+        board.finish(np.array(metrics["confusion"]), ds.classes, len(history))
     log(f"Test accuracy {metrics['test_accuracy']:.4f}, test loss {metrics['test_loss']:.4f}, "
         f"{metrics['train_seconds']:.1f}s training. Results in {folder}")
     return TrainResult(folder, cfg, metrics, history, model)
@@ -294,8 +302,42 @@ def count_replicas(cfg: TrainConfig, device: torch.device, threads: int) -> int:
     return max(1, min(threads, cfg.batch_size)) if device.type == "cpu" and recurrent else 1
 
 
+class TensorBoard:
+    """TensorBoard events in RUN/tensorboard with PyTorch's own writer: per epoch loss, accuracy,
+    val_loss, val_accuracy and learning rate; the training loss every EVERY batches; the test
+    confusion matrix as an image at the end. Open with ``tensorboard --logdir runs``."""
+
+    EVERY = 50
+
+    def __init__(self, folder: Path, steps_per_epoch: int):
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            raise SeqmnistError("--tensorboard needs its extra: pip install "
+                                "'seqmnist[tensorboard]'") from None
+        self.writer = SummaryWriter(log_dir=str(folder / "tensorboard"))
+        self.steps = steps_per_epoch
+
+    def batch(self, epoch: int, step: int, loss: float) -> None:
+        if step % self.EVERY == 0:
+            self.writer.add_scalar("batch/loss", loss, epoch * self.steps + step)
+
+    def epoch(self, row: dict) -> None:
+        for key in ("loss", "accuracy", "val_loss", "val_accuracy", "lr"):
+            self.writer.add_scalar(f"epoch/{key}", row[key], row["epoch"])
+        self.writer.flush()
+
+    def finish(self, confusion: np.ndarray, classes: list[str], epochs: int) -> None:
+        from .plots import confusion_figure
+
+        self.writer.add_figure("test/confusion", confusion_figure(confusion, classes, "test"),
+                               epochs, close=False)
+        self.writer.close()
+
+
 def _train_epoch(replicas: Replicas, opt, sched, x, y, gen, cfg: TrainConfig, epoch: int,
-                 flag: dict, progress: bool) -> tuple[float, float, bool]:
+                 flag: dict, progress: bool, board: TensorBoard | None = None
+                 ) -> tuple[float, float, bool]:
     """One pass over the training set: (mean loss, accuracy, whether every batch ran)."""
     from tqdm.auto import tqdm
 
@@ -318,6 +360,8 @@ def _train_epoch(replicas: Replicas, opt, sched, x, y, gen, cfg: TrainConfig, ep
         total_loss += loss_sum
         correct += hits
         seen += len(idx)
+        if board is not None:
+            board.batch(epoch, step, float(loss_sum) / len(idx))
         if step % 50 == 0 or step == steps - 1:
             bar.set_postfix(loss=f"{total_loss.item() / seen:.4f}",
                             acc=f"{correct.item() / seen:.4f}", refresh=False)

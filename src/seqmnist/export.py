@@ -1,0 +1,193 @@
+"""Take a run anywhere: ONNX for deployment (checked with onnxruntime), and a shareable model
+folder with a model card, in the layout model hubs accept.
+
+    seqmnist export RUN --format onnx [--out FILE]    # extra: seqmnist[export]
+    seqmnist export RUN --format card --out DIR       # model.safetensors, config.json, README.md
+"""
+
+from __future__ import annotations
+
+import io
+import shutil
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from .analysis import recipe_key
+from .errors import SeqmnistError, UsageError
+from .fileio import atomic_write, read_json, write_json
+from .storage import PREDICTIONS, WEIGHTS, Run, load_predictions, load_run
+
+FORMATS = ("onnx", "card")
+OPSET = 17
+ONNX_TOLERANCE = 1e-4
+
+
+def exportable(run: Run) -> str | None:
+    """Why ``run``'s model cannot go to ONNX, or None when it can."""
+    if run.config.model not in ("lstm", "gru", "rnn", "cnn"):
+        return (f"model {run.config.model!r} has no ONNX export yet (lstm, gru, rnn and cnn "
+                "have)")
+    return None
+
+
+def export_onnx(run: Run | str | Path, out: str | Path | None = None) -> Path:
+    """Write ``run``'s model as ONNX (opset 17): inputs ``x`` with a dynamic batch size, and for
+    sequence models a dynamic number of steps, so a partial image can be scored; output
+    ``logits``. Computed with the torch backend (the native kernel is not traceable)."""
+    import torch
+
+    from .backends import install_backend
+
+    run = run if isinstance(run, Run) else load_run(run)
+    why = exportable(run)
+    if why:
+        raise UsageError(f"cannot export {run.path} to ONNX: {why}")
+    out = Path(out) if out else run.path / "model.onnx"
+    model = install_backend(run.model, "torch").eval()
+    example = torch.zeros(1, *run.input_shape)
+    sequence = len(run.input_shape) == 2
+    axes = {"x": {0: "batch", 1: "steps"} if sequence else {0: "batch"}, "logits": {0: "batch"}}
+    buf = io.BytesIO()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notices
+            torch.onnx.export(model, (example,), buf, dynamo=False, input_names=["x"],
+                              output_names=["logits"], dynamic_axes=axes, opset_version=OPSET)
+    except ImportError as exc:
+        raise SeqmnistError(f"ONNX export needs its extra: pip install 'seqmnist[export]' "
+                            f"({exc})") from None
+    atomic_write(out, buf.getvalue())
+    return out
+
+
+def check_onnx(path: str | Path, run: Run, x: np.ndarray) -> float:
+    """Largest absolute difference between onnxruntime's and PyTorch's class probabilities on
+    inputs ``x`` (in the view's layout); raises if it exceeds ONNX_TOLERANCE."""
+    import torch
+
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise SeqmnistError("checking the ONNX file needs onnxruntime: pip install "
+                            "'seqmnist[export]'") from None
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    worst = 0.0
+    with torch.no_grad():
+        for i in range(0, len(x), 1000):
+            batch = x[i:i + 1000].astype(np.float32)
+            theirs = session.run(None, {"x": batch})[0]
+            theirs = np.exp(theirs - theirs.max(1, keepdims=True))
+            theirs /= theirs.sum(1, keepdims=True)
+            ours = run.model(torch.from_numpy(batch)).softmax(-1).numpy()
+            worst = max(worst, float(np.abs(theirs - ours).max()))
+    if not worst <= ONNX_TOLERANCE:
+        raise SeqmnistError(f"{path}: onnxruntime differs from PyTorch by {worst:.2e} "
+                            f"(more than {ONNX_TOLERANCE:g})")
+    return worst
+
+
+def _seed_siblings(run: Run) -> list[dict]:
+    """metrics.json of the finished runs beside ``run`` with the same recipe (its other seeds)."""
+    key, found = recipe_key(run.config), []
+    for folder in sorted(run.path.parent.iterdir()):
+        if not (folder / WEIGHTS).is_file() or not (folder / "config.json").is_file():
+            continue
+        try:
+            other = load_run(folder) if folder != run.path else run
+        except SeqmnistError:
+            continue
+        if recipe_key(other.config) == key and other.metrics.get("test_accuracy") is not None:
+            found.append(dict(seed=other.config.seed, accuracy=other.metrics["test_accuracy"]))
+    return found
+
+
+def model_card(run: Run) -> str:
+    """A model card (README.md with the YAML front matter model hubs read)."""
+    from . import stats
+
+    cfg, m = run.config, run.metrics
+    prov = m.get("provenance") or read_json(run.path / "provenance.json", {}) or {}
+    acc = m.get("test_accuracy")
+    lines_acc = []
+    if acc is not None:
+        text = f"- Test accuracy: **{acc:.2%}** on {m.get('test_images', '?'):,} test images"
+        if (run.path / PREDICTIONS).is_file():
+            p = load_predictions(run.path)
+            lo, hi = stats.bootstrap_mean(p["predictions"] == p["labels"])
+            text += f" (95% bootstrap interval over test images: {lo:.2%} to {hi:.2%})"
+        lines_acc.append(text)
+    seeds = _seed_siblings(run)
+    if len(seeds) > 1:
+        values = [s["accuracy"] for s in seeds]
+        mean, std = stats.mean_std(values)
+        ci = stats.t_interval(values)
+        listed = ", ".join(str(s["seed"]) for s in seeds)
+        lines_acc.append(f"- Across {len(seeds)} seeds of the same recipe ({listed}): "
+                         f"{mean:.2%} ± {std * 100:.2f} points (95% t interval {ci[0]:.2%} to "
+                         f"{ci[1]:.2%})")
+    used, total = m.get("train_images"), m.get("train_images_total")
+    imported = prov.get("imported_from")
+    recipe = "imported from a Keras file: " + str(imported) if imported else (
+        f"{cfg.epochs} epochs, batch {cfg.batch_size}, Adam lr {cfg.lr:g} ({cfg.schedule}), "
+        f"preset {cfg.preset}, {cfg.precision}, backend {cfg.backend}, seed {cfg.seed}")
+    quick = used and total and used < total
+    return "\n".join([
+        "---",
+        "library_name: seqmnist",
+        "license: mit",
+        f"datasets:\n- {cfg.dataset}",
+        "tags:\n- image-classification\n- sequence-model\n- seqmnist\n- pytorch",
+        "metrics:\n- accuracy",
+        "---",
+        "",
+        f"# {cfg.model} reading {cfg.dataset} ({cfg.view} view)",
+        "",
+        f"A `{cfg.model}` model trained with seqmnist, which reads an image as a sequence. "
+        "Load it with `seqmnist.load_run(FOLDER)`; the configuration "
+        "needed to rebuild it is in `config.json` and in the metadata of `model.safetensors`.",
+        "",
+        "## Results",
+        "",
+        *(lines_acc or ["- (no test metrics recorded)"]),
+        f"- Parameters: {m.get('params', 0):,}",
+        "",
+        "## Training",
+        "",
+        f"- Data: {cfg.dataset}, {used if used else '?'} of {total if total else '?'} training "
+        "images" + (" (a quick run below the recipe: not a result)" if quick else ""),
+        f"- Recipe: {recipe}",
+        f"- Time: {m.get('train_seconds', 0):.1f} s of training, "
+        f"{m.get('seconds_per_epoch', 0):.3g} s per epoch",
+        f"- Hardware and software: {prov.get('cpu') or '?'}"
+        f"{' + ' + prov['gpu'] if prov.get('gpu') else ''}, {prov.get('device', '?')}, "
+        f"PyTorch {prov.get('torch', '?')}, seqmnist {prov.get('seqmnist', '?')}",
+        "",
+        "## Intended use and limits",
+        "",
+        f"For teaching and research on reading images as sequences. It was trained and tested on "
+        f"{cfg.dataset} only: {'28 x 28' if cfg.dataset != 'digits' else '8 x 8'} grey images of "
+        "one centred item, prepared the MNIST way (white on black, fitted in a 20 x 20 box, "
+        "centred by mass). It is not meant for other images, handwriting in the wild, or any "
+        "decision about people; its accuracy on other data is unknown.",
+        "",
+    ])
+
+
+def export_card(run: Run | str | Path, out: str | Path) -> Path:
+    """A shareable model folder: model.safetensors, config.json, metrics.json and a model card
+    (README.md); ``load_run(out)`` loads it back."""
+    run = run if isinstance(run, Run) else load_run(run)
+    out = Path(out)
+    if out.resolve() == run.path.resolve():
+        raise UsageError("give --out a folder other than the run's own")
+    if out.exists() and any(out.iterdir()):
+        raise UsageError(f"{out} exists and is not empty; give a new folder")
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(run.path / WEIGHTS, out / WEIGHTS)
+    write_json(out / "config.json", read_json(run.path / "config.json", {}))
+    if run.metrics:
+        write_json(out / "metrics.json", run.metrics)
+    atomic_write(out / "README.md", model_card(run))
+    return out
