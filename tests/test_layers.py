@@ -12,7 +12,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "seqmnist"
 # above; a helper two layers need goes below both.
 LAYERS = [
     ["_version", "errors"],
-    ["fileio", "system", "stats"],
+    ["fileio", "system", "stats", "published"],
     ["download"],
     ["data"],
     ["views"],
@@ -38,9 +38,13 @@ LAYERS = [
 LAYER = {name: i for i, names in enumerate(LAYERS) for name in names}
 
 
-def modules() -> dict[str, Path]:
-    found = {p.stem: p for p in PACKAGE.glob("*.py")}
-    found["web"] = PACKAGE / "web" / "__init__.py"
+SUBPACKAGES = ("web", "models")  # each one layer: its modules are checked as that layer
+
+
+def modules() -> dict[str, list[Path]]:
+    found = {p.stem: [p] for p in PACKAGE.glob("*.py")}
+    for sub in SUBPACKAGES:
+        found[sub] = sorted((PACKAGE / sub).glob("*.py"))
     return found
 
 
@@ -58,7 +62,7 @@ def imported(path: Path, package_depth: int) -> set[str]:
                                  or (PACKAGE / a.name).is_dir() else "__init__"
                                  for a in node.names)
             elif node.level < package_depth:  # inside a subpackage: its own modules
-                names.add("web")
+                names.add(path.parent.name)
         elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("seqmnist"):
             parts = node.module.split(".")
             names.add(parts[1] if len(parts) > 1 else "__init__")
@@ -74,16 +78,17 @@ def test_every_module_has_a_layer():
 
 @pytest.mark.parametrize("name", sorted(LAYER))
 def test_imports_flow_downward(name):
-    path = modules()[name]
-    depth = 2 if path.parent.name == "web" else 1
-    upward = sorted(m for m in imported(path, depth) - {name} if LAYER.get(m, -1) >= LAYER[name])
-    assert not upward, f"{name} imports {upward}, which are not below it"
+    for path in modules()[name]:
+        depth = 2 if path.parent.name in SUBPACKAGES else 1
+        upward = sorted(m for m in imported(path, depth) - {name}
+                        if LAYER.get(m, -1) >= LAYER[name])
+        assert not upward, f"{path.name} ({name}) imports {upward}, which are not below it"
 
 
 def test_readme_lists_the_layers_in_order():
     text = (PACKAGE.parents[1] / "README.md").read_text()
     layout = text[text.index("## Layout"):]
-    positions = [layout.find(f"{name}.py" if name != "web" else "web/")
+    positions = [layout.find(f"{name}.py" if name not in SUBPACKAGES else f"{name}/")
                  for names in LAYERS[1:-1] for name in names]
     assert -1 not in positions, "every module is named in the README's layout"
     assert positions == sorted(positions)

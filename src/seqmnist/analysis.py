@@ -14,6 +14,7 @@ import numpy as np
 from . import stats
 from .config import TrainConfig
 from .errors import UsageError
+from .published import published
 from .storage import Run, load_predictions
 
 # Settings that say how or where a run was computed, not what was trained: runs that differ
@@ -152,10 +153,12 @@ def _group_entry(group: Group, correct: np.ndarray, seed: int) -> dict:
         epochs=cfg.epochs, train_images=metric[0].get("train_images"),
         train_images_total=metric[0].get("train_images_total"),
         recipe=dict(preset=cfg.preset, epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
-                    schedule=cfg.schedule, precision=cfg.precision,
+                    schedule=cfg.schedule, precision=cfg.precision, protocol=cfg.protocol,
                     backend=sorted({r.config.backend for r in runs}), limit=cfg.limit,
                     model_options=cfg.model_options),
         quick=quick_reasons(group), per_class=per_class, curves=_curves(group),
+        published=[dict(model=p.model, accuracy=p.accuracy, source=p.source)
+                   for p in published(cfg.model, cfg.view, cfg.dataset)],
         anytime=_anytime(group), provenance=_provenance(group),
         confusion=np.sum([np.array(m["confusion"]) for m in metric], axis=0).tolist(),
         misclassified=metric[0].get("misclassified", []), classes=classes)

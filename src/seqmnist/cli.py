@@ -54,6 +54,17 @@ def positive_float(text: str) -> float:
     return value
 
 
+def key_value(text: str) -> tuple[str, object]:
+    """An argparse type: KEY=VALUE, the value read as JSON where it is JSON (numbers, lists)."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.isidentifier():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        return key, json.loads(value)
+    except ValueError:
+        return key, value
+
+
 def one_of(names, what: str) -> Callable[[str], str]:
     """An argparse type accepting one of ``names``, suggesting the closest on a typo."""
     names = list(names)
@@ -75,7 +86,15 @@ def choices_help(text: str, names, default: str | None) -> str:
 
 
 def add_training_options(p: argparse.ArgumentParser) -> None:
-    from .config import BACKENDS, PRECISIONS, PRESET_HELP, PRESETS, SCHEDULES, TUTORIAL_RECIPE
+    from .config import (
+        BACKENDS,
+        PRECISIONS,
+        PRESET_HELP,
+        PRESETS,
+        PROTOCOL_HELP,
+        SCHEDULES,
+        TUTORIAL_RECIPE,
+    )
     from .data import DATASETS
     from .views import VIEWS
 
@@ -94,6 +113,10 @@ def add_training_options(p: argparse.ArgumentParser) -> None:
                    "training images only, for a quick look (default: all of them)")
     p.add_argument("--preset", type=one_of(PRESETS, "preset"), help=choices_help(
         "recipe", [f"{k} ({v})" for k, v in PRESET_HELP.items() if k in PRESETS], "tutorial"))
+    p.add_argument("--protocol", type=one_of(PROTOCOL_HELP, "protocol"), help=choices_help(
+        "evaluation protocol", [f"{k} ({v})" for k, v in PROTOCOL_HELP.items()], "tutorial"))
+    p.add_argument("--patience", type=int_at_least(1, 1000), help="research protocol: stop after "
+                   "this many epochs without a better validation accuracy (default: 5)")
     p.add_argument("--precision", type=one_of(PRECISIONS, "precision"), help=choices_help(
         "training precision", PRECISIONS, "auto: bf16 autocast for the CNN where the hardware "
         "has bf16, else fp32"))
@@ -118,7 +141,8 @@ def add_training_options(p: argparse.ArgumentParser) -> None:
 
 
 TRAIN_FIELDS = ("dataset", "view", "epochs", "batch_size", "lr", "seed", "limit", "preset",
-                "precision", "schedule", "backend", "threads", "device", "deterministic")
+                "precision", "schedule", "backend", "threads", "device", "deterministic",
+                "protocol", "patience")
 
 
 def _models_arg(p: argparse.ArgumentParser, **kwargs) -> None:
@@ -158,6 +182,9 @@ def build_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--layers", type=int_at_least(1, 64), help="recurrent layers (default: 2)")
     p.add_argument("--bidirectional", action="store_true", help="bidirectional recurrent layers "
                    "(default: off)")
+    p.add_argument("--model-option", action="append", type=key_value, default=[],
+                   metavar="KEY=VALUE", help="any option of the model's constructor, e.g. "
+                   "d_model=128 or channels=[16,32] (repeatable; default: the model's own)")
     add_training_options(p)
 
 
@@ -265,6 +292,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     options = {k: getattr(args, k) for k in ("hidden", "layers") if getattr(args, k) is not None}
     if args.bidirectional:
         options["bidirectional"] = True
+    options.update(dict(args.model_option))
     cfg = config_from_args(args.model, model_options=options, **_train_kwargs(args))
     train(cfg, out=args.out, data_dir=args.data_dir, progress=not args.no_progress,
           tensorboard=args.tensorboard)

@@ -19,6 +19,12 @@ PRECISIONS = ("auto", "fp32", "bf16")
 SCHEDULES = ("constant", "onecycle")
 DEVICES = ("auto", "cpu", "cuda")
 BACKENDS = ("auto", "torch", "native")
+PROTOCOLS = ("tutorial", "research")
+PROTOCOL_HELP = {
+    "tutorial": "validate on the test set after every epoch, as the Keras tutorial does",
+    "research": "hold out the last training images for validation, stop early on it, and "
+                "evaluate the test set once at the end",
+}
 # The tutorial's recipe for the values no preset or model sets (Keras: batch 64, 10 epochs).
 TUTORIAL_RECIPE = dict(epochs=10, batch_size=64, schedule="constant")
 RECIPE_FIELDS = ("view", "epochs", "batch_size", "lr", "schedule")
@@ -56,6 +62,8 @@ class TrainConfig:
     schedule: str | None = None
     precision: str = "auto"  # bf16 autocast for CNNs where the hardware has bf16, else fp32
     backend: str = "auto"  # auto, torch or native (see backends.py); the resolved one is stored
+    protocol: str = "tutorial"  # or "research": see PROTOCOL_HELP and validation_size()
+    patience: int = 5  # research protocol: epochs without a better validation accuracy
     adam_eps: float = 1e-7  # Keras's default (PyTorch's is 1e-8)
     eval_batch_size: int = 1000
     deterministic: bool = False
@@ -107,6 +115,11 @@ class TrainConfig:
         if cfg.precision not in PRECISIONS:
             raise UsageError(f"unknown precision {cfg.precision!r}; choose from "
                              f"{', '.join(PRECISIONS)}")
+        if cfg.protocol not in PROTOCOLS:
+            raise UsageError(f"unknown protocol {cfg.protocol!r}; choose from "
+                             f"{', '.join(PROTOCOLS)}")
+        if cfg.patience < 1:
+            raise UsageError(f"patience must be at least 1, got {cfg.patience}")
         if cfg.backend not in BACKENDS:
             raise UsageError(f"unknown backend {cfg.backend!r}; choose from {', '.join(BACKENDS)}")
         if cfg.device not in DEVICES and not cfg.device.startswith("cuda:"):
@@ -132,3 +145,9 @@ def _check_type(name: str, value, annotation: str) -> None:
     if not ok:
         want = " or ".join(p for p in parts)
         raise UsageError(f"config field {name!r} must be {want}, got {value!r}")
+
+
+def validation_size(train_images: int) -> int:
+    """Images the research protocol holds out from the end of the training set: the last 5,000
+    (as the sequential-MNIST papers do) when there are at least 20,000, else the last tenth."""
+    return 5000 if train_images >= 20000 else max(1, train_images // 10)

@@ -58,7 +58,7 @@ GROUP_HEADERS = ["model", "seeds", "test accuracy (mean ± std)", "95% CI across
 PAIR_HEADERS = ["pair (a vs b)", "a − b (points)", "95% CI", "interval from", "seed pair",
                 "both right", "a only", "b only", "both wrong", "McNemar p (Holm)"]
 RECIPE_HEADERS = ["model", "training images", "epochs", "batch", "learning rate", "schedule",
-                  "preset", "precision", "backend", "seeds"]
+                  "preset", "protocol", "precision", "backend", "seeds"]
 PROVENANCE_HEADERS = ["model", "seqmnist", "PyTorch", "Python", "OS", "CPU / GPU", "device",
                       "threads", "replicas", "started"]
 
@@ -82,7 +82,7 @@ def _recipe_row(g: dict) -> list[str]:
     images = f"{used:,} of {total:,}" if used and total and used < total else f"{used or 0:,}"
     lr = f"{r['lr']:g}" + (" (peak)" if r["schedule"] == "onecycle" else "")
     return [g["name"], images, str(r["epochs"]), str(r["batch_size"]), lr, r["schedule"],
-            r["preset"], r["precision"], ", ".join(r["backend"]),
+            r["preset"], r["protocol"], r["precision"], ", ".join(r["backend"]),
             ", ".join(map(str, g["seeds"]))]
 
 
@@ -203,9 +203,38 @@ def _quick_warning(result: dict) -> str | None:
             "with the recipe's epochs before drawing conclusions.")
 
 
+PUBLISHED_HEADERS = ["model", "view", "ours (mean ± std)", "seeds", "epochs", "parameters",
+                     "s / epoch", "published", "source"]
+
+
+def _published_rows(groups: list[dict]) -> list[list[str]]:
+    rows = []
+    for g in groups:
+        for p in g.get("published") or []:
+            acc = g["accuracy"]
+            rows.append([g["name"], g["view"], f"{acc['mean'] * 100:.2f}%" + (
+                f" ± {acc['std'] * 100:.2f}" if acc["n"] > 1 else ""), str(acc["n"]),
+                str(g["epochs"]), f"{g['params']:,}", seconds(g["seconds_per_epoch"]["mean"]),
+                f"{p['accuracy']:.2f}% ({p['model']})", p["source"]])
+    return rows
+
+
+def protocol_note(groups: list[dict]) -> str:
+    """How the reported accuracies were obtained, in words (shown near the top)."""
+    kinds = {g["recipe"]["protocol"] for g in groups}
+    notes = {"tutorial": "validation on the test set after every epoch, as the Keras tutorial "
+                         "does (the validation curves are test-set curves)",
+             "research": "the last training images held out for validation, early stopping on "
+                         "them, the test set evaluated once at the end"}
+    return "Protocol: " + "; ".join(f"{k}: {notes[k]}" for k in sorted(kinds)) + "."
+
+
 def _sections(result: dict) -> list[tuple[str, list[str], list[list[str]]]]:
     groups = result["groups"]
     sections = [("Models", GROUP_HEADERS, [_group_row(g) for g in groups])]
+    published = _published_rows(groups)
+    if published:
+        sections.append(("Beside the published numbers", PUBLISHED_HEADERS, published))
     if result["pairs"]:
         sections.append(("Pairwise tests on the same test images", PAIR_HEADERS,
                          [row for p in result["pairs"] for row in _pair_rows(p)]))
@@ -240,7 +269,7 @@ def write_report(runs: list, out: str | Path, test_images: np.ndarray | None = N
     md = [f"# {title}", ""]
     if warning:
         md += [f"> **{warning}**", ""]
-    md += [result["verdict"], ""]
+    md += [result["verdict"], "", protocol_note(result["groups"]), ""]
     for name, headers, rows in _sections(result):
         md += [f"## {name}", "", *_md_table(headers, rows), ""]
     md += ["## Figures", ""] + [f"![{c}]({f})\n\n*{c}*\n" for f, c in files]
@@ -284,6 +313,7 @@ img {{ max-width: 100%; }}
 <h1>{esc(title)}</h1>
 {banner}
 <p class="verdict">{esc(result["verdict"])}</p>
+<p>{esc(protocol_note(result["groups"]))}</p>
 {tables}
 <h2>Figures</h2>
 {images}

@@ -23,7 +23,7 @@ import torch
 
 from . import system
 from .backends import install_backend, resolve_backend
-from .config import TrainConfig
+from .config import TrainConfig, validation_size
 from .data import Dataset, check_split, load_dataset
 from .errors import CheckpointError, SeqmnistError, UsageError
 from .evaluation import Evaluation, anytime_accuracy, evaluate_tensors
@@ -180,6 +180,15 @@ def train(config: TrainConfig | None = None, *, out: str | Path = "runs",
     y_train = torch.as_tensor(ds.y_train, device=device)
     x_test = to_input(ds.x_test, cfg.view, cfg.seed, device)
     y_test = torch.as_tensor(ds.y_test, device=device)
+    if cfg.protocol == "research":  # validate on held-out training images, never on the test set
+        held = validation_size(len(x_train))
+        if held >= len(x_train):
+            raise UsageError(f"the research protocol needs more than {len(x_train)} training "
+                             "images (it holds some out for validation)")
+        x_val, y_val = x_train[-held:], y_train[-held:]
+        x_train, y_train = x_train[:-held], y_train[:-held]
+    else:  # the tutorial's protocol: validation_data=(x_test, y_test)
+        x_val, y_val = x_test, y_test
 
     threads = torch.get_num_threads()
     # The backend is decided here, once, and stored; a resume must run the same one.
@@ -193,6 +202,7 @@ def train(config: TrainConfig | None = None, *, out: str | Path = "runs",
         if cfg.schedule == "onecycle" else None
     gen = torch.Generator().manual_seed(cfg.seed)
     history: list[dict] = []
+    best: dict | None = None  # research protocol: the best validation epoch's weights
 
     if state is None:
         folder = new_run_dir(out, cfg)
@@ -216,6 +226,7 @@ def train(config: TrainConfig | None = None, *, out: str | Path = "runs",
         torch.set_rng_state(state["rng_torch"])
         gen.set_state(state["rng_shuffle"])
         history, start = list(state["history"]), int(state["epoch"])
+        best = state.get("best")
         for stale in folder.glob(".*.tmp"):  # temporary files of a process killed mid-write
             stale.unlink()
         provenance = read_json(folder / "provenance.json", {}) or {}
@@ -227,11 +238,16 @@ def train(config: TrainConfig | None = None, *, out: str | Path = "runs",
         log(f"Resuming {folder} after epoch {start}/{cfg.epochs}")
     if start == 0:
         lr = f"peak lr {cfg.lr:g} (one-cycle)" if cfg.schedule == "onecycle" else f"lr {cfg.lr:g}"
+        validation = (f"validating on the {len(x_test):,} test images after each epoch, as the "
+                      "tutorial does" if cfg.protocol == "tutorial" else
+                      f"research protocol: validating on the last {len(x_val):,} training images "
+                      f"held out, stopping after {cfg.patience} epochs without improvement, the "
+                      "test set evaluated once at the end")
         log(f"Training {cfg.model} on {cfg.dataset} ({len(x_train):,} images, view {cfg.view}, "
             f"batch {cfg.batch_size}, {lr}, {plural(cfg.epochs, 'epoch')}, {device}, "
             f"{cfg.precision}, backend {cfg.backend}"
             f"{f', batch split over {len(replicas)} cores' if len(replicas) > 1 else ''}); "
-            f"validating on the {len(x_test):,} test images after each epoch, as the tutorial does.")
+            f"{validation}.")
         log(f"Run folder: {folder}")
 
     board = TensorBoard(folder, steps) if tensorboard else None
@@ -252,17 +268,21 @@ def train(config: TrainConfig | None = None, *, out: str | Path = "runs",
                     f"keeps its last good checkpoint (epoch {epoch}) in {folder}. Try a lower "
                     "--lr or another --seed")
             seconds = time.perf_counter() - t0
-            val = evaluate_tensors(model, x_test, y_test, cfg.eval_batch_size, cfg.precision)
+            val = evaluate_tensors(model, x_val, y_val, cfg.eval_batch_size, cfg.precision)
             history.append(dict(epoch=epoch + 1, loss=loss, accuracy=acc, val_loss=val.loss,
                                 val_accuracy=val.accuracy, seconds=round(seconds, 3),
                                 lr=opt.param_groups[0]["lr"]))
+            if cfg.protocol == "research" and (best is None
+                                               or val.accuracy > best["val_accuracy"]):
+                best = dict(epoch=epoch + 1, val_accuracy=val.accuracy,
+                            state={k: v.detach().clone() for k, v in model.state_dict().items()})
             with writing_to(folder):
                 save_checkpoint(folder, dict(
                     model=model.state_dict(), optimizer=opt.state_dict(),
                     scheduler=sched.state_dict() if sched is not None else None,
                     rng_torch=torch.get_rng_state(), rng_shuffle=gen.get_state(),
                     rng_dropout=replicas.rng_states(),
-                    epoch=epoch + 1, history=history, config=asdict(cfg)))
+                    epoch=epoch + 1, history=history, config=asdict(cfg), best=best))
                 write_history(folder, history)
             if board is not None:
                 board.epoch(history[-1])
@@ -270,9 +290,17 @@ def train(config: TrainConfig | None = None, *, out: str | Path = "runs",
                 f"{acc:.4f} - val_loss: {val.loss:.4f} - val_accuracy: {val.accuracy:.4f}")
             if flag["signum"] is not None:
                 raise TrainingInterrupted(flag["signum"], folder, epoch + 1)
+            if best is not None and epoch + 1 - best["epoch"] >= cfg.patience:
+                log(f"Early stop: no better validation accuracy than epoch {best['epoch']}'s "
+                    f"{best['val_accuracy']:.4f} for {cfg.patience} epochs")
+                break
 
     replicas.close()
-    if val is None:  # resumed a run whose last epoch was done but whose outputs were not written
+    if cfg.protocol == "research":  # the best validation epoch's weights, then the test set once
+        if best is not None:
+            model.load_state_dict(best["state"])
+        val = evaluate_tensors(model, x_test, y_test, cfg.eval_batch_size, cfg.precision)
+    elif val is None:  # resumed a run whose last epoch was done but whose outputs were not written
         val = evaluate_tensors(model, x_test, y_test, cfg.eval_batch_size, cfg.precision)
     with writing_to(folder):
         metrics = finish_run(folder, model, cfg, ds, input_shape, history, val, x_test, y_test)
@@ -281,6 +309,13 @@ def train(config: TrainConfig | None = None, *, out: str | Path = "runs",
     log(f"Test accuracy {metrics['test_accuracy']:.4f}, test loss {metrics['test_loss']:.4f}, "
         f"{metrics['train_seconds']:.1f}s training. Results in {folder}")
     return TrainResult(folder, cfg, metrics, history, model)
+
+
+def _best_epoch(cfg: TrainConfig, history: list[dict]) -> int | None:
+    """The epoch whose weights the run keeps under the research protocol (best validation)."""
+    if cfg.protocol != "research" or not history:
+        return None
+    return max(history, key=lambda h: (h["val_accuracy"], -h["epoch"]))["epoch"]
 
 
 def _now() -> str:
@@ -389,6 +424,8 @@ def finish_run(folder: Path, model, cfg: TrainConfig, ds: Dataset, input_shape, 
         misclassified=val.misclassified(),
         train_images=len(ds.x_train), train_images_total=ds.train_total,
         test_images=len(ds.x_test), backend=cfg.backend, precision=cfg.precision,
+        protocol=cfg.protocol, validation_images=validation_size(len(ds.x_train))
+        if cfg.protocol == "research" else None, best_epoch=_best_epoch(cfg, history),
         anytime=anytime, provenance=read_json(folder / "provenance.json", {}))
     save_predictions(folder, val.predictions, val.probabilities, val.labels)
     save_weights(folder, model.to("cpu", memory_format=torch.contiguous_format), cfg,

@@ -1,0 +1,221 @@
+"""Models and their registry: ``create_model(name, input_shape, num_classes, **options)``.
+
+Adding a model is one decorated function (``@register_model``) in a module of this package (or in
+your own code). The tutorial's models use Keras's initialisation (Glorot uniform kernels,
+orthogonal recurrent kernels, forget-gate bias 1, one bias per gate for LSTM and SimpleRNN), so the
+trainable parameter count is Keras's: 36,510 for the LSTM, 3,274,634 for the CNN.
+
+    recurrent.py    LSTM / GRU / tanh RNN stacks (the tutorial's LSTM)
+    cnn.py          the tutorial's CNN
+    transformer.py  a causal Transformer encoder over the steps
+    tcn.py          a temporal convolutional network (dilated causal convolutions)
+    s4d.py          diagonal state-space layers (S4D)
+    lru.py          the linear recurrent unit (LRU)
+
+Sequence models answer after every step (``forward_steps``): the page's row-by-row belief and the
+report's anytime accuracy use it.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from ..errors import UsageError
+from ..views import sequence_views
+
+
+@dataclass
+class ModelEntry:
+    name: str
+    build: Callable[..., nn.Module]
+    views: tuple[str, ...]
+    defaults: dict = field(default_factory=dict)  # training defaults: lr, view
+    description: str = ""
+
+
+MODELS: dict[str, ModelEntry] = {}
+SEQUENCE_VIEWS = sequence_views()
+
+
+def register_model(name: str, views: tuple[str, ...], description: str = "", **defaults):
+    def wrap(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        MODELS[name] = ModelEntry(name, fn, views, defaults, description or (fn.__doc__ or ""))
+        return fn
+    return wrap
+
+
+def list_models() -> list[str]:
+    return list(MODELS)
+
+
+def get_entry(name: str) -> ModelEntry:
+    try:
+        return MODELS[name]
+    except KeyError:
+        raise UsageError(f"unknown model {name!r}; choose from {', '.join(MODELS)}") from None
+
+
+def check_view(model: str, view: str) -> None:
+    entry = get_entry(model)
+    if view not in entry.views:
+        raise UsageError(f"model {model!r} cannot read the {view!r} view; "
+                         f"it takes {', '.join(entry.views)}")
+
+
+def create_model(name: str, input_shape: tuple[int, ...] = (28, 28), num_classes: int = 10,
+                 **options) -> nn.Module:
+    """Build a registered model for inputs of ``input_shape`` (per sample) and ``num_classes``."""
+    entry = get_entry(name)
+    try:
+        return entry.build(tuple(input_shape), num_classes, **options)
+    except TypeError as exc:
+        raise UsageError(f"model {name!r}: {exc}") from None
+
+
+def trainable_parameters(model: nn.Module) -> int:
+    """Parameter count as Keras reports it (frozen zero biases are not parameters there)."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+class Dropout(nn.Dropout):
+    """Dropout drawing its mask from its own generator when given one (``generator``), so that
+    model replicas trained in parallel threads stay reproducible; else from the global RNG.
+    Comparing uniform noise with p is also about twice as fast on CPU as ``bernoulli_``, and the
+    mask takes the input's memory layout (the LSTM kernel's time-major output stays so)."""
+
+    generator: torch.Generator | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0:
+            return x
+        mask = torch.empty_like(x).uniform_(generator=self.generator).ge_(self.p)
+        return x * mask.mul_(1.0 / (1.0 - self.p))
+
+
+def set_dropout_generator(model: nn.Module, generator: torch.Generator | None) -> None:
+    for m in model.modules():
+        if isinstance(m, Dropout):
+            m.generator = generator
+
+
+
+def glorot_(layer: nn.Module) -> None:
+    nn.init.xavier_uniform_(layer.weight)
+    nn.init.zeros_(layer.bias)
+
+
+class CausalClassifier(nn.Module):
+    """A sequence model that answers after every step: ``encode`` maps (N, T, F) to causal
+    features (N, T, d) (step t sees steps 1..t only); the head reads the last step's features,
+    and ``forward_steps`` gives the logits after every step."""
+
+    def __init__(self, input_shape: tuple[int, ...], width: int, num_classes: int):
+        super().__init__()
+        if len(input_shape) != 2:
+            raise UsageError(f"{type(self).__name__} needs sequence input (steps, features), "
+                             f"got {input_shape}")
+        self.steps, self.features = input_shape
+        self.head = nn.Linear(width, num_classes)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.encode(x)[:, -1])
+
+    @torch.no_grad()
+    def forward_steps(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits after every step (N, steps, classes)."""
+        return self.head(self.encode(x))
+
+
+def check_sizes(name: str, **sizes) -> None:
+    """UsageError unless every size is a whole number in its range ({name: (value, low, high)})."""
+    for key, (value, low, high) in sizes.items():
+        if not (isinstance(value, (int, float)) and low <= value <= high):
+            raise UsageError(f"{name}: {key} must be in {low}..{high}, got {value!r}")
+
+
+
+
+# ---------------------------------------------------------------------------------------------
+# Keras-style summary
+
+KERAS_LAYER_NAMES = {nn.Conv2d: "Conv2D", nn.MaxPool2d: "MaxPooling2D", nn.Flatten: "Flatten",
+                     nn.Linear: "Dense", nn.Dropout: "Dropout"}
+
+
+def _layer_name(m: nn.Module) -> str:
+    if getattr(m, "keras_name", None):
+        return m.keras_name
+    if isinstance(m, nn.Sequential) and len(m) and type(m).__name__ == "ConvReLU":
+        return _layer_name(m[0])
+    return next((name for cls, name in KERAS_LAYER_NAMES.items() if isinstance(m, cls)),
+                type(m).__name__)
+
+
+def keras_shape(shape: tuple[int, ...]) -> str:
+    """An output shape as Keras prints it: batch as None, images channels-last (H, W, C)."""
+    dims = list(shape[1:])
+    if len(dims) == 3:  # PyTorch's (C, H, W) -> Keras's (H, W, C)
+        dims = dims[1:] + dims[:1]
+    return "(None, " + ", ".join(str(d) for d in dims) + ")"
+
+
+def summary_rows(model: nn.Module, input_shape: tuple[int, ...]) -> list[tuple[str, str, int]]:
+    """(layer, output shape, trainable parameters) for each top-level layer, as Keras lists them
+    (the children of ``model.net`` where the model keeps its layers there, else of the model)."""
+    rows: list[tuple[str, str, int]] = []
+    hooks = []
+    layers = list(getattr(model, "net", model).children()) or [model]
+    for m in layers:
+        def hook(mod, _inp, out, mod_name=_layer_name(m)):
+            out = out[0] if isinstance(out, tuple) else out
+            rows.append((mod_name, keras_shape(tuple(out.shape)), trainable_parameters(mod)))
+        hooks.append(m.register_forward_hook(hook))
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            p = next(model.parameters())
+            model(torch.zeros(1, *input_shape, device=p.device))
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+    return rows
+
+
+def summary_text(model: nn.Module, input_shape: tuple[int, ...], title: str = "") -> str:
+    """A Keras-style ``model.summary()`` table."""
+    rows = summary_rows(model, input_shape)
+    width = [28, 24, 12]
+    line = "=" * sum(width)
+    out = [f'Model: "{title}"'] if title else []
+    out.append(f"{'Layer (type)':<{width[0]}}{'Output Shape':<{width[1]}}{'Param #':>{width[2]}}")
+    out.append(line)
+    for name, shape, params in rows:
+        out.append(f"{name:<{width[0]}}{shape:<{width[1]}}{params:>{width[2]},}")
+    out.append(line)
+    total = trainable_parameters(model)
+    frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
+    out.append(f"Total params: {total:,}")
+    out.append(f"Trainable params: {total:,}")
+    out.append("Non-trainable params: 0" + (f" (plus {frozen:,} fixed zero biases PyTorch "
+                                             "keeps for Keras's single-bias layout)" if frozen else ""))
+    out.append("Output shapes in Keras's order (images channels-last: height, width, channels; "
+               "PyTorch computes them channels-first).")
+    return "\n".join(out)
+
+
+# The model modules register themselves when imported (after the registry above exists), in the
+# order the command line lists them.
+for _module in ("recurrent", "cnn", "transformer", "tcn", "s4d", "lru"):
+    importlib.import_module(f".{_module}", __name__)
+from .cnn import CNN, ConvReLU  # noqa: E402, F401
+from .recurrent import Recurrent, RecurrentClassifier  # noqa: E402, F401

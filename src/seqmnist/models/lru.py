@@ -1,0 +1,104 @@
+"""The linear recurrent unit (LRU).
+
+Orvieto, Smith, Gu, Fernando, Gulcehre, Pascanu, De 2023, "Resurrecting recurrent neural networks
+for long sequences": a linear recurrence with a complex diagonal state matrix, exponentially
+parameterised on a ring of the unit disc (eigenvalue modulus initialised in [r_min, r_max]),
+normalised input (gamma = sqrt(1 - |lambda|^2)), h_t = lambda * h_{t-1} + gamma * (B u_t),
+y_t = Re(C h_t) + D u_t, in pre-norm residual blocks with a GLU mix of channels. The paper trains
+deeper and wider models (6 layers, d_model 256 and more) on GPUs for its long-range benchmarks;
+the defaults here (4 layers, d_model 64, 64 states: about 100k parameters) are sized for a CPU.
+seqmnist lists no published sMNIST figure for the LRU (none was checked against the paper).
+Training computes the recurrence as an FFT convolution of each state's own geometric kernel
+(it is linear and time-invariant); ``recurrent`` steps it and is tested to agree.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from . import SEQUENCE_VIEWS, CausalClassifier, check_sizes, register_model
+
+
+class LRULayer(nn.Module):
+    def __init__(self, channels: int, states: int, r_min: float = 0.9, r_max: float = 0.999,
+                 max_phase: float = 2 * math.pi):
+        super().__init__()
+        u1, u2 = torch.rand(states), torch.rand(states)
+        self.nu_log = nn.Parameter(torch.log(-0.5 * torch.log(u1 * (r_max ** 2 - r_min ** 2)
+                                                              + r_min ** 2)))
+        self.theta_log = nn.Parameter(torch.log(max_phase * u2))
+        modulus = torch.exp(-torch.exp(self.nu_log.detach()))
+        self.gamma_log = nn.Parameter(torch.log(torch.sqrt(1 - modulus ** 2)))
+        self.b = nn.Parameter(torch.randn(states, channels, 2) / math.sqrt(2 * channels))
+        self.c = nn.Parameter(torch.randn(channels, states, 2) / math.sqrt(states))
+        self.d = nn.Parameter(torch.randn(channels))
+
+    def _lambda(self) -> torch.Tensor:
+        return torch.exp(torch.complex(-torch.exp(self.nu_log), torch.exp(self.theta_log)))
+
+    def _inputs(self, u: torch.Tensor) -> torch.Tensor:
+        b = torch.view_as_complex(self.b) * torch.exp(self.gamma_log)[:, None]
+        return torch.einsum("ntc,sc->nts", u.to(b.dtype), b)  # (N, T, states)
+
+    def forward(self, u: torch.Tensor) -> torch.Tensor:  # (N, T, H)
+        steps = u.shape[1]
+        powers = torch.exp(torch.log(self._lambda())[:, None]
+                           * torch.arange(steps, device=u.device))  # (states, T)
+        v = torch.fft.fft(self._inputs(u), n=2 * steps, dim=1)
+        h = torch.fft.ifft(v * torch.fft.fft(powers, n=2 * steps, dim=1).T, dim=1)[:, :steps]
+        return torch.einsum("nts,cs->ntc", h, torch.view_as_complex(self.c)).real + u * self.d
+
+    def recurrent(self, u: torch.Tensor) -> torch.Tensor:
+        lam, v, c = self._lambda(), self._inputs(u), torch.view_as_complex(self.c)
+        h = torch.zeros(u.shape[0], lam.shape[0], dtype=lam.dtype, device=u.device)
+        out = []
+        for t in range(u.shape[1]):
+            h = lam * h + v[:, t]
+            out.append((h @ c.T).real + u[:, t] * self.d)
+        return torch.stack(out, 1)
+
+
+class LRUBlock(nn.Module):
+    def __init__(self, channels: int, states: int, dropout: float):
+        super().__init__()
+        self.norm = nn.LayerNorm(channels)
+        self.lru = LRULayer(channels, states)
+        self.mix = nn.Linear(channels, 2 * channels)  # GLU
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, recurrent: bool = False) -> torch.Tensor:
+        z = self.norm(x)
+        z = self.lru.recurrent(z) if recurrent else self.lru(z)
+        return x + self.drop(F.glu(self.mix(F.gelu(z)), dim=-1))
+
+
+class LRU(CausalClassifier):
+    def __init__(self, input_shape, num_classes: int, d_model: int = 64, layers: int = 4,
+                 states: int = 64, dropout: float = 0.1):
+        check_sizes("lru", d_model=(d_model, 1, 4096), layers=(layers, 1, 64),
+                    states=(states, 1, 4096), dropout=(dropout, 0, 0.99))
+        super().__init__(input_shape, d_model, num_classes)
+        self.embed = nn.Linear(self.features, d_model)
+        self.blocks = nn.ModuleList(LRUBlock(d_model, states, dropout) for _ in range(layers))
+        self.norm = nn.LayerNorm(d_model)
+
+    def encode(self, x: torch.Tensor, recurrent: bool = False) -> torch.Tensor:
+        h = self.embed(x)
+        for block in self.blocks:
+            h = block(h, recurrent)
+        return self.norm(h)
+
+    @torch.no_grad()
+    def forward_steps(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits after every step, computed in the recurrent form, step by step."""
+        return self.head(self.encode(x, recurrent=True))
+
+
+@register_model("lru", SEQUENCE_VIEWS, lr=2e-3, view="rows")
+def lru(input_shape, num_classes, **options) -> nn.Module:
+    """Linear recurrent unit (Orvieto et al. 2023): 4 layers, d_model 64, 64 states."""
+    return LRU(input_shape, num_classes, **options)
