@@ -111,7 +111,7 @@ def test_compare_writes_report(small_mnist_dir, tmp_path, capsys):
     (["train", "lstm", "--dataset", "cifar"], "unknown dataset 'cifar'"),
     (["train", "lstm", "--view", "image", "--dataset", "digits"], "cannot read the 'image' view"),
     (["train", "cnn", "--view", "rows", "--dataset", "digits"], "cannot read the 'rows' view"),
-    (["compare", "transformer", "--dataset", "digits"], "unknown model 'transformer'"),
+    (["compare", "mamba", "--dataset", "digits"], "unknown model 'mamba'"),
     (["evaluate", "."], "not a finished run"),
     (["evaluate", "no/such/run"], "not a folder"),
     (["train", "--resume", "."], "not a run folder"),

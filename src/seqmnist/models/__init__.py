@@ -134,6 +134,30 @@ class CausalClassifier(nn.Module):
         return self.head(self.encode(x))
 
 
+class BlockStack(CausalClassifier):
+    """Steps projected to ``d_model``, ``layers`` residual blocks made by ``make_block`` (each
+    ``block(x, recurrent)``: a convolution for training, a step-by-step recurrence when asked),
+    a final LayerNorm. ``forward_steps`` runs the recurrent form (the state-space models)."""
+
+    def __init__(self, input_shape, num_classes: int, d_model: int, layers: int,
+                 make_block: Callable[[], nn.Module]):
+        super().__init__(input_shape, d_model, num_classes)
+        self.embed = nn.Linear(self.features, d_model)
+        self.blocks = nn.ModuleList(make_block() for _ in range(layers))
+        self.norm = nn.LayerNorm(d_model)
+
+    def encode(self, x: torch.Tensor, recurrent: bool = False) -> torch.Tensor:
+        h = self.embed(x)
+        for block in self.blocks:
+            h = block(h, recurrent)
+        return self.norm(h)
+
+    @torch.no_grad()
+    def forward_steps(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits after every step, computed in the recurrent form, step by step."""
+        return self.head(self.encode(x, recurrent=True))
+
+
 def check_sizes(name: str, **sizes) -> None:
     """UsageError unless every size is a whole number in its range ({name: (value, low, high)})."""
     for key, (value, low, high) in sizes.items():

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from . import SEQUENCE_VIEWS, CausalClassifier, check_sizes, register_model
+from . import SEQUENCE_VIEWS, BlockStack, check_sizes, register_model
 
 
 class S4DLayer(nn.Module):
@@ -77,26 +77,13 @@ class S4DBlock(nn.Module):
         return x + self.mix(self.drop(F.gelu(z)))
 
 
-class S4D(CausalClassifier):
+class S4D(BlockStack):
     def __init__(self, input_shape, num_classes: int, d_model: int = 64, layers: int = 4,
                  states: int = 32, dropout: float = 0.1):
         check_sizes("s4d", d_model=(d_model, 1, 4096), layers=(layers, 1, 64),
                     states=(states, 1, 4096), dropout=(dropout, 0, 0.99))
-        super().__init__(input_shape, d_model, num_classes)
-        self.embed = nn.Linear(self.features, d_model)
-        self.blocks = nn.ModuleList(S4DBlock(d_model, states, dropout) for _ in range(layers))
-        self.norm = nn.LayerNorm(d_model)
-
-    def encode(self, x: torch.Tensor, recurrent: bool = False) -> torch.Tensor:
-        h = self.embed(x)
-        for block in self.blocks:
-            h = block(h, recurrent)
-        return self.norm(h)
-
-    @torch.no_grad()
-    def forward_steps(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits after every step, computed in the recurrent form, step by step."""
-        return self.head(self.encode(x, recurrent=True))
+        super().__init__(input_shape, num_classes, d_model, layers,
+                         lambda: S4DBlock(d_model, states, dropout))
 
 
 @register_model("s4d", SEQUENCE_VIEWS, lr=2e-3, view="rows")

@@ -32,8 +32,16 @@ class CausalTransformer(CausalClassifier):
         self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(d_model)
 
+    # Attention holds (batch x heads x steps x steps) scores: long sequences (784 pixels) are read
+    # in slices of the batch so that evaluation in batches of 1,000 fits in memory.
+    MAX_SCORES = 1 << 26
+
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         steps = x.shape[1]
+        per_sample = steps * steps * self.encoder.layers[0].self_attn.num_heads
+        chunk = max(1, self.MAX_SCORES // per_sample)
+        if len(x) > chunk:
+            return torch.cat([self.encode(part) for part in x.split(chunk)])
         h = self.embed(x) + self.position[:, :steps]
         mask = nn.Transformer.generate_square_subsequent_mask(steps, device=x.device,
                                                                dtype=h.dtype)
