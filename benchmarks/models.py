@@ -25,11 +25,14 @@ HERE = Path(__file__).resolve().parent
 DATA = Path(os.environ.get("SEQMNIST_DATA") or HERE.parent.parent / "shared" / "data") / "mnist"
 
 
-def measure(model: str, view: str, images: int) -> dict:
+def measure(model: str, view: str, images: int, test_images: int | None = None) -> dict:
     from seqmnist import TrainConfig, train
-    from seqmnist.data import load_dataset
+    from seqmnist.data import Dataset, load_dataset
 
     ds = load_dataset("mnist", DATA)
+    if test_images:  # evaluation on the first test images only (long sequences are slow to read)
+        ds = Dataset(ds.name, ds.x_train, ds.y_train, ds.x_test[:test_images],
+                     ds.y_test[:test_images], ds.classes, ds.source)
     with tempfile.TemporaryDirectory() as tmp:
         train(TrainConfig(model=model, view=view, epochs=1, limit=256), out=tmp, dataset=ds,
               progress=False, log=lambda *_: None)  # warm-up: allocations, thread pools
@@ -38,7 +41,8 @@ def measure(model: str, view: str, images: int) -> dict:
                        dataset=ds, progress=False, log=lambda *_: None)
         wall = time.perf_counter() - start
     seconds = result.history[0]["seconds"]
-    return dict(model=model, view=view, images=images, params=result.metrics["params"],
+    return dict(model=model, view=view, images=images, test_images=len(ds.x_test),
+                params=result.metrics["params"],
                 backend=result.config.backend, train_seconds=seconds,
                 epoch_seconds_60k=seconds * 60000 / images,
                 train_images_per_second=images / seconds,
@@ -53,13 +57,16 @@ def main() -> None:
     p.add_argument("--models", nargs="+", default=list(MODELS))
     p.add_argument("--rows-images", type=int, default=6000)
     p.add_argument("--pixel-images", type=int, default=1000)
+    p.add_argument("--test-images", type=int, default=None,
+                   help="evaluate on the first N test images only (default: all 10,000)")
+    p.add_argument("--views", nargs="+", default=["rows", "pixels"])
     args = p.parse_args()
     rows = []
     for name in args.models:
-        views = ["image"] if "image" in MODELS[name].views else ["rows", "pixels"]
+        views = ["image"] if "image" in MODELS[name].views else args.views
         for view in views:
             images = args.pixel_images if view == "pixels" else args.rows_images
-            rows.append(measure(name, view, images))
+            rows.append(measure(name, view, images, args.test_images))
             print(json.dumps(rows[-1]), flush=True)
     import torch
 
@@ -67,14 +74,15 @@ def main() -> None:
                 cpu=platform.processor() or platform.machine(), cores=os.cpu_count(),
                 started=time.strftime("%Y-%m-%d %H:%M:%S"), args=vars(args))
     (HERE / "out").mkdir(exist_ok=True)
-    (HERE / "out" / "models.json").write_text(json.dumps(dict(meta=meta, rows=rows), indent=2))
+    name = "models" + ("-" + "-".join(args.models) if args.models != list(MODELS) else "")
+    (HERE / "out" / f"{name}.json").write_text(json.dumps(dict(meta=meta, rows=rows), indent=2))
     print("| model | view | parameters | backend | s / 60k-image epoch | train img/s | "
-          "inference img/s | test acc. after 1 epoch (images) |")
+          "inference img/s (test images) | test acc. after 1 epoch (training images) |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
         print(f"| {r['model']} | {r['view']} | {r['params']:,} | {r['backend']} | "
               f"{r['epoch_seconds_60k']:,.0f} | {r['train_images_per_second']:,.0f} | "
-              f"{r['inference_images_per_second']:,.0f} | "
+              f"{r['inference_images_per_second']:,.0f} ({r['test_images']:,}) | "
               f"{r['test_accuracy_after_one_epoch']:.2%} ({r['images']:,}) |")
 
 

@@ -107,8 +107,12 @@ def test_draw_a_seven_and_both_models_say_seven(server, tmp_path):
         expect(page.locator('.card[data-model="lstm"] .row-detail')).to_contain_text("After row")
         shot = Path(os.environ.get("SEQMNIST_SCREENSHOT") or tmp_path / "page.png")
         page.screenshot(path=str(shot), full_page=True)
+        expect(page.locator('.card[data-model="lstm"] .row-axis span').first).to_have_text("row 1")
         page.click("#clear")
         expect(page.locator(".card.stale")).to_have_count(2)
+        draw(page, [[(140, 140), (141, 141)]])  # a dot is not a digit
+        expect(page.locator("#status")).to_have_text("Draw a digit: that is only a dot.",
+                                                     timeout=15000)
         browser.close()
     assert not errors, errors
     assert shot.stat().st_size > 10_000

@@ -29,6 +29,7 @@ LAYERS = [
     ["analysis"],
     ["reports"],
     ["comparison"],
+    ["sweep"],
     ["export"],
     ["images"],
     ["doctor", "web"],

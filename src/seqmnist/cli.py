@@ -165,6 +165,8 @@ def build_compare(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seeds", type=int_at_least(1, 1000), default=1, metavar="N",
                    help="train every model with N seeds (--seed, --seed + 1, ...) and report "
                    "mean, spread, intervals and paired tests (default: 1)")
+    p.add_argument("--jobs", type=int_at_least(1, 256), help="runs trained at the same time, "
+                   "one process each (default: one per core with several seeds, else 1)")
     add_training_options(p)
 
 
@@ -268,6 +270,19 @@ def build_export(p: argparse.ArgumentParser) -> None:
                    "(default: check)")
 
 
+def build_sweep(p: argparse.ArgumentParser) -> None:
+    p.add_argument("spec", type=Path, help="a TOML file: models, views, datasets, seeds lists and "
+                   "a [recipe] table (see the README's example)")
+    p.add_argument("--out", type=Path, help="the sweep's folder: runs/, reports, sweep.md "
+                   "(default: sweeps/<spec name>)")
+    p.add_argument("--dry-run", action="store_true", help="list the runs and stop (default: run "
+                   "them)")
+    p.add_argument("--data-dir", type=Path, help="dataset files (default: search as training "
+                   "does)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (default: shown "
+                   "on a terminal)")
+
+
 def build_doctor(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print JSON (default: text)")
 
@@ -302,7 +317,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     from .comparison import compare
 
-    compare(args.models, runs=args.runs, seeds=args.seeds, out=args.out, runs_dir=args.runs_dir,
+    compare(args.models, runs=args.runs, seeds=args.seeds, jobs=args.jobs, out=args.out,
+            runs_dir=args.runs_dir,
             data_dir=args.data_dir, progress=not args.no_progress, tensorboard=args.tensorboard,
             **_train_kwargs(args))
     return 0
@@ -438,6 +454,18 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from .sweep import describe, load_spec, sweep
+
+    spec = load_spec(args.spec)
+    if args.dry_run:
+        print(describe(spec))
+        return 0
+    sweep(spec, out=args.out or Path("sweeps") / args.spec.stem, data_dir=args.data_dir,
+          progress=not args.no_progress)
+    return 0
+
+
 def cmd_doctor(args: argparse.Namespace) -> int:
     from .doctor import report
 
@@ -456,6 +484,8 @@ COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
     "summary": ("a model's layers and parameter count (Keras-style)", build_summary, cmd_summary),
     "data": ("list datasets; fetch or verify their files", build_data, cmd_data),
     "serve": ("web page: draw a digit, watch the models read it", build_serve, cmd_serve),
+    "sweep": ("run a grid of models x views x datasets x seeds from a TOML spec; rerun to "
+              "resume", build_sweep, cmd_sweep),
     "import-keras": ("import a model trained with Keras (.h5 or .keras) as a run folder",
                      build_import_keras, cmd_import_keras),
     "export": ("export a run to ONNX, or as a shareable model folder with a model card",

@@ -202,6 +202,11 @@ function show(data) {
     const card = el("article", { class: "card", "data-model": m.model });
     const acc = m.test_accuracy == null ? "" : ` · ${(100 * m.test_accuracy).toFixed(2)}% on the test set`;
     card.append(el("h3", {}, `${m.model} (${m.view})`), el("div", { class: "meta" }, `${m.dataset}${acc}`));
+    if (m.error) {  // this model could not answer (the others still do)
+      card.append(el("p", { class: "error" }, m.error));
+      modelsPanel.append(card);
+      continue;
+    }
     const verdict = el("div", { class: "verdict" });
     verdict.append(el("span", { class: "prediction", "data-digit": m.prediction }, m.prediction),
                    el("span", { class: "confidence" }, `${(100 * m.probabilities[m.index]).toFixed(1)}% sure`));
