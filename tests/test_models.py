@@ -183,3 +183,19 @@ def test_state_space_layers_are_the_same_as_convolution_and_as_recurrence(name):
     u = torch.randn(4, 50, 64)
     with torch.no_grad():
         torch.testing.assert_close(ssm(u), ssm.recurrent(u), rtol=1e-4, atol=1e-4)
+
+
+def test_each_replica_draws_dropout_from_its_own_seeded_generator():
+    """Replicas train in parallel threads: a shared global RNG would make the masks depend on
+    thread timing. Each replica's dropout layers use that replica's own generator."""
+    from seqmnist.models import Dropout
+    from seqmnist.parallel import Replicas
+
+    replicas = Replicas(create_model("gru", (28, 28), 10), 2, seed=3, backend="torch")
+    try:
+        for model, generator in zip(replicas.models, replicas.generators):
+            drops = [m for m in model.modules() if isinstance(m, Dropout)]
+            assert drops and all(d.generator is generator for d in drops)
+        assert replicas.generators[0] is not replicas.generators[1]
+    finally:
+        replicas.close()
