@@ -111,13 +111,14 @@ def compare(models: list[str] | None = None, *, runs: list[str | Path] | None = 
     if jobs > 1:
         log(f"Training {len(configs)} runs, {jobs} at a time (one process per core, one thread "
             "each: measured faster for several seeds, BENCHMARKS.md)")
-        for path in train_side_by_side(configs, jobs, runs_dir, data_dir, tensorboard, log):
-            finished.append(load_run(path))
-    for i, cfg in enumerate(configs if jobs == 1 else [], 1):
-        log(f"\n=== {cfg.model}, seed {cfg.seed} ({i} of {len(configs)}) ===")
-        result = train(cfg, out=runs_dir, data_dir=data_dir, dataset=ds, progress=progress, log=log,
-                       tensorboard=tensorboard)
-        finished.append(load_run(result.path))
+        paths = train_side_by_side(configs, jobs, runs_dir, data_dir, tensorboard, log)
+    else:
+        paths = []
+        for i, cfg in enumerate(configs, 1):
+            log(f"\n=== {cfg.model}, seed {cfg.seed} ({i} of {len(configs)}) ===")
+            paths.append(train(cfg, out=runs_dir, data_dir=data_dir, dataset=ds,
+                               progress=progress, log=log, tensorboard=tensorboard).path)
+    finished += [load_run(path) for path in paths]
     if not finished:
         raise UsageError("nothing to compare: give model names or --runs")
     out = Path(out) if out else Path("reports") / datetime.now().strftime(

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from .analysis import recipe_key
+from .config import TrainConfig
 from .errors import SeqmnistError, UsageError
 from .fileio import atomic_write, read_json, write_json
 from .storage import PREDICTIONS, WEIGHTS, Run, load_predictions, load_run
@@ -92,14 +93,15 @@ def _seed_siblings(run: Run) -> list[dict]:
     """metrics.json of the finished runs beside ``run`` with the same recipe (its other seeds)."""
     key, found = recipe_key(run.config), []
     for folder in sorted(run.path.parent.iterdir()):
-        if not (folder / WEIGHTS).is_file() or not (folder / "config.json").is_file():
+        if not (folder / WEIGHTS).is_file():
             continue
-        try:
-            other = load_run(folder) if folder != run.path else run
+        try:  # their config and metrics files are enough: no model is built
+            config = TrainConfig.from_dict(read_json(folder / "config.json"))
+            accuracy = (read_json(folder / "metrics.json", {}) or {}).get("test_accuracy")
         except SeqmnistError:
             continue
-        if recipe_key(other.config) == key and other.metrics.get("test_accuracy") is not None:
-            found.append(dict(seed=other.config.seed, accuracy=other.metrics["test_accuracy"]))
+        if recipe_key(config) == key and isinstance(accuracy, (int, float)):
+            found.append(dict(seed=config.seed, accuracy=accuracy))
     return found
 
 

@@ -16,7 +16,7 @@ import io
 import json
 import math
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -357,15 +357,13 @@ def import_keras(path: str | Path, out: str | Path = "runs", dataset: str = "mni
     from .models import create_model, summary_text
     from .storage import new_run_dir
     from .training import _now, finish_run
-    from .views import to_input
+    from .views import get_view, to_input
 
     source = Path(path)
     keras_model = read_keras(source)
     mapping = map_model(keras_model)
     view = view or mapping.view
     ds = load_dataset(dataset, data_dir)
-    from .views import get_view
-
     expected = get_view(view).shape(*ds.image_shape)
     if expected != mapping.input_shape:
         raise KerasImportError(f"the Keras model reads {list(mapping.input_shape)}, but the "
@@ -384,7 +382,7 @@ def import_keras(path: str | Path, out: str | Path = "runs", dataset: str = "mni
     cfg = TrainConfig(model=mapping.model, dataset=dataset, view=view, epochs=1,
                       model_options=mapping.options, backend="torch", precision="fp32",
                       data_dir=str(Path(data_dir).resolve()) if data_dir else None).resolved()
-    cfg = type(cfg)(**{**cfg.__dict__, "backend": resolve_backend("auto", model)})
+    cfg = replace(cfg, backend=resolve_backend("auto", model))
     install_backend(model, cfg.backend)
     folder = new_run_dir(out, cfg)
     origin = dict(file=str(source.resolve()), sha256=file_sha256(source),
@@ -394,7 +392,7 @@ def import_keras(path: str | Path, out: str | Path = "runs", dataset: str = "mni
                       train_images=None, train_images_total=ds.train_total,
                       test_images=len(ds.x_test), data_source=ds.source, recipe=None,
                       imported_from=origin, resumed=[])
-    write_json(folder / "config.json", cfg.__dict__ | {"imported_from": origin})
+    write_json(folder / "config.json", asdict(cfg) | {"imported_from": origin})
     write_json(folder / "provenance.json", provenance)
     atomic_write(folder / "summary.txt", summary_text(model, mapping.input_shape, cfg.model) + "\n")
     x_test = to_input(ds.x_test, view, cfg.seed)
