@@ -30,6 +30,7 @@ LAYERS = [
     ["reports"],
     ["comparison"],
     ["sweep"],
+    ["cluster"],
     ["export"],
     ["images"],
     ["doctor", "web"],

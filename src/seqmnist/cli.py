@@ -281,6 +281,13 @@ def build_sweep(p: argparse.ArgumentParser) -> None:
                    "does)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (default: shown "
                    "on a terminal)")
+    p.add_argument("--ray", metavar="ADDRESS", help="run on the Ray cluster at HOST:PORT, or auto "
+                   "to start a local Ray here (extra seqmnist[ray]; default: this machine, "
+                   "no Ray)")
+    p.add_argument("--cpus-per-run", type=int, default=1, help="with --ray: CPUs each run "
+                   "declares and trains on (default: 1)")
+    p.add_argument("--gpus-per-run", type=float, help="with --ray: the share of a GPU each run "
+                   "declares (default: 0.25 where the cluster has GPUs, else 0)")
 
 
 def build_doctor(p: argparse.ArgumentParser) -> None:
@@ -455,14 +462,21 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
+    from .errors import UsageError
     from .sweep import describe, load_spec, sweep
 
     spec = load_spec(args.spec)
     if args.dry_run:
         print(describe(spec))
         return 0
+    runner = None
+    if args.ray is not None:
+        from .cluster import ray_runner
+        runner = ray_runner(args.ray, args.cpus_per_run, args.gpus_per_run)
+    elif args.cpus_per_run != 1 or args.gpus_per_run is not None:
+        raise UsageError("--cpus-per-run and --gpus-per-run go with --ray")
     sweep(spec, out=args.out or Path("sweeps") / args.spec.stem, data_dir=args.data_dir,
-          progress=not args.no_progress)
+          progress=not args.no_progress, runner=runner)
     return 0
 
 

@@ -1,5 +1,6 @@
-"""Sweeps: a grid of models x views x datasets x seeds from a TOML spec, run on this machine, with
-every finished run kept and every interrupted one resumed when the same command runs again.
+"""Sweeps: a grid of models x views x datasets x seeds from a TOML spec, run on this machine (or,
+through a runner from ``cluster``, on Ray), with every finished run kept and every interrupted one
+resumed when the same command runs again.
 
     models = ["lstm", "cnn"]
     views = ["rows"]          # optional: each model's default view when absent
@@ -155,9 +156,11 @@ def run_state(folder: Path) -> tuple[str, Path | None]:
 
 
 def run_one(grid_run: GridRun, out: Path, data_dir: str | Path | None = None,
-            log: Callable[[str], None] = lambda *_: None) -> tuple[str, Path]:
+            log: Callable[[str], None] = lambda *_: None,
+            facts: dict | None = None) -> tuple[str, Path]:
     """Finish one run of the grid under ``out``: skip it, resume it or start it. Returns (what
-    was done, the run folder). Safe to call again after any interruption."""
+    was done, the run folder). Safe to call again after any interruption. ``facts``: more
+    provenance for the run (where it ran)."""
     from .training import train
 
     folder = out / "runs" / grid_run.key
@@ -166,7 +169,8 @@ def run_one(grid_run: GridRun, out: Path, data_dir: str | Path | None = None,
         return "skipped", run
     if state == "resume":
         try:
-            return "resumed", train(resume=run, data_dir=data_dir, progress=False, log=log).path
+            return "resumed", train(resume=run, data_dir=data_dir, progress=False, log=log,
+                                    facts=facts).path
         except CheckpointError as exc:  # never deleted silently: the user decides
             raise CheckpointError(f"{exc}\n(remove {run} to train that run of the sweep again)"
                                   ) from None
@@ -174,14 +178,31 @@ def run_one(grid_run: GridRun, out: Path, data_dir: str | Path | None = None,
         shutil.rmtree(abandoned)  # killed before its first epoch was saved: nothing to keep
     folder.mkdir(parents=True, exist_ok=True)
     cfg = replace(grid_run.config, data_dir=None)
-    return "trained", train(cfg, out=folder, data_dir=data_dir, progress=False, log=log).path
+    return "trained", train(cfg, out=folder, data_dir=data_dir, progress=False, log=log,
+                            facts=facts).path
+
+
+# A runner finishes every run it is given and calls ``finished(grid_run, what, path, note)`` as
+# each one ends, in any order; the sweep owns the progress, the folder and the reports.
+Finished = Callable[[GridRun, str, Path, str], None]
+Runner = Callable[[list[GridRun], Path, "str | Path | None", Finished], None]
+
+
+def run_here(runs: list[GridRun], out: Path, data_dir: str | Path | None,
+             finished: Finished) -> None:
+    """The embedded runner: one run after another on this machine, each on all the cores
+    (measured faster than side by side on 2 cores: BENCHMARKS.md)."""
+    for grid_run in runs:
+        start = time.perf_counter()
+        what, path = run_one(grid_run, out, data_dir)
+        finished(grid_run, what, path, f"{time.perf_counter() - start:.1f} s")
 
 
 def sweep(spec: Spec | str | Path, out: str | Path | None = None,
           data_dir: str | Path | None = None, progress: bool = True,
-          log: Callable[[str], None] = print) -> dict:
-    """Run every run of the grid on this machine, one after another (measured faster than side
-    by side on 2 cores: BENCHMARKS.md), then write the reports. Returns the summary."""
+          log: Callable[[str], None] = print, runner: Runner | None = None) -> dict:
+    """Run every run of the grid with ``runner`` (default: ``run_here``, this machine; the CLI's
+    ``--ray`` gives ``cluster.ray_runner``), then write the reports. Returns the summary."""
     from tqdm.auto import tqdm
 
     if not isinstance(spec, Spec):
@@ -192,16 +213,19 @@ def sweep(spec: Spec | str | Path, out: str | Path | None = None,
     out = Path(out) if out else Path("sweeps") / name
     for line in spec.skipped:
         log(f"skipped: {line}")
-    done: list[tuple[GridRun, Path]] = []
+    done: dict[str, Path] = {}
     bar = tqdm(total=len(spec.runs), unit="run", desc="sweep", disable=None if progress else True)
-    for grid_run in spec.runs:
-        start = time.perf_counter()
-        what, path = run_one(grid_run, out, data_dir)
-        done.append((grid_run, path))
+
+    def finished(grid_run: GridRun, what: str, path: Path, note: str) -> None:
+        done[grid_run.key] = Path(path)
         bar.update()
-        tqdm.write(f"{what:8s} {grid_run.key} ({time.perf_counter() - start:.1f} s) -> {path}")
-    bar.close()
-    summary = write_sweep_report(done, out, data_dir)
+        tqdm.write(f"{what:8s} {grid_run.key} ({note}) -> {path}")
+
+    try:
+        (runner or run_here)(spec.runs, out, data_dir, finished)
+    finally:
+        bar.close()
+    summary = write_sweep_report([(r, done[r.key]) for r in spec.runs], out, data_dir)
     log(f"Sweep of {len(done)} runs: {summary['report']}")
     return summary
 

@@ -151,10 +151,12 @@ def _start_or_resume(cfg: TrainConfig | None, resume: str | Path | None):
 def train(config: TrainConfig | None = None, *, out: str | Path = "runs",
           data_dir: str | Path | None = None, resume: str | Path | None = None,
           dataset: Dataset | None = None, progress: bool = True,
-          log: Callable[[str], None] = print, tensorboard: bool = False) -> TrainResult:
+          log: Callable[[str], None] = print, tensorboard: bool = False,
+          facts: dict | None = None) -> TrainResult:
     """Train a model and write its run folder; ``resume`` continues a run from its checkpoint.
     ``tensorboard``: also write TensorBoard events into RUN/tensorboard (extra
-    ``seqmnist[tensorboard]``)."""
+    ``seqmnist[tensorboard]``). ``facts``: more provenance about where the run is made (a sweep
+    on Ray gives ``ray_node_id``), kept for a new run and for each resume."""
     cfg, folder, state = _start_or_resume(config, resume)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -210,7 +212,7 @@ def train(config: TrainConfig | None = None, *, out: str | Path = "runs",
                           backend=cfg.backend, precision=cfg.precision, threads=threads,
                           replicas=cfg.replicas, train_images=len(x_train),
                           train_images_total=ds.train_total, test_images=len(x_test),
-                          data_source=ds.source, recipe=asdict(cfg), resumed=[])
+                          data_source=ds.source, recipe=asdict(cfg), resumed=[], **(facts or {}))
         with writing_to(folder):
             write_json(folder / "config.json", asdict(cfg))
             write_json(folder / "provenance.json", provenance)
@@ -231,7 +233,8 @@ def train(config: TrainConfig | None = None, *, out: str | Path = "runs",
             stale.unlink()
         provenance = read_json(folder / "provenance.json", {}) or {}
         provenance.setdefault("resumed", []).append(
-            dict(at=_now(), after_epoch=start, **system.environment(), threads=threads))
+            dict(at=_now(), after_epoch=start, **system.environment(), threads=threads,
+                 **(facts or {})))
         with writing_to(folder):  # the checkpoint is the truth: its history replaces the files'
             write_history(folder, history)
             write_json(folder / "provenance.json", provenance)

@@ -1,0 +1,193 @@
+"""Sweeps on a real Ray cluster on this machine: a head node and a second node, each started with
+``ray start`` on 127.0.0.1 (two raylets, one CPU each), started once for the module. The sweep
+must land runs on both nodes, survive the second node's raylet being killed mid-run (its run is
+retried on the head and resumed from its checkpoint, none duplicated), write the same reports as
+on one machine, and skip everything when run again."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from seqmnist.cli import main
+from seqmnist.cluster import ClusterError, check_shared, connect
+
+RAY = str(Path(sys.executable).parent / "ray")
+EPOCHS = 6
+SPEC = f"""
+models = ["lstm"]
+datasets = ["mnist"]
+seeds = [0, 1, 2, 3]
+[recipe]
+epochs = {EPOCHS}
+limit = 1000
+"""
+# Nodes listen on 127.0.0.1 only; workers at normal priority so a busy machine cannot starve the
+# test (Ray's default is nice 15); a dead node is noticed within about 3 s.
+NODE_ENV = dict(os.environ, RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", RAY_USAGE_STATS_ENABLED="0",
+                RAY_worker_niceness="0")
+HEALTH = json.dumps(dict(health_check_period_ms=1000, health_check_failure_threshold=3))
+# `ray start --address` turns 127.0.0.1 into the machine's network address for a worker node
+# (ray-project/ray#59110) and refuses a worker node under the setting above; this keeps the second
+# node on loopback like the head.
+SECOND_ENV = {k: v for k, v in NODE_ENV.items() if k != "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"}
+SECOND_NODE = """
+import sys
+import ray._private.services as services
+services.resolve_ip_for_localhost = lambda host: host
+from ray.scripts.scripts import main
+sys.argv = ["ray", "start"] + sys.argv[1:]
+main()
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def node_ids(address: str) -> dict[int, str]:
+    """{node manager port: node id} of the live nodes, asked from a separate driver."""
+    code = (f"import json, ray; ray.init(address={address!r}, log_to_driver=False); print("
+            "json.dumps({n['NodeManagerPort']: n['NodeID'] for n in ray.nodes() if n['Alive']}))")
+    out = subprocess.run([sys.executable, "-c", code], env=NODE_ENV, capture_output=True,
+                         text=True, timeout=120, check=True).stdout
+    return {int(k): v for k, v in json.loads(out.strip().splitlines()[-1]).items()}
+
+
+def raylet_pid(port: int) -> int:
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            args = cmdline.read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if args[0].endswith(b"/raylet") and f"--node_manager_port={port}".encode() in args:
+            return int(cmdline.parent.name)
+    raise AssertionError(f"no raylet on port {port}")
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    head_port, head_manager, second_manager = free_port(), free_port(), free_port()
+    address = f"127.0.0.1:{head_port}"
+    common = ["--node-ip-address=127.0.0.1", "--num-cpus=1", "--object-store-memory=80000000"]
+    try:
+        subprocess.run([RAY, "start", "--head", f"--port={head_port}", "--include-dashboard=false",
+                        "--disable-usage-stats", f"--node-manager-port={head_manager}",
+                        f"--system-config={HEALTH}", *common], env=NODE_ENV, check=True,
+                       capture_output=True, timeout=120)
+        subprocess.run([sys.executable, "-c", SECOND_NODE, f"--address={address}",
+                        f"--node-manager-port={second_manager}", *common], env=SECOND_ENV,
+                       check=True, capture_output=True, timeout=120)
+        ids = node_ids(address)
+        assert set(ids) == {head_manager, second_manager}, ids
+        yield dict(address=address, head=ids[head_manager], second=ids[second_manager],
+                   second_port=second_manager)
+    finally:
+        subprocess.run([RAY, "stop", "--force"], env=NODE_ENV, capture_output=True, timeout=120)
+
+
+def provenance(run: Path) -> dict:
+    return json.loads((run / "provenance.json").read_text())
+
+
+def wait_for_run_in_flight(out: Path, node: str, sweep: subprocess.Popen) -> Path:
+    """A run the given node started that has saved a checkpoint and is not finished."""
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and sweep.poll() is None:
+        for file in out.glob("runs/*/*/checkpoint.pt"):
+            run = file.parent
+            try:
+                started_on = provenance(run).get("ray_node_id")
+            except (OSError, ValueError):
+                continue
+            if started_on == node and not (run / "model.safetensors").exists():
+                return run
+        time.sleep(0.1)
+    raise AssertionError(f"no run in flight on {node}: {sweep.communicate()}")
+
+
+def test_a_sweep_on_two_nodes_survives_a_dead_node_and_reruns_as_skips(cluster, tmp_path,
+                                                                       small_mnist_dir):
+    spec, out = tmp_path / "grid.toml", tmp_path / "sweep"
+    spec.write_text(SPEC)
+    command = [sys.executable, "-m", "seqmnist", "sweep", str(spec), "--out", str(out),
+               "--data-dir", str(small_mnist_dir), "--ray", cluster["address"], "--no-progress"]
+    env = SECOND_ENV  # the driver as a user runs it: seqmnist itself handles a loopback cluster
+    sweep = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True)
+    try:
+        victim = wait_for_run_in_flight(out, cluster["second"], sweep)
+        os.kill(raylet_pid(cluster["second_port"]), signal.SIGKILL)
+        stdout, stderr = sweep.communicate(timeout=600)
+    finally:
+        sweep.kill()
+    assert sweep.returncode == 0, stderr
+    lines = [line for line in stdout.splitlines() if line.startswith(("trained", "resumed"))]
+    assert len(lines) == 4, stdout  # one line per run, each run once
+
+    runs = []
+    for grid in sorted((out / "runs").iterdir()):
+        (run,) = grid.iterdir()  # none duplicated
+        assert (run / "model.safetensors").is_file()
+        history = json.loads((run / "history.json").read_text())
+        assert [h["epoch"] for h in history] == list(range(1, EPOCHS + 1))
+        runs.append(run)
+    assert len(runs) == 4
+    started = {provenance(r)["ray_node_id"] for r in runs}
+    assert started == {cluster["head"], cluster["second"]}  # landed on both nodes
+    (resume,) = provenance(victim)["resumed"]  # retried on the head, from its checkpoint
+    assert resume["ray_node_id"] == cluster["head"] and resume["after_epoch"] >= 1
+    assert f"resumed  {victim.parent.name}" in stdout
+
+    table = json.loads((out / "sweep.json").read_text())
+    assert [(r["model"], r["view"], r["dataset"], r["seeds"]) for r in table["rows"]] == [
+        ("lstm", "rows", "mnist", [0, 1, 2, 3])]
+    report = json.loads((out / "report-mnist" / "comparison.json").read_text())
+    assert len(report["groups"][0]["runs"]) == 4 and (out / "report-mnist" / "report.html").is_file()
+
+    again = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert [line.split()[0] for line in again.stdout.splitlines()
+            if line.split() and line.split()[0] in ("skipped", "trained", "resumed")] == \
+        ["skipped"] * 4
+
+
+def test_a_node_that_cannot_see_the_folder_refuses_to_train(tmp_path):
+    (tmp_path / ".sweep-token").write_text("abc\n")
+    check_shared(tmp_path, "abc", "node1")
+    with pytest.raises(ClusterError, match="node node2 cannot see the sweep's folder"):
+        check_shared(tmp_path, "xyz", "node2")
+    with pytest.raises(ClusterError, match="must be a path every node"):
+        check_shared(tmp_path / "elsewhere", "abc", "node3")
+
+
+def test_ray_missing_or_misused_is_one_clear_error(monkeypatch, tmp_path, capsys):
+    spec = tmp_path / "grid.toml"
+    spec.write_text('models = ["rnn"]\ndatasets = ["digits"]\nseeds = [0]')
+    assert main(["sweep", str(spec), "--cpus-per-run", "2"]) == 2
+    assert "--cpus-per-run and --gpus-per-run go with --ray" in capsys.readouterr().err
+    assert main(["sweep", str(spec), "--ray", "auto", "--gpus-per-run", "2"]) == 2
+    assert "--gpus-per-run must be between 0 and 1" in capsys.readouterr().err
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if the extra were not installed
+    with pytest.raises(Exception, match=r"pip install 'seqmnist\[ray\]'"):
+        connect("127.0.0.1:1")
+
+
+def test_ray_auto_starts_a_local_ray_and_records_its_node(tmp_path):
+    spec, out = tmp_path / "one.toml", tmp_path / "sweep"
+    spec.write_text('models = ["rnn"]\ndatasets = ["digits"]\nseeds = [0]\n[recipe]\nepochs = 1')
+    done = subprocess.run([sys.executable, "-m", "seqmnist", "sweep", str(spec), "--out", str(out),
+                           "--ray", "auto", "--no-progress"], env=SECOND_ENV, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    (run,) = (out / "runs" / "rnn-digits-rows-seed0").iterdir()
+    node = provenance(run)["ray_node_id"]
+    assert len(node) == 56 and f"on node {node[:8]}" in done.stdout
