@@ -6,6 +6,7 @@ on one machine, and skip everything when run again."""
 
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -19,7 +20,7 @@ from seqmnist.cli import main
 from seqmnist.cluster import ClusterError, check_shared, connect
 
 RAY = str(Path(sys.executable).parent / "ray")
-EPOCHS = 6
+EPOCHS = 10
 SPEC = f"""
 models = ["lstm"]
 datasets = ["mnist"]
@@ -28,15 +29,18 @@ seeds = [0, 1, 2, 3]
 epochs = {EPOCHS}
 limit = 1000
 """
-# Nodes listen on 127.0.0.1 only; workers at normal priority so a busy machine cannot starve the
-# test (Ray's default is nice 15); a dead node is noticed within about 3 s.
-NODE_ENV = dict(os.environ, RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", RAY_USAGE_STATS_ENABLED="0",
-                RAY_worker_niceness="0")
+# Every process of the test (nodes, drivers) uses token authentication with the module's own
+# token, whatever ~/.ray holds; workers run at normal priority so a busy machine cannot starve the
+# test (Ray's default is nice 15). The nodes listen on 127.0.0.1 only.
+BASE_ENV = dict(os.environ, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(16),
+                RAY_USAGE_STATS_ENABLED="0", RAY_worker_niceness="0")
+BASE_ENV.pop("RAY_ADDRESS", None)
+NODE_ENV = dict(BASE_ENV, RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0")
+# A dead node is noticed within about 3 s.
 HEALTH = json.dumps(dict(health_check_period_ms=1000, health_check_failure_threshold=3))
 # `ray start --address` turns 127.0.0.1 into the machine's network address for a worker node
 # (ray-project/ray#59110) and refuses a worker node under the setting above; this keeps the second
 # node on loopback like the head.
-SECOND_ENV = {k: v for k, v in NODE_ENV.items() if k != "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"}
 SECOND_NODE = """
 import sys
 import ray._private.services as services
@@ -73,19 +77,22 @@ def raylet_pid(port: int) -> int:
     raise AssertionError(f"no raylet on port {port}")
 
 
+def start(command: list[str], env: dict) -> None:
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+
+
 @pytest.fixture(scope="module")
 def cluster():
     head_port, head_manager, second_manager = free_port(), free_port(), free_port()
     address = f"127.0.0.1:{head_port}"
     common = ["--node-ip-address=127.0.0.1", "--num-cpus=1", "--object-store-memory=80000000"]
     try:
-        subprocess.run([RAY, "start", "--head", f"--port={head_port}", "--include-dashboard=false",
-                        "--disable-usage-stats", f"--node-manager-port={head_manager}",
-                        f"--system-config={HEALTH}", *common], env=NODE_ENV, check=True,
-                       capture_output=True, timeout=120)
-        subprocess.run([sys.executable, "-c", SECOND_NODE, f"--address={address}",
-                        f"--node-manager-port={second_manager}", *common], env=SECOND_ENV,
-                       check=True, capture_output=True, timeout=120)
+        start([RAY, "start", "--head", f"--port={head_port}", "--include-dashboard=false",
+               "--disable-usage-stats", f"--node-manager-port={head_manager}",
+               f"--system-config={HEALTH}", *common], NODE_ENV)
+        start([sys.executable, "-c", SECOND_NODE, f"--address={address}",
+               f"--node-manager-port={second_manager}", *common], BASE_ENV)
         ids = node_ids(address)
         assert set(ids) == {head_manager, second_manager}, ids
         yield dict(address=address, head=ids[head_manager], second=ids[second_manager],
@@ -120,7 +127,7 @@ def test_a_sweep_on_two_nodes_survives_a_dead_node_and_reruns_as_skips(cluster, 
     spec.write_text(SPEC)
     command = [sys.executable, "-m", "seqmnist", "sweep", str(spec), "--out", str(out),
                "--data-dir", str(small_mnist_dir), "--ray", cluster["address"], "--no-progress"]
-    env = SECOND_ENV  # the driver as a user runs it: seqmnist itself handles a loopback cluster
+    env = BASE_ENV  # the driver as a user runs it: seqmnist itself handles a loopback cluster
     sweep = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                              text=True)
     try:
@@ -185,7 +192,7 @@ def test_ray_auto_starts_a_local_ray_and_records_its_node(tmp_path):
     spec, out = tmp_path / "one.toml", tmp_path / "sweep"
     spec.write_text('models = ["rnn"]\ndatasets = ["digits"]\nseeds = [0]\n[recipe]\nepochs = 1')
     done = subprocess.run([sys.executable, "-m", "seqmnist", "sweep", str(spec), "--out", str(out),
-                           "--ray", "auto", "--no-progress"], env=SECOND_ENV, capture_output=True,
+                           "--ray", "auto", "--no-progress"], env=BASE_ENV, capture_output=True,
                           text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     (run,) = (out / "runs" / "rnn-digits-rows-seed0").iterdir()
