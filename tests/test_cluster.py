@@ -18,6 +18,7 @@ import pytest
 
 from seqmnist.cli import main
 from seqmnist.cluster import ClusterError, check_shared, connect
+from seqmnist.errors import SeqmnistError
 
 RAY = str(Path(sys.executable).parent / "ray")
 EPOCHS = 10
@@ -183,9 +184,16 @@ def test_ray_missing_or_misused_is_one_clear_error(monkeypatch, tmp_path, capsys
     assert "--cpus-per-run and --gpus-per-run go with --ray" in capsys.readouterr().err
     assert main(["sweep", str(spec), "--ray", "auto", "--gpus-per-run", "2"]) == 2
     assert "--gpus-per-run must be between 0 and 1" in capsys.readouterr().err
-    monkeypatch.setitem(sys.modules, "ray", None)  # as if the extra were not installed
-    with pytest.raises(Exception, match=r"pip install 'seqmnist\[ray\]'"):
-        connect("127.0.0.1:1")
+    assert main(["sweep", str(spec), "--ray", "127.0.0.1:" + str(free_port())]) == 1
+    assert "nothing answers at 127.0.0.1:" in capsys.readouterr().err  # at once, not in minutes
+    assert main(["sweep", str(spec), "--ray", "headnode"]) == 2
+    assert "--ray takes HOST:PORT" in capsys.readouterr().err
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        monkeypatch.setitem(sys.modules, "ray", None)  # as if the extra were not installed
+        with pytest.raises(SeqmnistError, match=r"pip install 'seqmnist\[ray\]'"):
+            connect(f"127.0.0.1:{listening.getsockname()[1]}")
 
 
 def test_ray_auto_starts_a_local_ray_and_records_its_node(tmp_path):

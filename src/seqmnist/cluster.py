@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import socket
 import time
 from pathlib import Path
 
@@ -51,10 +52,25 @@ def _import_ray(address: str):
     return ray
 
 
+def _check_reachable(address: str, timeout: float = 5.0) -> None:
+    """Ray retries an address where nothing listens for minutes; ask once, briefly, first."""
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise UsageError(f"--ray takes HOST:PORT (the head's `ray start --head --port`) or auto, "
+                         f"got {address!r}")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as exc:
+        raise ClusterError(f"nothing answers at {address} ({exc.strerror or exc}): is the head "
+                           "node running (`ray start --head`), and is that its address?") from None
+
+
 def connect(address: str):
     """Connect to the cluster at ``address`` ("auto": start a local Ray here). Returns ``ray``."""
     if not address or not isinstance(address, str):
         raise UsageError("--ray takes a cluster address (HOST:PORT) or auto")
+    if address != "auto":
+        _check_reachable(address)
     ray = _import_ray(address)
     if ray.is_initialized():
         return ray
