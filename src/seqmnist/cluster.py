@@ -23,6 +23,7 @@ from pathlib import Path
 
 from ._version import __version__
 from .errors import SeqmnistError, UsageError
+from .fileio import atomic_write
 from .sweep import Finished, GridRun, Runner, run_one
 
 TOKEN = ".sweep-token"
@@ -131,7 +132,7 @@ def ray_runner(address: str, cpus_per_run: int = 1, gpus_per_run: float | None =
         out = Path(out).resolve()
         out.mkdir(parents=True, exist_ok=True)
         token = secrets.token_hex(8)
-        (out / TOKEN).write_text(token + "\n")
+        atomic_write(out / TOKEN, token + "\n")
         remote = ray.remote(_task).options(
             num_cpus=cpus_per_run, num_gpus=gpus, max_retries=RETRIES, retry_exceptions=False,
             scheduling_strategy="SPREAD", name="seqmnist-run")
