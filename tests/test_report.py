@@ -105,3 +105,16 @@ def test_mixed_datasets_are_an_error(two_seed_report, tmp_path):
                    log=quiet, progress=False).path
     with pytest.raises(UsageError, match="same dataset"):
         compare(runs=[sorted((tmp / "runs").iterdir())[0], digits], out=tmp_path / "r", log=quiet)
+
+
+def test_side_by_side_runs_start_with_the_longest(small_mnist):
+    from seqmnist.comparison import longest_first
+
+    cfgs = [TrainConfig(model=m, seed=k).resolved() for m in ("lstm", "cnn") for k in (0, 1)]
+    # the CNN's step costs several times the LSTM's (BENCHMARKS.md section 7): its runs go first,
+    # each model's seeds in their order
+    assert longest_first(cfgs, small_mnist) == [2, 3, 0, 1]
+    same = [TrainConfig(model="rnn", epochs=1).resolved(),
+            TrainConfig(model="rnn", epochs=5).resolved(),
+            TrainConfig(model="rnn", epochs=5, limit=100).resolved()]
+    assert longest_first(same, small_mnist) == [1, 0, 2]  # epochs x images decide

@@ -60,26 +60,64 @@ def _train_in_worker(cfg: TrainConfig, runs_dir: str, data_dir: str | None, thre
     return str(result.path), time.perf_counter() - start
 
 
+def longest_first(configs: list[TrainConfig], ds) -> list[int]:
+    """The order in which to start runs side by side: the most expensive first (longest
+    processing time first), so that the runs started last are short ones and no core idles long
+    at the end while one slow run finishes alone. A run's cost is measured, not guessed: one
+    training step of its model on a batch of blank images, one thread, best of three, per image,
+    times its epochs and training images. Ties keep the given order."""
+    import torch
+
+    from .models import create_model
+    from .views import VIEWS
+
+    def key(cfg: TrainConfig) -> tuple:
+        return cfg.model, cfg.view, cfg.batch_size, repr(sorted(cfg.model_options.items()))
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the workers train
+    per_image: dict[tuple, float] = {}
+    try:
+        for cfg in configs:
+            if key(cfg) in per_image:
+                continue
+            shape = VIEWS[cfg.view].shape(*ds.image_shape)
+            model = create_model(cfg.model, shape, ds.num_classes, **cfg.model_options)
+            x = torch.zeros(min(cfg.batch_size, 32), *shape)
+            best = float("inf")
+            for _ in range(4):  # the first warms up
+                start = time.perf_counter()
+                model(x).sum().backward()
+                best = min(best, time.perf_counter() - start)
+            per_image[key(cfg)] = best / len(x)
+    finally:
+        torch.set_num_threads(threads)
+    total = len(ds.x_train)
+    cost = [per_image[key(c)] * c.epochs * min(c.limit or total, total) for c in configs]
+    return sorted(range(len(configs)), key=lambda i: -cost[i])
+
+
 def train_side_by_side(configs: list[TrainConfig], jobs: int, runs_dir, data_dir, tensorboard,
-                       log) -> list[Path]:
+                       log, ds) -> list[Path]:
     """Train ``configs`` in ``jobs`` worker processes (spawned, so each has its own PyTorch),
-    in order of submission; a line per finished run. A failed run stops the comparison with its
-    error."""
+    the most expensive first (``longest_first``); a line per finished run. Returns the run
+    folders in the order of ``configs``. A failed run stops the comparison with its error."""
     import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
+    from concurrent.futures import ProcessPoolExecutor, as_completed
 
     threads = max(1, (os.cpu_count() or 1) // jobs)
-    paths: list[Path] = []
+    paths: list[Path] = [Path()] * len(configs)
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(jobs, mp_context=context) as pool:
-        futures = [pool.submit(_train_in_worker, cfg, str(runs_dir),
-                               None if data_dir is None else str(data_dir), threads, tensorboard)
-                   for cfg in configs]
-        for i, (cfg, future) in enumerate(zip(configs, futures), 1):
+        futures = {pool.submit(_train_in_worker, configs[i], str(runs_dir),
+                               None if data_dir is None else str(data_dir), threads,
+                               tensorboard): i for i in longest_first(configs, ds)}
+        for done, future in enumerate(as_completed(futures), 1):
+            i = futures[future]
             path, seconds = future.result()
-            log(f"finished {cfg.model}, seed {cfg.seed} ({i} of {len(configs)}): {seconds:.1f} s, "
-                f"{path}")
-            paths.append(Path(path))
+            log(f"finished {configs[i].model}, seed {configs[i].seed} ({done} of "
+                f"{len(configs)}): {seconds:.1f} s, {path}")
+            paths[i] = Path(path)
     return paths
 
 
@@ -110,8 +148,8 @@ def compare(models: list[str] | None = None, *, runs: list[str | Path] | None = 
     jobs = choose_jobs(len(configs), seeds, jobs)
     if jobs > 1:
         log(f"Training {len(configs)} runs, {jobs} at a time (one process per core, one thread "
-            "each: measured faster for several seeds, BENCHMARKS.md)")
-        paths = train_side_by_side(configs, jobs, runs_dir, data_dir, tensorboard, log)
+            "each: measured faster for several seeds, BENCHMARKS.md), the longest first")
+        paths = train_side_by_side(configs, jobs, runs_dir, data_dir, tensorboard, log, ds)
     else:
         paths = []
         for i, cfg in enumerate(configs, 1):
