@@ -93,6 +93,7 @@ def test_a_tiny_sweep_reports_like_compare_and_a_rerun_skips_what_is_done(tmp_pa
         ("rnn", "rows", 2), ("cnn", "image", 2)]
     assert (out / "report-digits" / "report.html").is_file()
     assert "| rnn | rows | digits | 2 |" in (out / "sweep.md").read_text()
+    assert "one seed" not in (out / "sweep.md").read_text()
     runs = sorted((out / "runs").glob("*/*"))
     assert len(runs) == 4
     same = compare(runs=runs, out=tmp_path / "compare", log=quiet)
@@ -124,3 +125,5 @@ def test_an_interrupted_run_with_a_checkpoint_is_resumed(tmp_path, monkeypatch):
     assert lines[0].startswith("resumed")
     (run,) = (tmp_path / "runs" / "rnn-digits-rows-seed0").iterdir()
     assert len(json.loads((run / "history.json").read_text())) == 2
+    assert "| rnn | rows | digits | 1 | " in (tmp_path / "sweep.md").read_text()
+    assert "% (one seed: no spread) |" in (tmp_path / "sweep.md").read_text()  # not "± 0.00"

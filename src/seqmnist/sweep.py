@@ -257,8 +257,10 @@ def write_sweep_report(done: list[tuple[GridRun, Path]], out: Path,
     md = ["# seqmnist sweep", "", "| model | view | dataset | seeds | test accuracy (mean ± std) "
           "| 95% interval | report |", "| --- | --- | --- | --- | --- | --- | --- |"]
     md += [f"| {r['model']} | {r['view']} | {r['dataset']} | {len(r['seeds'])} | "
-           f"{r['mean'] * 100:.2f}% ± {r['std'] * 100:.2f} | {r['ci'][0] * 100:.2f} to "
-           f"{r['ci'][1] * 100:.2f} | [{r['dataset']}]({r['report']}) |" for r in rows]
+           f"{r['mean'] * 100:.2f}%"
+           + (f" ± {r['std'] * 100:.2f}" if len(r["seeds"]) > 1 else " (one seed: no spread)")
+           + f" | {r['ci'][0] * 100:.2f} to {r['ci'][1] * 100:.2f} | "
+           f"[{r['dataset']}]({r['report']}) |" for r in rows]
     md += ["", "Intervals: t across seeds with two or more seeds, else bootstrap over test "
            "images. Every run folder is under `runs/`; each dataset's report holds the pairwise "
            "tests and the verdict."]
