@@ -185,6 +185,11 @@ def test_research_protocol_never_touches_the_test_set_before_the_end(small_mnist
     epochs = len(result.history)
     assert calls == [100] * epochs + [1000]  # the last tenth of 1,000 held out; test once
     assert result.metrics["validation_images"] == 100 and result.metrics["protocol"] == "research"
+    from seqmnist.analysis import group_runs, quick_reasons
+
+    (group,) = group_runs([load_run(result.path)])
+    assert quick_reasons(group)[0] == ("trained on 1,000 of 2,000 training images (100 of them "
+                                       "held out for validation)")
     best = max(result.history, key=lambda h: (h["val_accuracy"], -h["epoch"]))
     assert result.metrics["best_epoch"] == best["epoch"]
     from seqmnist.evaluation import evaluate_tensors

@@ -85,7 +85,9 @@ def quick_reasons(group: Group) -> list[str]:
     reasons = []
     used, total = m.get("train_images"), m.get("train_images_total")
     if cfg.limit is not None and used and total and used < total:
-        reasons.append(f"trained on {used:,} of {total:,} training images")
+        held = m.get("validation_images")
+        reasons.append(f"trained on {used:,} of {total:,} training images"
+                       + (f" ({held:,} of them held out for validation)" if held else ""))
     try:
         recipe_epochs = TrainConfig(model=cfg.model, preset=cfg.preset).resolved().epochs
     except UsageError:
