@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import signal
 import struct
 from pathlib import Path
 
@@ -42,6 +43,22 @@ def write_dataset(folder: Path, x_train, y_train, x_test, y_test, compress: bool
     write_idx(folder / f"t10k-images-idx3-ubyte{suffix}", x_test, compress)
     write_idx(folder / f"t10k-labels-idx1-ubyte{suffix}", y_test, compress)
     return folder
+
+
+def stop_after_each_epoch(monkeypatch, signum: int = signal.SIGINT):
+    """Make training stop as if ``signum`` arrived during every epoch: it ends after the first
+    complete one with a resumable checkpoint. Returns a function that undoes it."""
+    from seqmnist import training
+
+    real = training._train_epoch
+
+    def epoch_then_signal(*args):
+        result = real(*args)
+        args[8]["signum"] = signum
+        return result
+
+    monkeypatch.setattr(training, "_train_epoch", epoch_then_signal)
+    return lambda: monkeypatch.setattr(training, "_train_epoch", real)
 
 
 @pytest.fixture(autouse=True)

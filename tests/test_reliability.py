@@ -14,6 +14,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from conftest import stop_after_each_epoch
 from seqmnist import TrainConfig, train
 from seqmnist.data import parse_idx
 from seqmnist.errors import CheckpointError, DataError, ImageError, SeqmnistError
@@ -170,15 +171,8 @@ def test_interrupted_in_process_keeps_history(tmp_path, monkeypatch):
     history holds the finished epoch; resuming completes the run with every epoch."""
     from seqmnist import training
 
-    real = training._train_epoch
-
-    def epoch_then_signal(*args):
-        result = real(*args)
-        args[8]["signum"] = signal.SIGTERM  # as if SIGTERM arrived during the first epoch
-        return result
-
     cfg = TrainConfig(model="rnn", dataset="digits", epochs=3, limit=300)
-    monkeypatch.setattr(training, "_train_epoch", epoch_then_signal)
+    undo = stop_after_each_epoch(monkeypatch, signal.SIGTERM)
     with pytest.raises(training.TrainingInterrupted) as info:
         train(cfg, out=tmp_path, log=lambda *_: None, progress=False)
     assert info.value.exit_code == 143 and info.value.epochs_done == 1
@@ -187,7 +181,7 @@ def test_interrupted_in_process_keeps_history(tmp_path, monkeypatch):
     assert state["epoch"] == 1 and len(state["history"]) == 1
     assert len((folder / "history.csv").read_text().splitlines()) == 2  # header + epoch 1
     assert not (folder / "model.safetensors").exists()
-    monkeypatch.setattr(training, "_train_epoch", real)
+    undo()
     result = train(resume=folder, log=lambda *_: None, progress=False)
     assert [h["epoch"] for h in result.history] == [1, 2, 3]
     assert result.history[0] == state["history"][0]
@@ -287,14 +281,7 @@ def test_edited_config_json_cannot_mix_settings_on_resume(tmp_path, monkeypatch)
 
     from seqmnist import training
 
-    real = training._train_epoch
-
-    def epoch_then_signal(*args):
-        result = real(*args)
-        args[8]["signum"] = signal.SIGINT
-        return result
-
-    monkeypatch.setattr(training, "_train_epoch", epoch_then_signal)
+    stop_after_each_epoch(monkeypatch)
     with pytest.raises(training.TrainingInterrupted):
         train(TrainConfig(model="rnn", dataset="digits", epochs=2, limit=100), out=tmp_path,
               log=lambda *_: None, progress=False)

@@ -6,6 +6,7 @@ import signal
 
 import pytest
 
+from conftest import stop_after_each_epoch
 from seqmnist.cli import main
 from seqmnist.comparison import compare
 from seqmnist.errors import UsageError
@@ -108,17 +109,10 @@ def test_an_interrupted_run_with_a_checkpoint_is_resumed(tmp_path, monkeypatch):
     from seqmnist import training
 
     spec = parse_spec('models = ["rnn"]\ndatasets = ["digits"]\nseeds = [0]\n[recipe]\nepochs = 2')
-    real = training._train_epoch
-
-    def stop_after_first(*args):
-        result = real(*args)
-        args[8]["signum"] = signal.SIGINT
-        return result
-
-    monkeypatch.setattr(training, "_train_epoch", stop_after_first)
+    undo = stop_after_each_epoch(monkeypatch)
     with pytest.raises(training.TrainingInterrupted):
         sweep(spec, out=tmp_path, progress=False, log=quiet)
-    monkeypatch.setattr(training, "_train_epoch", real)
+    undo()
     lines = []
     monkeypatch.setattr("tqdm.auto.tqdm.write", lambda line, *a, **k: lines.append(line))
     sweep(spec, out=tmp_path, progress=False, log=quiet)
