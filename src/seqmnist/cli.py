@@ -131,10 +131,7 @@ def add_training_options(p: argparse.ArgumentParser) -> None:
                    "the GPU if PyTorch sees one)")
     p.add_argument("--deterministic", action="store_true", default=None,
                    help="use only deterministic algorithms (default: off)")
-    p.add_argument("--data-dir", type=Path, help="folder holding the dataset's files, used "
-                   "instead of searching (default: search SEQMNIST_DATA, the cache, then download)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars (default: "
-                   "shown on a terminal)")
+    add_data_and_progress(p)
     p.add_argument("--tensorboard", action="store_true", help="also write TensorBoard events "
                    "into each run folder's tensorboard/ (default: off; extra "
                    "seqmnist[tensorboard])")
@@ -143,6 +140,14 @@ def add_training_options(p: argparse.ArgumentParser) -> None:
 TRAIN_FIELDS = ("dataset", "view", "epochs", "batch_size", "lr", "seed", "limit", "preset",
                 "precision", "schedule", "backend", "threads", "device", "deterministic",
                 "protocol", "patience")
+
+
+def add_data_and_progress(p: argparse.ArgumentParser) -> None:
+    """Where training finds its data, and its progress bars: for every command that trains."""
+    p.add_argument("--data-dir", type=Path, help="folder holding the dataset's files, used "
+                   "instead of searching (default: search SEQMNIST_DATA, the cache, then download)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (default: "
+                   "shown on a terminal)")
 
 
 def _models_arg(p: argparse.ArgumentParser, **kwargs) -> None:
@@ -277,10 +282,7 @@ def build_sweep(p: argparse.ArgumentParser) -> None:
                    "(default: sweeps/<spec name>)")
     p.add_argument("--dry-run", action="store_true", help="list the runs and stop (default: run "
                    "them)")
-    p.add_argument("--data-dir", type=Path, help="dataset files (default: search as training "
-                   "does)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar (default: shown "
-                   "on a terminal)")
+    add_data_and_progress(p)
     p.add_argument("--ray", metavar="ADDRESS", help="run on the Ray cluster at HOST:PORT, or auto "
                    "to start a local Ray here (extra seqmnist[ray]; default: this machine, "
                    "no Ray)")
