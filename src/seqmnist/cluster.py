@@ -34,16 +34,11 @@ class ClusterError(SeqmnistError):
     """The Ray cluster cannot run the sweep (unreachable, a node that cannot see the folder)."""
 
 
-def _is_loopback(address: str) -> bool:
-    host = address.rsplit(":", 1)[0].strip("[]")
-    return host in ("localhost", "::1") or host.startswith("127.")
-
-
-def _import_ray(address: str):
+def _import_ray(loopback: bool):
     # Ray resolves 127.0.0.1 to the machine's network address when it looks for the local node
     # (ray-project/ray#59110), so a driver cannot reach a cluster that listens on loopback only.
     # This setting (read when Ray is imported) makes it keep the loopback address.
-    if address == "auto" or _is_loopback(address):
+    if loopback:
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     try:
         import ray
@@ -53,26 +48,31 @@ def _import_ray(address: str):
     return ray
 
 
-def _check_reachable(address: str, timeout: float = 5.0) -> None:
-    """Ray retries an address where nothing listens for minutes; ask once, briefly, first."""
+def _check_reachable(address: str, timeout: float = 5.0) -> str:
+    """Ray retries an address where nothing listens for minutes; ask once, briefly, first.
+    Returns the host."""
     host, _, port = address.removeprefix("ray://").rpartition(":")
+    host = host.strip("[]")
     if not host or not port.isdigit():
         raise UsageError(f"--ray takes HOST:PORT (the head's `ray start --head --port`) or auto, "
                          f"got {address!r}")
     try:
-        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+        socket.create_connection((host, int(port)), timeout=timeout).close()
     except OSError as exc:
         raise ClusterError(f"nothing answers at {address} ({exc.strerror or exc}): is the head "
                            "node running (`ray start --head`), and is that its address?") from None
+    return host
 
 
 def connect(address: str):
     """Connect to the cluster at ``address`` ("auto": start a local Ray here). Returns ``ray``."""
     if not address or not isinstance(address, str):
         raise UsageError("--ray takes a cluster address (HOST:PORT) or auto")
+    loopback = True  # auto: a local Ray, on 127.0.0.1
     if address != "auto":
-        _check_reachable(address)
-    ray = _import_ray(address)
+        host = _check_reachable(address)
+        loopback = host in ("localhost", "::1") or host.startswith("127.")
+    ray = _import_ray(loopback)
     if ray.is_initialized():
         return ray
     kwargs = dict(log_to_driver=False, configure_logging=False)
