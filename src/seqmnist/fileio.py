@@ -9,10 +9,14 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
+import stat
 import tempfile
+import threading
+from contextlib import contextmanager
 from pathlib import Path
 
-from .errors import CheckpointError
+from .errors import CheckpointError, SeqmnistError
 
 
 def atomic_write(path: str | Path, data: bytes | str, backup: Path | None = None) -> None:
@@ -61,3 +65,43 @@ def read_json(path: Path, default=None):
         return default
     except (OSError, ValueError, RecursionError) as exc:
         raise CheckpointError(f"{path}: unreadable ({str(exc)[:200]})") from None
+
+
+def read_regular_file(path: str | Path, max_bytes: int,
+                      error: type[SeqmnistError] = SeqmnistError) -> bytes:
+    """The bytes of a regular file, at most ``max_bytes`` of them (one more means too large). A
+    FIFO or device (a named pipe, a link to /dev/zero) is refused without reading it: the file is
+    opened non-blocking and checked with fstat before any byte is read. Failures raise ``error``."""
+    path = Path(path)
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except OSError as exc:
+        raise error(f"{path}: cannot read ({exc.strerror or exc})") from None
+    with os.fdopen(fd, "rb") as fh:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise error(f"{path}: not a regular file (a pipe, device or folder is never read)")
+        try:
+            data = fh.read(max_bytes + 1)
+        except OSError as exc:
+            raise error(f"{path}: cannot read ({exc.strerror or exc})") from None
+    if len(data) > max_bytes:
+        raise error(f"{path}: larger than the {max_bytes:,} bytes allowed")
+    return data
+
+
+@contextmanager
+def terminate_as_interrupt():
+    """Within the block, SIGTERM raises KeyboardInterrupt like Ctrl-C does, so that the code
+    around it can remove what it had half written before the process ends (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(_signum, _frame):
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)

@@ -8,8 +8,6 @@ to a photo or drawing of any size, dark on light or light on dark.
 from __future__ import annotations
 
 import io
-import os
-import stat
 import warnings
 from pathlib import Path
 
@@ -132,20 +130,11 @@ def prepare_image(source: str | Path | bytes, size: tuple[int, int] = (28, 28)) 
 
 
 def read_image_file(path: Path) -> bytes:
-    """The bytes of a regular file, at most MAX_BYTES of them (one more means too large). A FIFO
-    or device (a link to /dev/zero, a named pipe) is refused without reading it: opened
-    non-blocking, checked with fstat, never read."""
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-    except OSError as exc:
-        raise ImageError(f"{path}: cannot read ({exc.strerror or exc})") from None
-    with os.fdopen(fd, "rb") as fh:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise ImageError(f"{path}: not a regular file")
-        data = fh.read(MAX_BYTES + 1)
-    if len(data) > MAX_BYTES:
-        raise ImageError(f"{path}: larger than the {MAX_BYTES:,} bytes allowed")
-    return data
+    """The bytes of a regular image file, at most MAX_BYTES of them; a FIFO or device is
+    refused without being read (``fileio.read_regular_file``)."""
+    from .fileio import read_regular_file
+
+    return read_regular_file(path, MAX_BYTES, ImageError)
 
 
 def predict_arrays(run, images: np.ndarray, steps: bool = False) -> list[dict]:
