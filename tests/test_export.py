@@ -35,7 +35,7 @@ def test_onnx_export_matches_pytorch_on_the_test_set(runs, small_mnist, tmp_path
     from seqmnist.export import check_onnx, export_onnx
 
     run = load_run(runs[name])
-    path = export_onnx(run, tmp_path / f"{name}.onnx")
+    path, _ = export_onnx(run, tmp_path / f"{name}.onnx")
     x = to_input(small_mnist.x_test, run.config.view).numpy()
     assert check_onnx(path, run, x) <= 1e-4
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -101,3 +101,88 @@ def test_tensorboard_events_can_be_read_back(small_mnist, tmp_path):
     batches = events.Scalars("batch/loss")
     assert [e.step for e in batches] == [0, 50, 75, 125]  # every 50 batches, 75 batches an epoch
     assert "test/confusion" in tags["images"]
+
+
+def _digest(folder) -> dict:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def test_export_never_replaces_a_runs_own_files_or_an_existing_file(runs, tmp_path, capsys):
+    """--out at the run's weights, config or another run's files is refused (even with
+    --force); an existing file needs --force; the default RUN/model.onnx likewise."""
+    pytest.importorskip("onnx")
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(runs["lstm"], run)
+    other = tmp_path / "other"
+    shutil.copytree(runs["gru"], other)
+    before, before_other = _digest(run), _digest(other)
+    for target in (run / "model.safetensors", run / "config.json", run / "predictions.npz",
+                   other / "model.safetensors", run / "new-name.onnx"):
+        for force in ([], ["--force"]):
+            assert main(["export", str(run), "--no-check", "--out", str(target), *force]) == 2
+            assert "inside the run folder" in capsys.readouterr().err
+    assert _digest(run) == before and _digest(other) == before_other
+
+    existing = tmp_path / "kept.onnx"
+    existing.write_bytes(b"precious")
+    assert main(["export", str(run), "--no-check", "--out", str(existing)]) == 2
+    assert "exists; give --force" in capsys.readouterr().err
+    assert existing.read_bytes() == b"precious"
+    assert main(["export", str(run), "--no-check", "--out", str(existing), "--force"]) == 0
+    assert existing.read_bytes() != b"precious" and existing.stat().st_size > 1000
+
+    assert main(["export", str(run), "--no-check"]) == 0  # the default: RUN/model.onnx
+    assert main(["export", str(run), "--no-check"]) == 2
+    assert "exists; give --force" in capsys.readouterr().err
+    assert main(["export", str(run), "--no-check", "--force"]) == 0
+    assert not list(run.glob(".*.tmp")) and not list(tmp_path.glob(".*.tmp"))
+    assert {k: v for k, v in _digest(run).items() if k != "model.onnx"} == before
+
+
+def test_export_with_a_bad_out_is_one_line(runs, tmp_path, capsys):
+    pytest.importorskip("onnx")
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x")
+    cases = {str(tmp_path): "is a folder", str(a_file / "m.onnx"): "is a file, not a folder",
+             "/proc/seqmnist-test/m.onnx": "cannot write under"}
+    for out, message in cases.items():
+        assert main(["export", str(runs["rnn"]), "--no-check", "--out", out]) == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err and err.count("\n") == 1
+    deep = tmp_path / "new" / "deeper" / "m.onnx"  # a missing parent is made
+    assert main(["export", str(runs["rnn"]), "--no-check", "--out", str(deep)]) == 0
+    assert deep.stat().st_size > 1000
+    for out, message in {str(a_file): "is a file; give a folder",
+                         str(a_file / "card"): "is a file, not a folder",
+                         str(runs["rnn"] / "card"): "outside the run's own"}.items():
+        assert main(["export", str(runs["rnn"]), "--format", "card", "--out", out]) == 2
+        assert message in capsys.readouterr().err
+
+
+def test_a_card_folder_is_whole_or_absent_and_force_replaces_only_a_card(runs, tmp_path,
+                                                                          monkeypatch):
+    from seqmnist import export
+
+    folder = tmp_path / "card"
+    export.export_card(runs["cnn"], folder)
+    first = _digest(folder)
+    with pytest.raises(UsageError, match="not empty"):
+        export.export_card(runs["lstm"], folder)
+    export.export_card(runs["lstm"], folder, force=True)  # an earlier card: replaced whole
+    assert _digest(folder) != first and sorted(_digest(folder)) == sorted(first)
+    assert load_run(folder).config.model == "lstm"
+    with pytest.raises(UsageError, match="not a model card's"):
+        export.export_card(runs["cnn"], runs["gru"].parent, force=True)  # a folder of runs
+
+    def broken(*_):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(export, "model_card", broken)
+    with pytest.raises(UsageError, match="No space left"):
+        export.export_card(runs["cnn"], tmp_path / "half")
+    assert not (tmp_path / "half").exists() and not list(tmp_path.glob(".half.*"))
+    with pytest.raises(UsageError, match="No space left"):
+        export.export_card(runs["cnn"], folder, force=True)
+    assert load_run(folder).config.model == "lstm"  # the earlier card is untouched

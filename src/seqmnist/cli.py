@@ -273,6 +273,9 @@ def build_export(p: argparse.ArgumentParser) -> None:
                    "search as training does)")
     p.add_argument("--no-check", action="store_true", help="skip the onnxruntime check "
                    "(default: check)")
+    p.add_argument("--force", action="store_true", help="replace an existing --out file (or an "
+                   "earlier card's folder); a run's own files are never replaced (default: "
+                   "refuse)")
 
 
 def build_sweep(p: argparse.ArgumentParser) -> None:
@@ -440,24 +443,25 @@ def cmd_import_keras(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from .errors import UsageError
-    from .export import check_onnx, export_card, export_onnx
+    from .export import export_card, export_onnx
     from .storage import load_run
 
     run = load_run(args.run)
     if args.format == "card":
         if args.out is None:
             raise UsageError("give --out DIR: the folder to write the model and its card to")
-        print(f"model folder: {export_card(run, args.out)}")
+        print(f"model folder: {export_card(run, args.out, force=args.force)}")
         return 0
-    path = export_onnx(run, args.out)
-    print(f"ONNX: {path}")
+    x = None
     if not args.no_check:
         from .data import load_dataset
         from .views import to_input
 
         ds = load_dataset(run.config.dataset, args.data_dir)
         x = to_input(ds.x_test, run.config.view, run.config.seed).numpy()
-        worst = check_onnx(path, run, x)
+    path, worst = export_onnx(run, args.out, force=args.force, check=x)
+    print(f"ONNX: {path}")
+    if worst is not None:
         print(f"onnxruntime agrees with PyTorch on the {len(x):,} test images "
               f"(largest difference in probability {worst:.1e})")
     return 0

@@ -8,7 +8,9 @@ folder with a model card, in the layout model hubs accept.
 from __future__ import annotations
 
 import io
+import os
 import shutil
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -23,6 +25,54 @@ from .storage import PREDICTIONS, WEIGHTS, Run, load_predictions, load_run
 FORMATS = ("onnx", "card")
 OPSET = 17
 ONNX_TOLERANCE = 1e-4
+CARD_FILES = (WEIGHTS, "config.json", "metrics.json", "README.md")
+ONNX_NAME = "model.onnx"  # the one file export writes inside a run folder
+
+
+def _is_run_folder(folder: Path) -> bool:
+    return any((folder / name).exists() for name in (WEIGHTS, "config.json", "checkpoint.pt"))
+
+
+def _place_file(out: Path, run: Run, force: bool) -> Path:
+    """Where an exported file may go: never over a run's own files (only ``model.onnx`` is
+    written inside a run folder), never over an existing file unless ``force``; the parent
+    folder is made if missing. Raises UsageError naming the problem."""
+    if out.is_dir():
+        raise UsageError(f"--out {out} is a folder; give the file to write, e.g. "
+                         f"{out / ONNX_NAME}")
+    parent = out.parent
+    if _is_run_folder(parent) and out.name != ONNX_NAME:
+        raise UsageError(f"--out {out} is inside the run folder {parent}; export writes only "
+                         f"{ONNX_NAME} there and never replaces a run's own files")
+    if out.exists() or out.is_symlink():
+        if not force:
+            raise UsageError(f"--out {out} exists; give --force to replace it, or another path")
+        if not out.is_file() or out.is_symlink():
+            raise UsageError(f"--out {out} is not a regular file; it is not replaced")
+    _make_parent(parent)
+    return out
+
+
+def _make_parent(parent: Path) -> None:
+    for above in (parent, *parent.parents):
+        if above.exists():
+            if not above.is_dir():
+                raise UsageError(f"cannot write under {parent}: {above} is a file, not a folder")
+            break
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"cannot write under {parent}: {exc.strerror or exc}") from None
+    if not os.access(parent, os.W_OK):
+        raise UsageError(f"cannot write under {parent}: not writable")
+
+
+def _write_out(out: Path, data: bytes | str) -> None:
+    """Write the file under a temporary name beside it and rename it into place."""
+    try:
+        atomic_write(out, data)
+    except OSError as exc:
+        raise UsageError(f"cannot write {out}: {exc.strerror or exc}") from None
 
 
 def exportable(run: Run) -> str | None:
@@ -33,10 +83,14 @@ def exportable(run: Run) -> str | None:
     return None
 
 
-def export_onnx(run: Run | str | Path, out: str | Path | None = None) -> Path:
+def export_onnx(run: Run | str | Path, out: str | Path | None = None, force: bool = False,
+                check: np.ndarray | None = None) -> tuple[Path, float | None]:
     """Write ``run``'s model as ONNX (opset 17): inputs ``x`` with a dynamic batch size, and for
     sequence models a dynamic number of steps, so a partial image can be scored; output
-    ``logits``. Computed with the torch backend (the native kernel is not traceable)."""
+    ``logits``. Computed with the torch backend (the native kernel is not traceable). With
+    ``check`` (inputs in the view's layout), onnxruntime's answers are compared with PyTorch's
+    before the file is put in place. Returns the path and the largest difference (or None).
+    An existing ``out`` is replaced only with ``force``; a run's own files never are."""
     import torch
 
     from .backends import install_backend
@@ -45,7 +99,7 @@ def export_onnx(run: Run | str | Path, out: str | Path | None = None) -> Path:
     why = exportable(run)
     if why:
         raise UsageError(f"cannot export {run.path} to ONNX: {why}")
-    out = Path(out) if out else run.path / "model.onnx"
+    out = _place_file(Path(out) if out else run.path / ONNX_NAME, run, force)
     model = install_backend(run.model, "torch").eval()
     example = torch.zeros(1, *run.input_shape)
     sequence = len(run.input_shape) == 2
@@ -59,13 +113,15 @@ def export_onnx(run: Run | str | Path, out: str | Path | None = None) -> Path:
     except ImportError as exc:
         raise SeqmnistError(f"ONNX export needs its extra: pip install 'seqmnist[export]' "
                             f"({exc})") from None
-    atomic_write(out, buf.getvalue())
-    return out
+    worst = check_onnx(buf.getvalue(), run, check, name=str(out)) if check is not None else None
+    _write_out(out, buf.getvalue())
+    return out, worst
 
 
-def check_onnx(path: str | Path, run: Run, x: np.ndarray) -> float:
+def check_onnx(model: str | Path | bytes, run: Run, x: np.ndarray, name: str = "") -> float:
     """Largest absolute difference between onnxruntime's and PyTorch's class probabilities on
-    inputs ``x`` (in the view's layout); raises if it exceeds ONNX_TOLERANCE."""
+    inputs ``x`` (in the view's layout) for an ONNX file or its bytes; raises if it exceeds
+    ONNX_TOLERANCE."""
     import torch
 
     try:
@@ -73,7 +129,9 @@ def check_onnx(path: str | Path, run: Run, x: np.ndarray) -> float:
     except ImportError:
         raise SeqmnistError("checking the ONNX file needs onnxruntime: pip install "
                             "'seqmnist[export]'") from None
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(model if isinstance(model, bytes) else str(model),
+                                   providers=["CPUExecutionProvider"])
+    path = name or model
     worst = 0.0
     with torch.no_grad():
         for i in range(0, len(x), 1000):
@@ -177,19 +235,44 @@ def model_card(run: Run) -> str:
     ])
 
 
-def export_card(run: Run | str | Path, out: str | Path) -> Path:
+def export_card(run: Run | str | Path, out: str | Path, force: bool = False) -> Path:
     """A shareable model folder: model.safetensors, config.json, metrics.json and a model card
-    (README.md); ``load_run(out)`` loads it back."""
+    (README.md); ``load_run(out)`` loads it back. The folder is filled under a temporary name
+    beside it and renamed into place, so it is whole or absent. An existing folder is replaced
+    only with ``force``, and only if it holds nothing but an earlier card's files."""
     run = run if isinstance(run, Run) else load_run(run)
     out = Path(out)
-    if out.resolve() == run.path.resolve():
-        raise UsageError("give --out a folder other than the run's own")
-    if out.exists() and any(out.iterdir()):
-        raise UsageError(f"{out} exists and is not empty; give a new folder")
-    out.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(run.path / WEIGHTS, out / WEIGHTS)
-    write_json(out / "config.json", read_json(run.path / "config.json", {}))
-    if run.metrics:
-        write_json(out / "metrics.json", run.metrics)
-    atomic_write(out / "README.md", model_card(run))
+    if out.resolve() == run.path.resolve() or run.path.resolve() in out.resolve().parents:
+        raise UsageError("give --out a folder outside the run's own")
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is a file; give a folder for the model and its card")
+    old = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    if old and not force:
+        raise UsageError(f"{out} exists and is not empty; give a new folder (or --force to "
+                         "replace an earlier card there)")
+    if old and not set(old) <= set(CARD_FILES):
+        raise UsageError(f"{out} holds files that are not a model card's ({', '.join(old[:3])}"
+                         "...); it is not replaced, even with --force")
+    _make_parent(out.parent)
+    try:
+        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    except OSError as exc:
+        raise UsageError(f"cannot write under {out.parent}: {exc.strerror or exc}") from None
+    try:
+        shutil.copyfile(run.path / WEIGHTS, staging / WEIGHTS)
+        write_json(staging / "config.json", read_json(run.path / "config.json", {}))
+        if run.metrics:
+            write_json(staging / "metrics.json", run.metrics)
+        atomic_write(staging / "README.md", model_card(run))
+        if out.exists():
+            trash = out.with_name(f".{out.name}.old-{os.getpid()}")
+            os.replace(out, trash)
+            os.replace(staging, out)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            os.replace(staging, out)
+    except OSError as exc:
+        raise UsageError(f"cannot write {out}: {exc.strerror or exc}") from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return out
