@@ -78,6 +78,28 @@ def raylet_pid(port: int) -> int:
     raise AssertionError(f"no raylet on port {port}")
 
 
+def children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (a raylet's workers)."""
+    found = []
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            fields = dict(line.split(":\t", 1) for line in status.read_text().splitlines()
+                          if ":\t" in line)
+        except OSError:
+            continue
+        if fields.get("PPid", "").strip() == str(pid):
+            found.append(int(status.parent.name))
+    return found
+
+
+def signal_all(pids: list[int], signum: int) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, signum)
+        except ProcessLookupError:
+            pass
+
+
 def start(command: list[str], env: dict) -> None:
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
@@ -106,9 +128,13 @@ def provenance(run: Path) -> dict:
     return json.loads((run / "provenance.json").read_text())
 
 
-def wait_for_run_in_flight(out: Path, node: str, sweep: subprocess.Popen) -> Path:
-    """A run the given node started that has saved a checkpoint and is not finished."""
+def kill_node_mid_run(out: Path, node: str, port: int, sweep: subprocess.Popen) -> Path:
+    """Kill the node (its raylet and every worker it started) while a run it started has saved a
+    checkpoint and is not finished; returns that run. The workers are stopped (SIGSTOP) before
+    the run is checked a last time, so the run that is killed cannot have finished: nothing but
+    the retry on the head can finish it, whatever the speed of the machine."""
     deadline = time.monotonic() + 300
+    raylet = raylet_pid(port)
     while time.monotonic() < deadline and sweep.poll() is None:
         for file in out.glob("runs/*/*/checkpoint.pt"):
             run = file.parent
@@ -116,8 +142,16 @@ def wait_for_run_in_flight(out: Path, node: str, sweep: subprocess.Popen) -> Pat
                 started_on = provenance(run).get("ray_node_id")
             except (OSError, ValueError):
                 continue
-            if started_on == node and not (run / "model.safetensors").exists():
-                return run
+            if started_on != node or (run / "model.safetensors").exists():
+                continue
+            workers = children(raylet)
+            assert workers, "the node's raylet has no worker processes to stop"
+            signal_all(workers, signal.SIGSTOP)
+            if (run / "model.safetensors").exists():  # finished in the meantime: try another
+                signal_all(workers, signal.SIGCONT)
+                continue
+            signal_all([raylet, *workers], signal.SIGKILL)
+            return run
         time.sleep(0.1)
     raise AssertionError(f"no run in flight on {node}: {sweep.communicate()}")
 
@@ -132,8 +166,7 @@ def test_a_sweep_on_two_nodes_survives_a_dead_node_and_reruns_as_skips(cluster, 
     sweep = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                              text=True)
     try:
-        victim = wait_for_run_in_flight(out, cluster["second"], sweep)
-        os.kill(raylet_pid(cluster["second_port"]), signal.SIGKILL)
+        victim = kill_node_mid_run(out, cluster["second"], cluster["second_port"], sweep)
         stdout, stderr = sweep.communicate(timeout=600)
     finally:
         sweep.kill()
@@ -142,7 +175,7 @@ def test_a_sweep_on_two_nodes_survives_a_dead_node_and_reruns_as_skips(cluster, 
     assert len(lines) == 4, stdout  # one line per run, each run once
 
     runs = []
-    for grid in sorted((out / "runs").iterdir()):
+    for grid in sorted((out / "runs").iterdir()):  # runs/ holds the grid's slots only
         (run,) = grid.iterdir()  # none duplicated
         assert (run / "model.safetensors").is_file()
         history = json.loads((run / "history.json").read_text())

@@ -41,6 +41,25 @@ def quiet(*_):
      "epochs must be at least 1"),
     ('models = ["cnn"]\nviews = ["rows"]\ndatasets = ["digits"]\nseeds = [0]', "grid is empty"),
     ('models = ["lstm"]\ndatasets = ["digits"]\nseeds = [0]\nmodel = "x"', "unknown keys"),
+    ("a = " + "[" * 2000 + "]" * 2000, "nested too deeply"),
+    ('models = ["rnn", "gru", "lstm"]\ndatasets = ["digits", "mnist"]\nseeds = '
+     + str(list(range(2000))), "up to 12,000 runs, more than the 10,000"),
+] + [  # recipe values checked with the command line's rules, before anything runs
+    (f'models = ["lstm"]\ndatasets = ["digits"]\nseeds = [0]\n[recipe]\n{setting}', message)
+    for setting, message in [
+        ("epochs = 1.5", "'epochs' must be a whole number, got '1.5'"),
+        ('epochs = "1"', "'epochs' must be a whole number"),
+        ("batch_size = 64.5", "'batch_size' must be a whole number"),
+        ("limit = 100.5", "'limit' must be a whole number"),
+        ("threads = 1.5", "'threads' must be a whole number"),
+        ("threads = 100000", "threads must be from 1 to 1024"),
+        ("adam_eps = -1.0", "adam_eps must be a positive number"),
+        ("lr = nan", "'lr' must be a number"),
+        ("lr = true", "'lr' must be a number"),
+        ("patience = 2.5", "'patience' must be a whole number"),
+        ('deterministic = "no"', "'deterministic' must be true or false"),
+        ('precision = "fp16"', "unknown precision 'fp16'"),
+    ]
 ])
 def test_a_bad_spec_is_one_clear_error_before_anything_runs(text, message):
     with pytest.raises(UsageError, match=message):
@@ -121,3 +140,103 @@ def test_an_interrupted_run_with_a_checkpoint_is_resumed(tmp_path, monkeypatch):
     assert len(json.loads((run / "history.json").read_text())) == 2
     assert "| rnn | rows | digits | 1 | " in (tmp_path / "sweep.md").read_text()
     assert "% (one seed: no spread) |" in (tmp_path / "sweep.md").read_text()  # not "± 0.00"
+
+
+SMALL = 'models = ["rnn"]\ndatasets = ["digits"]\nseeds = [0]\n[recipe]\nepochs = {epochs}\n'
+
+
+def test_a_run_of_another_recipe_in_a_slot_is_an_error_not_a_result(tmp_path, capsys):
+    """Rerunning on the same --out with another recipe, or a foreign run dropped into a slot,
+    never counts as done: the error names the difference."""
+    import shutil
+
+    out = tmp_path / "sweep"
+    sweep(parse_spec(SMALL.format(epochs=1)), out=out, progress=False, log=quiet)
+    with pytest.raises(UsageError, match="not the run this spec asks for \\(epochs 1, not 2\\)"):
+        sweep(parse_spec(SMALL.format(epochs=2)), out=out, progress=False, log=quiet)
+    spec = tmp_path / "gru.toml"
+    spec.write_text(SMALL.format(epochs=1).replace('"rnn"', '"gru"'))
+    (run,) = (out / "runs" / "rnn-digits-rows-seed0").iterdir()
+    shutil.copytree(run, out / "runs" / "gru-digits-rows-seed0" / run.name)  # a foreign run
+    assert main(["sweep", str(spec), "--out", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "model 'rnn', not 'gru'" in err and "another --out" in err
+    sweep(parse_spec(SMALL.format(epochs=1)), out=out, progress=False, log=quiet)  # still fine
+
+
+HOLDER = """
+import sys
+from seqmnist.fileio import exclusive
+with exclusive(sys.argv[1]):
+    print("locked", flush=True)
+    sys.stdin.read()  # held until the test closes our stdin
+"""
+
+
+def _hold(path):
+    import subprocess
+    import sys
+
+    child = subprocess.Popen([sys.executable, "-c", HOLDER, str(path)], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True)
+    assert child.stdout.readline().strip() == "locked"  # held from here on, by construction
+    return child
+
+
+def test_a_second_sweep_on_the_same_folder_is_refused_naming_the_holder(tmp_path, capsys):
+    out = tmp_path / "sweep"
+    out.mkdir()
+    spec = tmp_path / "s.toml"
+    spec.write_text(SMALL.format(epochs=1))
+    holder = _hold(out / ".sweep.lock")
+    try:
+        assert main(["sweep", str(spec), "--out", str(out), "--no-progress"]) == 1
+        err = capsys.readouterr().err
+        assert f"another sweep (process {holder.pid}) is running on {out}" in err
+        assert not (out / "runs").exists()  # nothing of the second sweep was written
+    finally:
+        holder.communicate("")
+    assert main(["sweep", str(spec), "--out", str(out), "--no-progress"]) == 0  # lock released
+
+
+def test_a_grid_slot_is_exclusive_a_second_writer_waits(tmp_path):
+    """A retried task whose first worker still writes into the run waits for it instead of
+    writing beside it: the slot's lock is held here by another process, the run waits (it says
+    so), writes nothing, and goes on once the holder is gone."""
+    import threading
+
+    from seqmnist.sweep import LOCKS, run_one
+
+    (grid_run,) = parse_spec(SMALL.format(epochs=1)).runs
+    (tmp_path / LOCKS).mkdir()
+    holder = _hold(tmp_path / LOCKS / f"{grid_run.key}.lock")
+    said, waiting, result = [], threading.Event(), {}
+
+    def log(line):
+        said.append(line)
+        if "waiting for process" in line:
+            waiting.set()
+
+    worker = threading.Thread(target=lambda: result.update(done=run_one(grid_run, tmp_path,
+                                                                         log=log)))
+    worker.start()
+    try:
+        assert waiting.wait(60), said
+        assert f"waiting for process {holder.pid}" in said[0]
+        assert list((tmp_path / "runs" / grid_run.key).iterdir()) == []
+    finally:
+        holder.communicate("")
+        worker.join(120)
+    assert result["done"][0] == "trained"
+
+
+def test_a_huge_grid_needs_yes_and_says_how_long(tmp_path, capsys):
+    spec = tmp_path / "big.toml"
+    spec.write_text('models = ["rnn"]\ndatasets = ["digits"]\nseeds = ' + str(list(range(501)))
+                    + "\n[recipe]\nepochs = 1\n")
+    assert main(["sweep", str(spec), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "501 runs: about" in err and "of training on one core" in err and "--yes" in err
+    assert not (tmp_path / "out").exists()
+    assert main(["sweep", str(spec), "--dry-run"]) == 0
+    assert capsys.readouterr().out.startswith("501 runs (about ")

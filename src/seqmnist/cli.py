@@ -285,6 +285,8 @@ def build_sweep(p: argparse.ArgumentParser) -> None:
                    "(default: sweeps/<spec name>)")
     p.add_argument("--dry-run", action="store_true", help="list the runs and stop (default: run "
                    "them)")
+    p.add_argument("--yes", action="store_true", help="start a grid of more than 500 runs (default: "
+                   "refuse it, saying how long it would take)")
     add_data_and_progress(p)
     p.add_argument("--ray", metavar="ADDRESS", help="run on the Ray cluster at HOST:PORT, or auto "
                    "to start a local Ray here (extra seqmnist[ray]; default: this machine, "
@@ -469,12 +471,13 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     from .errors import UsageError
-    from .sweep import describe, load_spec, sweep
+    from .sweep import check_size, describe, load_spec, sweep
 
     spec = load_spec(args.spec)
     if args.dry_run:
         print(describe(spec))
         return 0
+    check_size(spec, args.yes)
     runner = None
     if args.ray is not None:
         from .cluster import ray_runner

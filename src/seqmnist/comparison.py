@@ -60,12 +60,10 @@ def _train_in_worker(cfg: TrainConfig, runs_dir: str, data_dir: str | None, thre
     return str(result.path), time.perf_counter() - start
 
 
-def longest_first(configs: list[TrainConfig], ds) -> list[int]:
-    """The order in which to start runs side by side: the most expensive first (longest
-    processing time first), so that the runs started last are short ones and no core idles long
-    at the end while one slow run finishes alone. A run's cost is measured, not guessed: one
-    training step of its model on a batch of blank images, one thread, best of three, per image,
-    times its epochs and training images. Ties keep the given order."""
+def seconds_per_image(configs: list[TrainConfig], image_shape: tuple[int, int],
+                      num_classes: int) -> list[float]:
+    """A measured training cost per image for each config: one training step of its model on a
+    batch of blank images, one thread, best of three (after a warm-up), divided by the batch."""
     import torch
 
     from .models import create_model
@@ -81,8 +79,8 @@ def longest_first(configs: list[TrainConfig], ds) -> list[int]:
         for cfg in configs:
             if key(cfg) in per_image:
                 continue
-            shape = VIEWS[cfg.view].shape(*ds.image_shape)
-            model = create_model(cfg.model, shape, ds.num_classes, **cfg.model_options)
+            shape = VIEWS[cfg.view].shape(*image_shape)
+            model = create_model(cfg.model, shape, num_classes, **cfg.model_options)
             x = torch.zeros(min(cfg.batch_size, 32), *shape)
             best = float("inf")
             for _ in range(4):  # the first warms up
@@ -92,8 +90,17 @@ def longest_first(configs: list[TrainConfig], ds) -> list[int]:
             per_image[key(cfg)] = best / len(x)
     finally:
         torch.set_num_threads(threads)
+    return [per_image[key(c)] for c in configs]
+
+
+def longest_first(configs: list[TrainConfig], ds) -> list[int]:
+    """The order in which to start runs side by side: the most expensive first (longest
+    processing time first), so that the runs started last are short ones and no core idles long
+    at the end while one slow run finishes alone. A run's cost is measured, not guessed
+    (``seconds_per_image``), times its epochs and training images. Ties keep the given order."""
+    per_image = seconds_per_image(configs, ds.image_shape, ds.num_classes)
     total = len(ds.x_train)
-    cost = [per_image[key(c)] * c.epochs * min(c.limit or total, total) for c in configs]
+    cost = [p * c.epochs * min(c.limit or total, total) for p, c in zip(per_image, configs)]
     return sorted(range(len(configs)), key=lambda i: -cost[i])
 
 

@@ -87,8 +87,10 @@ class TrainConfig:
         return cls(**values)
 
     def resolved(self) -> TrainConfig:
-        """Fill the recipe (explicit > preset > model default > tutorial) and check every value;
-        raises UsageError."""
+        """Fill the recipe (explicit > preset > model default > tutorial) and check every value
+        (its type, then its range: the same rules as the command line's); raises UsageError."""
+        for f in fields(self):
+            _check_type(f.name, getattr(self, f.name), f.type, "setting")
         entry = get_entry(self.model)
         if self.preset not in PRESETS:
             raise UsageError(f"unknown preset {self.preset!r}; choose from {', '.join(PRESETS)}")
@@ -102,14 +104,19 @@ class TrainConfig:
         cfg = replace(self, **filled)
         get_view(cfg.view)
         check_view(cfg.model, cfg.view)
+        for name in RECIPE_FIELDS[1:]:  # a preset or model default of the wrong type, too
+            _check_type(name, getattr(cfg, name), "float" if name == "lr" else
+                        "int" if name in ("epochs", "batch_size") else "str", "setting")
         for name in ("epochs", "batch_size", "eval_batch_size"):
-            if int(getattr(cfg, name)) < 1:
+            if getattr(cfg, name) < 1:
                 raise UsageError(f"{name.replace('_', '-')} must be at least 1, "
                                  f"got {getattr(cfg, name)}")
         if cfg.limit is not None and cfg.limit < 1:
             raise UsageError(f"limit must be at least 1, got {cfg.limit}")
         if not (cfg.lr > 0 and math.isfinite(cfg.lr)):
             raise UsageError(f"learning rate must be positive, got {cfg.lr}")
+        if not (cfg.adam_eps > 0 and math.isfinite(cfg.adam_eps)):
+            raise UsageError(f"adam_eps must be a positive number, got {cfg.adam_eps}")
         if cfg.schedule not in SCHEDULES:
             raise UsageError(f"unknown schedule {cfg.schedule!r}; choose from {', '.join(SCHEDULES)}")
         if cfg.precision not in PRECISIONS:
@@ -118,33 +125,38 @@ class TrainConfig:
         if cfg.protocol not in PROTOCOLS:
             raise UsageError(f"unknown protocol {cfg.protocol!r}; choose from "
                              f"{', '.join(PROTOCOLS)}")
-        if cfg.patience < 1:
-            raise UsageError(f"patience must be at least 1, got {cfg.patience}")
+        if not 1 <= cfg.patience <= 1000:
+            raise UsageError(f"patience must be from 1 to 1000, got {cfg.patience}")
         if cfg.backend not in BACKENDS:
             raise UsageError(f"unknown backend {cfg.backend!r}; choose from {', '.join(BACKENDS)}")
         if cfg.device not in DEVICES and not cfg.device.startswith("cuda:"):
             raise UsageError(f"unknown device {cfg.device!r}; choose auto, cpu or cuda")
         for name in ("threads", "replicas"):
-            if getattr(cfg, name) is not None and getattr(cfg, name) < 1:
-                raise UsageError(f"{name} must be at least 1, got {getattr(cfg, name)}")
+            if getattr(cfg, name) is not None and not 1 <= getattr(cfg, name) <= 1024:
+                raise UsageError(f"{name} must be from 1 to 1024, got {getattr(cfg, name)}")
         if not 0 <= cfg.seed < 2**63:
             raise UsageError(f"seed must be in 0..2**63-1, got {cfg.seed}")
         return cfg
 
 
 _TYPES = {"str": (str,), "int": (int,), "float": (int, float), "bool": (bool,), "dict": (dict,)}
+_WORDS = {"str": "a string", "int": "a whole number", "float": "a number",
+          "bool": "true or false", "dict": "a table", "None": "left out"}
 
 
-def _check_type(name: str, value, annotation: str) -> None:
-    """Check a stored value against the field's annotation ("int | None", "str", ...)."""
+def _check_type(name: str, value, annotation: str, what: str = "config field") -> None:
+    """Check a value against the field's annotation ("int | None", "str", ...): 1.5 is not an
+    int, "1" is not a number, and true is not a number either."""
     parts = [p.strip() for p in str(annotation).split("|")]
     if value is None and "None" in parts:
         return
     allowed = tuple(t for p in parts for t in _TYPES.get(p, ()))
     ok = isinstance(value, allowed) and not (isinstance(value, bool) and bool not in allowed)
+    if isinstance(value, float) and not math.isfinite(value):
+        ok = False
     if not ok:
-        want = " or ".join(p for p in parts)
-        raise UsageError(f"config field {name!r} must be {want}, got {value!r}")
+        want = " or ".join(_WORDS.get(p, p) for p in parts if p != "None")
+        raise UsageError(f"{what} {name!r} must be {want}, got {str(value)[:40]!r}")
 
 
 def validation_size(train_images: int) -> int:

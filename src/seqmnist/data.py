@@ -150,6 +150,8 @@ class DatasetSpec:
     sizes: dict[str, int] = field(default_factory=dict)  # file name -> decompressed bytes
     mirrors: list[str] = field(default_factory=list)
     loader: Callable[[DatasetSpec, Path | None], Dataset] | None = None
+    image_shape: tuple[int, int] = (28, 28)  # height, width of every image
+    train_images: int = 60_000  # in the full training split
 
     @property
     def downloadable(self) -> bool:
@@ -321,7 +323,7 @@ register_dataset(DatasetSpec(
 register_dataset(DatasetSpec(
     name="digits", classes=DIGITS,
     description="UCI 8x8 digits shipped with scikit-learn, 1437/360 (no download)",
-    loader=_load_digits,
+    loader=_load_digits, image_shape=(8, 8), train_images=1437,
 ))
 
 

@@ -13,6 +13,7 @@ import signal
 import stat
 import tempfile
 import threading
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -105,3 +106,43 @@ def terminate_as_interrupt():
         yield
     finally:
         signal.signal(signal.SIGTERM, old)
+
+
+class LockHeld(SeqmnistError):
+    """Another process holds the lock (its PID, when it wrote one, is ``holder``)."""
+
+    def __init__(self, path: Path, holder: int | None):
+        self.path, self.holder = path, holder
+        super().__init__(f"{path} is locked by process {holder if holder else '(unknown)'}")
+
+
+@contextmanager
+def exclusive(path: str | Path, wait: bool = False,
+              waiting: Callable[[int | None], None] | None = None) -> Iterator[None]:
+    """Hold an exclusive lock on ``path`` (created if missing; the holder's PID is written in it)
+    for the block. Taken by another process: ``LockHeld`` at once, or with ``wait`` the call
+    blocks until it is free (``waiting(holder_pid)`` is called first). The operating system
+    releases the lock when its holder exits, however it exits, so no lock is ever stale."""
+    try:
+        import fcntl
+    except ImportError:  # no flock on this platform: nothing to hold
+        yield
+        return
+    path = Path(path)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+            holder = int(text) if text.isdigit() else None
+            if not wait:
+                raise LockHeld(path, holder) from None
+            if waiting is not None:
+                waiting(holder)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)

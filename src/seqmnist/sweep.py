@@ -22,21 +22,34 @@ from __future__ import annotations
 
 import itertools
 import shutil
+import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, fields, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
-import tomllib
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10: the same parser, from PyPI
+    import tomli as tomllib
 
 from .config import TrainConfig
-from .errors import CheckpointError, UsageError
-from .fileio import atomic_write, write_json
+from .errors import CheckpointError, SeqmnistError, UsageError
+from .fileio import LockHeld, atomic_write, exclusive, read_json, write_json
 from .storage import CHECKPOINT, PREVIOUS_CHECKPOINT, WEIGHTS
 
 SPEC_KEYS = {"models", "views", "datasets", "seeds", "recipe", "overrides"}
 # TrainConfig fields a spec may not set: they are the grid's, or where and how a run is stored.
 NOT_IN_RECIPE = {"model", "view", "dataset", "seed", "data_dir", "replicas", "model_options"}
+# Fields that say how or where a run was computed: a finished run in a grid slot is the spec's
+# run whatever they are. "auto" settings are resolved at training time and compared only when
+# the spec names a value.
+RUNTIME = {"data_dir", "threads", "replicas"}
+AUTO = {"precision", "backend", "device"}
+LOCK = ".sweep.lock"
+LOCKS = ".locks"  # one lock file per grid slot, beside runs/ so that no listing of runs meets it
+MAX_RUNS = 10_000  # a grid larger than this is refused: split it into several specs
+CONFIRM_RUNS = 500  # a grid larger than this needs --yes, after its estimated time is shown
 
 
 @dataclass(frozen=True)
@@ -56,6 +69,10 @@ class GridRun:
 class Spec:
     runs: list[GridRun]
     skipped: list[str]  # "cnn x pixels: cnn cannot read the pixels view"
+
+
+class SweepLocked(SeqmnistError):
+    """Another sweep is running on the same folder."""
 
 
 def _list(spec: dict, key: str, kind: type, required: bool = True) -> list:
@@ -94,6 +111,8 @@ def parse_spec(text: str, name: str = "spec") -> Spec:
         spec = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise UsageError(f"{name}: not valid TOML ({exc})") from None
+    except RecursionError:
+        raise UsageError(f"{name}: nested too deeply to be a sweep spec") from None
     unknown = sorted(set(spec) - SPEC_KEYS)
     if unknown:
         raise UsageError(f"{name}: unknown keys {unknown}; a spec has {', '.join(sorted(SPEC_KEYS))}")
@@ -113,6 +132,10 @@ def parse_spec(text: str, name: str = "spec") -> Spec:
     overrides = spec.get("overrides", {})
     if not isinstance(overrides, dict) or set(overrides) - set(models):
         raise UsageError(f"[overrides.MODEL] tables must name models of the sweep ({models})")
+    size = len(models) * len(datasets) * len(seeds) * max(1, len(views))
+    if size > MAX_RUNS:
+        raise UsageError(f"{name}: the grid has up to {size:,} runs, more than the {MAX_RUNS:,} "
+                         "one sweep takes; split it into several specs")
     runs, skipped = [], []
     for model, dataset, seed in itertools.product(models, datasets, seeds):
         entry = get_entry(model)
@@ -126,7 +149,7 @@ def parse_spec(text: str, name: str = "spec") -> Spec:
             try:
                 cfg = TrainConfig(model=model, view=view, dataset=dataset, seed=seed,
                                   **settings).resolved()
-            except TypeError as exc:
+            except (TypeError, UsageError) as exc:
                 raise UsageError(f"{name}: {exc}") from None
             runs.append(GridRun(model, view, dataset, seed, cfg))
     if not runs:
@@ -143,16 +166,48 @@ def load_spec(path: str | Path) -> Spec:
     return parse_spec(text, str(path))
 
 
-def run_state(folder: Path) -> tuple[str, Path | None]:
-    """("done", run), ("resume", run), or ("new", None) for a grid run's folder."""
+def recipe_differences(stored: TrainConfig, wanted: TrainConfig) -> list[str]:
+    """The settings in which a run found in a grid slot differs from the run the spec asks for
+    ("epochs 2, not 1"); empty when it is the spec's run."""
+    have, want = asdict(stored), asdict(wanted)
+    out = []
+    for key, value in want.items():
+        if key in RUNTIME or (key in AUTO and value == "auto"):
+            continue
+        if have.get(key) != value:
+            out.append(f"{key} {have.get(key)!r}, not {value!r}")
+    return out
+
+
+def run_state(folder: Path, wanted: TrainConfig | None = None) -> tuple[str, Path | None]:
+    """("done", run), ("resume", run), or ("new", None) for a grid run's folder. With
+    ``wanted``, a run there of another recipe (a stale run of an earlier spec, a run copied in
+    from elsewhere) is an error naming the difference, never taken for the spec's run."""
     runs = sorted(p for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
+    found = None
     for run in runs:
         if (run / WEIGHTS).is_file():
-            return "done", run
-    for run in runs:
+            found = ("done", run)
+            break
+    for run in runs if found is None else []:
         if (run / CHECKPOINT).is_file() or (run / PREVIOUS_CHECKPOINT).is_file():
-            return "resume", run
-    return "new", None
+            found = ("resume", run)
+            break
+    if found is None:
+        return "new", None
+    if wanted is not None:
+        try:
+            stored = TrainConfig.from_dict(read_json(found[1] / "config.json"))
+        except (SeqmnistError, TypeError) as exc:
+            raise CheckpointError(f"{found[1]}: this grid slot's run has no readable "
+                                  f"config.json ({exc}); remove it to train that run again"
+                                  ) from None
+        diff = recipe_differences(stored, wanted)
+        if diff:
+            raise UsageError(f"{found[1]} is not the run this spec asks for ({'; '.join(diff)}): "
+                             "a run of another recipe is never reused. Give the sweep another "
+                             "--out, or remove that folder to train it again")
+    return found
 
 
 def run_one(grid_run: GridRun, out: Path, data_dir: str | Path | None = None,
@@ -160,26 +215,34 @@ def run_one(grid_run: GridRun, out: Path, data_dir: str | Path | None = None,
             facts: dict | None = None) -> tuple[str, Path]:
     """Finish one run of the grid under ``out``: skip it, resume it or start it. Returns (what
     was done, the run folder). Safe to call again after any interruption. ``facts``: more
-    provenance for the run (where it ran)."""
+    provenance for the run (where it ran). The grid slot is held exclusively while this runs:
+    a second caller (a retried Ray task whose first worker still writes) waits for it."""
     from .training import train
 
     folder = out / "runs" / grid_run.key
-    state, run = run_state(folder)
-    if state == "done":
-        return "skipped", run
-    if state == "resume":
-        try:
-            return "resumed", train(resume=run, data_dir=data_dir, progress=False, log=log,
-                                    facts=facts).path
-        except CheckpointError as exc:  # never deleted silently: the user decides
-            raise CheckpointError(f"{exc}\n(remove {run} to train that run of the sweep again)"
-                                  ) from None
-    for abandoned in (p for p in folder.glob("*") if p.is_dir()):
-        shutil.rmtree(abandoned)  # killed before its first epoch was saved: nothing to keep
     folder.mkdir(parents=True, exist_ok=True)
-    cfg = replace(grid_run.config, data_dir=None)
-    return "trained", train(cfg, out=folder, data_dir=data_dir, progress=False, log=log,
-                            facts=facts).path
+    (out / LOCKS).mkdir(exist_ok=True)
+
+    def waiting(holder: int | None) -> None:
+        log(f"{grid_run.key}: waiting for process {holder or '(unknown)'}, which still writes "
+            "into this run")
+
+    with exclusive(out / LOCKS / f"{grid_run.key}.lock", wait=True, waiting=waiting):
+        state, run = run_state(folder, grid_run.config)
+        if state == "done":
+            return "skipped", run
+        if state == "resume":
+            try:
+                return "resumed", train(resume=run, data_dir=data_dir, progress=False, log=log,
+                                        facts=facts).path
+            except CheckpointError as exc:  # never deleted silently: the user decides
+                raise CheckpointError(f"{exc}\n(remove {run} to train that run of the sweep "
+                                      "again)") from None
+        for abandoned in (p for p in folder.glob("*") if p.is_dir()):
+            shutil.rmtree(abandoned)  # killed before its first epoch was saved: nothing to keep
+        cfg = replace(grid_run.config, data_dir=None)
+        return "trained", train(cfg, out=folder, data_dir=data_dir, progress=False, log=log,
+                                facts=facts).path
 
 
 # A runner finishes every run it is given and calls ``finished(grid_run, what, path, note)`` as
@@ -203,7 +266,6 @@ def sweep(spec: Spec | str | Path, out: str | Path | None = None,
           log: Callable[[str], None] = print, runner: Runner | None = None) -> dict:
     """Run every run of the grid with ``runner`` (default: ``run_here``, this machine; the CLI's
     ``--ray`` gives ``cluster.ray_runner``), then write the reports. Returns the summary."""
-    from tqdm.auto import tqdm
 
     if not isinstance(spec, Spec):
         name = Path(spec).stem
@@ -211,6 +273,22 @@ def sweep(spec: Spec | str | Path, out: str | Path | None = None,
     else:
         name = "sweep"
     out = Path(out) if out else Path("sweeps") / name
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"cannot make the sweep's folder {out}: {exc.strerror or exc}") from None
+    try:
+        with exclusive(out / LOCK):
+            return _sweep_locked(spec, out, data_dir, progress, log, runner)
+    except LockHeld as exc:
+        raise SweepLocked(f"another sweep (process {exc.holder or '(unknown)'}) is running on "
+                          f"{out}; wait for it to finish, or give this one another --out"
+                          ) from None
+
+
+def _sweep_locked(spec: Spec, out: Path, data_dir, progress: bool, log, runner) -> dict:
+    from tqdm.auto import tqdm
+
     for line in spec.skipped:
         log(f"skipped: {line}")
     done: dict[str, Path] = {}
@@ -228,6 +306,42 @@ def sweep(spec: Spec | str | Path, out: str | Path | None = None,
     summary = write_sweep_report([(r, done[r.key]) for r in spec.runs], out, data_dir)
     log(f"Sweep of {len(done)} runs: {summary['report']}")
     return summary
+
+
+def estimate_seconds(spec: Spec) -> float:
+    """Training time of the whole grid on one core, measured rather than guessed: one timed
+    training step of each model (``comparison.seconds_per_image``) x epochs x images. Evaluation
+    and start-up are not counted, so the real time is longer."""
+    from .comparison import seconds_per_image
+    from .data import get_spec
+
+    total = 0.0
+    for dataset in sorted({r.dataset for r in spec.runs}):
+        ds = get_spec(dataset)
+        configs = [r.config for r in spec.runs if r.dataset == dataset]
+        for cost, cfg in zip(seconds_per_image(configs, ds.image_shape, len(ds.classes)),
+                             configs):
+            images = min(cfg.limit or ds.train_images, ds.train_images)
+            total += cost * cfg.epochs * images
+    return total
+
+
+def _duration(seconds: float) -> str:
+    for unit, size in (("days", 86400), ("hours", 3600), ("minutes", 60)):
+        if seconds >= size:
+            return f"about {seconds / size:,.1f} {unit}"
+    return f"about {seconds:.0f} seconds"
+
+
+def check_size(spec: Spec, yes: bool) -> None:
+    """A grid of more than CONFIRM_RUNS runs starts only with ``yes``; the refusal says how
+    long it would take."""
+    if len(spec.runs) <= CONFIRM_RUNS or yes:
+        return
+    raise UsageError(f"the grid has {len(spec.runs):,} runs: {_duration(estimate_seconds(spec))} "
+                     f"of training on one core (measured: one step of each model x epochs x "
+                     f"images; evaluation not counted). Give --yes to start it anyway "
+                     f"(more than {CONFIRM_RUNS} runs need it)")
 
 
 def write_sweep_report(done: list[tuple[GridRun, Path]], out: Path,
@@ -272,6 +386,9 @@ def write_sweep_report(done: list[tuple[GridRun, Path]], out: Path,
 def describe(spec: Spec) -> str:
     """The dry run: every run of the grid, and what is skipped."""
     lines = [f"{len(spec.runs)} runs:"]
+    if len(spec.runs) > CONFIRM_RUNS:
+        lines[0] = (f"{len(spec.runs)} runs ({_duration(estimate_seconds(spec))} of training on "
+                    "one core, evaluation not counted):")
     for r in spec.runs:
         c = r.config
         lines.append(f"  {r.key}: {c.epochs} epochs, batch {c.batch_size}, lr {c.lr:g} "
