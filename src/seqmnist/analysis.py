@@ -185,8 +185,26 @@ def _flips(ca: np.ndarray, cb: np.ndarray) -> dict:
     return out
 
 
+def _pairing_note(pair: dict) -> str:
+    """Which seeds the pair's evidence rests on, when not every run of both took part."""
+    left = {name: seeds for name, seeds in pair["left_out"].items() if seeds}
+    if not left and pair["paired_by"] == "seed":
+        return ""
+    shown = ", ".join(f"{a} with {b}" if a != b else str(a) for a, b in pair["seed_pairs"])
+    word = "seed" if len(pair["seed_pairs"]) == 1 else "seeds"
+    text = (f"paired {word} {shown}" if pair["paired_by"] == "seed" else
+            f"no seed in common, paired in seed order ({shown})")
+    if left:
+        text += "; left out: " + ", ".join(
+            f"{name} seed{'s' if len(s) > 1 else ''} {', '.join(map(str, s))}"
+            for name, s in left.items())
+    return text
+
+
 def verdict(groups: list[dict], pairs: dict[tuple[str, str], dict]) -> str:
-    """What the evidence supports, in one or two sentences."""
+    """What the evidence supports, in one or two sentences. Each pair's sentence names its
+    winner from the pair's own evidence (the paired seeds its interval is computed from), never
+    from the ranking by all seeds, so the sentence cannot contradict its interval."""
     if len(groups) == 1:
         g = groups[0]
         acc = g["accuracy"]
@@ -198,23 +216,26 @@ def verdict(groups: list[dict], pairs: dict[tuple[str, str], dict]) -> str:
     sentences = []
     for other in ranked[1:]:
         pair = pairs.get((best["name"], other["name"]))
-        sign = 1
         if pair is None:
-            pair, sign = pairs[(other["name"], best["name"])], -1
-        d, (lo, hi) = sign * pair["difference"], sorted(sign * x for x in pair["ci"])
+            pair = pairs[(other["name"], best["name"])]
+        first, second = pair["a"], pair["b"]
+        d, (lo, hi) = pair["difference"], sorted(pair["ci"])
+        if d < 0:  # b is ahead on the paired evidence: name it first
+            first, second, d, (lo, hi) = second, first, -d, (-hi, -lo)
         n, k = pair["pairs"], pair["rejected"]
         worst_p = max(t["p_holm"] for t in pair["mcnemar"])
         where = "seed pair" if n == 1 else "seed pairs"
         test = (f"McNemar p {_p(max(t['p_holm'] for t in pair['mcnemar'] if t['p_holm'] < 0.05))}"
                 f" in {k} of {n} {where}" if k else f"McNemar p ≥ 0.05 in all {n} {where}")
+        note = _pairing_note(pair)
+        note = f"; {note}" if note else ""
         if pair["significant"]:
-            sentences.append(f"{best['name']} is more accurate than {other['name']} by {d:.2f} "
-                             f"points (95% CI {lo:.2f} to {hi:.2f}; {test}).")
+            sentences.append(f"{first} is more accurate than {second} by {d:.2f} points (95% CI "
+                             f"{lo:.2f} to {hi:.2f}; {test}{note}).")
         else:
-            sentences.append(f"No significant difference between {best['name']} and "
-                             f"{other['name']} at these settings ({d:+.2f} points, 95% CI "
-                             f"{lo:.2f} to {hi:.2f}; {test}"
-                             f"{'' if k else f', largest p {worst_p:.2g}'}).")
+            sentences.append(f"No significant difference between {first} and {second} at these "
+                             f"settings ({d:+.2f} points, 95% CI {lo:.2f} to {hi:.2f}; {test}"
+                             f"{'' if k else f', largest p {worst_p:.2g}'}{note}).")
         if len(sentences) == 3 and len(ranked) > 4:
             sentences.append(f"({len(ranked) - 4} more pairs in the table below.)")
             break
@@ -228,15 +249,48 @@ def _p(p: float) -> str:
     return f"= {p:.2g}"
 
 
-def analyse(runs: list[Run], seed: int = 0) -> dict:
-    """Group ``runs`` and compute every number the report shows (see the module docstring)."""
+def checked_predictions(run: Run, labels: np.ndarray | None = None) -> dict:
+    """``run``'s per-image test predictions, refused unless they are what the run computed: the
+    file is checked on its own (``load_predictions``), its labels against the test set's own
+    (``labels``, when known), and the accuracy it implies against the run's metrics.json (a
+    prediction file edited to flatter a run disagrees with the accuracy recorded beside it)."""
+    preds = load_predictions(run.path, run.num_classes,
+                             None if labels is None else len(labels))
+    where = run.path / "predictions.npz"
+    if labels is not None and not np.array_equal(preds["labels"], labels):
+        raise UsageError(f"{where}: its labels are not the {run.config.dataset} test set's: it "
+                         "was not made on this test set (or was edited); evaluate the run again")
+    n = len(preds["labels"])
+    right = int((preds["predictions"] == preds["labels"]).sum())
+    recorded = run.metrics.get("test_accuracy")
+    if recorded is not None and abs(right - recorded * n) > 2:
+        raise UsageError(f"{where}: its predictions are {right / n:.2%} correct, but the run's "
+                         f"metrics.json says {recorded:.2%}: one of the two was changed; "
+                         "evaluate the run again (seqmnist evaluate) or retrain it")
+    return preds
+
+
+def pair_seeds(a: Group, b: Group) -> tuple[list[int], list[int], str]:
+    """Which runs of two groups are compared with each other: the runs of the seeds both groups
+    have (seed s with seed s), else, with no seed in common, the runs in seed order. Returns the
+    run indices of a, of b, and how they were paired."""
+    common = sorted(set(a.seeds) & set(b.seeds))
+    if common:
+        return [a.seeds.index(s) for s in common], [b.seeds.index(s) for s in common], "seed"
+    n = min(len(a.runs), len(b.runs))
+    return list(range(n)), list(range(n)), "order"
+
+
+def analyse(runs: list[Run], seed: int = 0, labels: np.ndarray | None = None) -> dict:
+    """Group ``runs`` and compute every number the report shows (see the module docstring).
+    ``labels``: the test set's labels, against which every run's predictions are checked."""
     if not runs:
         raise UsageError("nothing to compare")
     datasets = sorted({r.config.dataset for r in runs})
     if len(datasets) > 1:
         raise UsageError(f"runs to compare must all use the same dataset, got {', '.join(datasets)}")
     groups = group_runs(runs)
-    preds = {id(r): load_predictions(r.path) for r in runs}
+    preds = {id(r): checked_predictions(r, labels) for r in runs}
     labels = preds[id(runs[0])]["labels"]
     for r in runs:
         if not np.array_equal(preds[id(r)]["labels"], labels):
@@ -248,8 +302,13 @@ def analyse(runs: list[Run], seed: int = 0) -> dict:
     pairs = {}
     for i, a in enumerate(groups):
         for b in groups[i + 1:]:
-            result = stats.compare_pair(correct[a.name], correct[b.name], seed=seed)
-            result.update(a=a.name, b=b.name, flips=_flips(correct[a.name], correct[b.name]))
+            ia, ib, how = pair_seeds(a, b)
+            result = stats.compare_pair(correct[a.name][ia], correct[b.name][ib], seed=seed)
+            result.update(a=a.name, b=b.name, paired_by=how,
+                          seed_pairs=[[a.seeds[x], b.seeds[y]] for x, y in zip(ia, ib)],
+                          left_out={a.name: [s for k, s in enumerate(a.seeds) if k not in ia],
+                                    b.name: [s for k, s in enumerate(b.seeds) if k not in ib]},
+                          flips=_flips(correct[a.name], correct[b.name]))
             pairs[(a.name, b.name)] = result
     quick = {g["name"]: g["quick"] for g in entries if g["quick"]}
     return dict(
@@ -264,6 +323,8 @@ METHODS = (
     "images (BCa, {resamples} resamples, generator seed {seed}). For each pair of models, the "
     "difference is the mean over seed pairs (seed i of one with seed i of the other) with a 95% t "
     "interval across seed pairs, or with one seed the bootstrap interval over test images; "
+    "seed pairs are the runs of the seeds both models have (when they share none, the runs in "
+    "seed order), and a model's other seeds count in its own mean but not in the pair; "
     "McNemar's exact test compares the two models' per-image correctness on the same test images "
     "in each seed pair, with Holm's correction across the seed pairs. A difference is called "
     "significant when its interval excludes zero and most seed pairs reject equality at 0.05 "

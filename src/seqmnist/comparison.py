@@ -168,6 +168,6 @@ def compare(models: list[str] | None = None, *, runs: list[str | Path] | None = 
         raise UsageError("nothing to compare: give model names or --runs")
     out = Path(out) if out else Path("reports") / datetime.now().strftime(
         f"%Y%m%d-%H%M%S-{dataset_name}")
-    summary = write_report(finished, out, ds.x_test)
+    summary = write_report(finished, out, ds.x_test, test_labels=ds.y_test)
     log(f"\n{summary['verdict']}\nReport: {summary['report']}")
     return summary

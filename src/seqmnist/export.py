@@ -174,7 +174,7 @@ def model_card(run: Run) -> str:
     if acc is not None:
         text = f"- Test accuracy: **{acc:.2%}** on {m.get('test_images', '?'):,} test images"
         if (run.path / PREDICTIONS).is_file():
-            p = load_predictions(run.path)
+            p = load_predictions(run.path, run.num_classes)
             lo, hi = stats.bootstrap_mean(p["predictions"] == p["labels"])
             text += f" (95% bootstrap interval over test images: {lo:.2%} to {hi:.2%})"
         lines_acc.append(text)

@@ -55,12 +55,19 @@ def _group_row(g: dict) -> list[str]:
 GROUP_HEADERS = ["model", "seeds", "test accuracy (mean ± std)", "95% CI across seeds",
                  "95% CI over test images", "test loss", "parameters", "s / epoch",
                  "inference img/s", "epochs"]
-PAIR_HEADERS = ["pair (a vs b)", "a − b (points)", "95% CI", "interval from", "seed pair",
+PAIR_HEADERS = ["pair (a vs b)", "a − b (points)", "95% CI", "interval from", "seeds (a / b)",
                 "both right", "a only", "b only", "both wrong", "McNemar p (Holm)"]
 RECIPE_HEADERS = ["model", "training images", "epochs", "batch", "learning rate", "schedule",
                   "preset", "protocol", "precision", "backend", "seeds"]
 PROVENANCE_HEADERS = ["model", "seqmnist", "PyTorch", "Python", "OS", "CPU / GPU", "device",
                       "threads", "replicas", "started"]
+
+
+def _seed_pair(p: dict, i: int) -> str:
+    if "seed_pairs" not in p:
+        return str(i + 1)
+    a, b = p["seed_pairs"][i]
+    return str(a) if a == b else f"{a} / {b}"
 
 
 def _pair_rows(p: dict) -> list[list[str]]:
@@ -70,7 +77,7 @@ def _pair_rows(p: dict) -> list[list[str]]:
         rows.append([f"{p['a']} vs {p['b']}" if first else "",
                      f"{p['difference']:+.2f}" if first else "",
                      f"{p['ci'][0]:.2f} to {p['ci'][1]:.2f}" if first else "",
-                     p["ci_method"] if first else "", str(i + 1), f"{t['both_right']:,}",
+                     p["ci_method"] if first else "", _seed_pair(p, i), f"{t['both_right']:,}",
                      f"{t['only_a']:,}", f"{t['only_b']:,}", f"{t['both_wrong']:,}",
                      f"{t['p_holm']:.2g}"])
     return rows
@@ -253,11 +260,12 @@ def _relative(path: str, out: Path) -> str:
 
 
 def write_report(runs: list, out: str | Path, test_images: np.ndarray | None = None,
-                 seed: int = 0) -> dict:
+                 seed: int = 0, test_labels: np.ndarray | None = None) -> dict:
     """Analyse finished ``runs`` and write ``report.md``, ``report.html``, ``comparison.json``
-    and the figures under ``out``. Returns the analysis with the report's path added."""
+    and the figures under ``out``. Returns the analysis with the report's path added.
+    ``test_labels``: the test set's labels, which every run's stored predictions must match."""
     out = Path(out)
-    result = analyse(runs, seed=seed)
+    result = analyse(runs, seed=seed, labels=test_labels)
     out.mkdir(parents=True, exist_ok=True)
     figs = _figures(result, test_images)
     files = []

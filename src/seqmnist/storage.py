@@ -125,8 +125,34 @@ def save_predictions(folder: Path, predictions, probabilities, labels) -> None:
     atomic_write(folder / PREDICTIONS, buf.getvalue())
 
 
-def load_predictions(folder: Path) -> dict:
-    """{"predictions", "probabilities", "labels"} arrays of a finished run (no pickles)."""
+MAX_TEST_IMAGES = 1_000_000
+PREDICTION_KINDS = {"predictions": "iu", "probabilities": "f", "labels": "iu"}
+
+
+def _npy_header(z: zipfile.ZipFile, key: str, path: Path) -> tuple[tuple[int, ...], object]:
+    """Shape and dtype of one array of an .npz, read from its header alone (nothing allocated)."""
+    import numpy as np
+
+    try:
+        with z.open(f"{key}.npy") as fh:
+            version = np.lib.format.read_magic(fh)
+            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else \
+                np.lib.format.read_array_header_2_0
+            shape, _fortran, dtype = read(fh)
+    except KeyError:
+        raise CheckpointError(f"{path}: no {key} array") from None
+    if dtype.kind not in PREDICTION_KINDS[key] or dtype.fields or dtype.itemsize > 8:
+        raise CheckpointError(f"{path}: {key} are {dtype}, not "
+                              f"{'numbers' if key == 'probabilities' else 'class indices'}")
+    return tuple(shape), dtype
+
+
+def load_predictions(folder: Path, num_classes: int | None = None,
+                     images: int | None = None) -> dict:
+    """{"predictions", "probabilities", "labels"} arrays of a finished run (no pickles), each
+    checked before it is used: shapes and types from the headers first (an array claiming 5e10
+    entries is refused before any allocation), then every class in 0..num_classes-1 and every
+    probability a finite number in [0, 1]. ``images``: the test set's size, if known."""
     import numpy as np
 
     path = Path(folder) / PREDICTIONS
@@ -134,14 +160,32 @@ def load_predictions(folder: Path) -> dict:
         raise CheckpointError(f"{folder}: no {PREDICTIONS} (a run from an older seqmnist? "
                               "evaluate it again or retrain)")
     try:
+        with zipfile.ZipFile(path) as z:
+            shapes = {k: _npy_header(z, k, path)[0] for k in PREDICTION_KINDS}
+        n = shapes["labels"][0] if len(shapes["labels"]) == 1 else -1
+        classes = shapes["probabilities"][1] if len(shapes["probabilities"]) == 2 else -1
+        if not (0 < n <= MAX_TEST_IMAGES and shapes["predictions"] == (n,)
+                and 1 <= classes <= MAX_CLASSES and shapes["probabilities"] == (n, classes)):
+            raise CheckpointError(f"{path}: arrays of inconsistent shapes {shapes}")
+        if images is not None and n != images:
+            raise CheckpointError(f"{path}: holds {n:,} test predictions, the test set has "
+                                  f"{images:,} images")
+        if num_classes is not None and classes != num_classes:
+            raise CheckpointError(f"{path}: probabilities for {classes} classes, the model has "
+                                  f"{num_classes}")
         with np.load(path, allow_pickle=False) as data:
-            out = {k: data[k] for k in ("predictions", "probabilities", "labels")}
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as exc:
+            out = {k: data[k] for k in PREDICTION_KINDS}
+    except CheckpointError:
+        raise
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError, SyntaxError,
+            MemoryError) as exc:
         raise CheckpointError(f"{path}: unreadable ({str(exc)[:200]})") from None
-    n = len(out["labels"])
-    if out["predictions"].shape != (n,) or out["probabilities"].ndim != 2 \
-            or len(out["probabilities"]) != n:
-        raise CheckpointError(f"{path}: arrays of inconsistent shapes")
+    for key in ("predictions", "labels"):
+        if out[key].min() < 0 or out[key].max() >= classes:
+            raise CheckpointError(f"{path}: {key} outside the classes 0..{classes - 1}")
+    p = out["probabilities"]
+    if not (np.isfinite(p).all() and p.min() >= 0 and p.max() <= 1):
+        raise CheckpointError(f"{path}: probabilities must be finite numbers in [0, 1]")
     return out
 
 

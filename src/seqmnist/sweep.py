@@ -359,7 +359,7 @@ def write_sweep_report(done: list[tuple[GridRun, Path]], out: Path,
     for dataset, paths in by_dataset.items():
         ds = load_dataset(dataset, data_dir)
         result = write_report([finished_run(p, data_dir) for p in paths],
-                              out / f"report-{dataset}", ds.x_test)
+                              out / f"report-{dataset}", ds.x_test, test_labels=ds.y_test)
         reports[dataset] = result["report"]
         for g in result["groups"]:
             acc = g["accuracy"]
