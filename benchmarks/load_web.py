@@ -1,7 +1,8 @@
 """Load check of the web API: N concurrent connections POSTing a digit PNG to /api/predict on
 127.0.0.1 for a fixed time; requests per second, p50/p99 latency, errors. With --hostile H, a
 second phase runs the same honest load beside H hostile clients (a small PNG declaring 16
-megapixels, 3 MB bodies, and slowloris connections dribbling their headers), and reports the
+megapixels, 3 MB bodies, JSON pixels holding an integer over 1.8e308, and slowloris connections
+dribbling their headers), and reports the
 honest clients' numbers in both phases, so the two can be compared.
 
     python benchmarks/load_web.py RUN [RUN ...] --connections 16 --seconds 30 [--hostile 8]
@@ -62,7 +63,9 @@ def bomb_png() -> bytes:
 async def hostile(url: str, kind: str, stop: float, counts: dict) -> None:
     """One hostile client until ``stop``; counts what the server answered."""
     host, port = url.removeprefix("http://").split(":")
-    bodies = {"bomb": bomb_png(), "oversized": b"\0" * (3 * 1024 * 1024)}
+    bodies = {"bomb": bomb_png(), "oversized": b"\0" * (3 * 1024 * 1024),
+              "huge integer": b'{"pixels": [[' + b"9" * 400 + b"]]}"}
+    types = {"huge integer": "application/json"}
     async with httpx.AsyncClient(base_url=url, timeout=30) as client:
         while time.perf_counter() < stop:
             try:
@@ -79,7 +82,7 @@ async def hostile(url: str, kind: str, stop: float, counts: dict) -> None:
                     counts[kind + " cut off"] = counts.get(kind + " cut off", 0) + 1
                     continue
                 resp = await client.post("/api/predict", content=bodies[kind],
-                                         headers={"Content-Type": "image/png"})
+                                         headers={"Content-Type": types.get(kind, "image/png")})
                 key = f"{kind} {resp.status_code}"
             except (httpx.HTTPError, OSError) as exc:
                 key = f"{kind} {type(exc).__name__}"
@@ -94,10 +97,10 @@ async def load(url: str, connections: int, seconds: float, hostile_clients: int 
     limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
     async with httpx.AsyncClient(base_url=url, limits=limits, timeout=30) as client:
         start = time.perf_counter()
-        kinds = ["bomb", "oversized", "slowloris"]
+        kinds = ["bomb", "oversized", "slowloris", "huge integer"]
         await asyncio.gather(*(worker(client, body, start + seconds, latencies, errors)
                                for _ in range(connections)),
-                             *(hostile(url, kinds[i % 3], start + seconds, counts)
+                             *(hostile(url, kinds[i % len(kinds)], start + seconds, counts)
                                for i in range(hostile_clients)))
         wall = time.perf_counter() - start
     q = statistics.quantiles(latencies, n=100) if len(latencies) > 1 else [float("nan")] * 99
@@ -114,12 +117,15 @@ def main() -> None:
     p.add_argument("--connections", type=int, default=16)
     p.add_argument("--seconds", type=float, default=30)
     p.add_argument("--hostile", type=int, default=0, help="hostile clients in a second phase")
+    p.add_argument("--server-log", help="file for the server's stderr (its log lines)")
     args = p.parse_args()
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
+    log = Path(args.server_log) if args.server_log else None
     server = subprocess.Popen([sys.executable, "-m", "seqmnist", "serve", *map(str, args.runs),
-                               "--port", str(port)], stdout=subprocess.DEVNULL)
+                               "--port", str(port)], stdout=subprocess.DEVNULL,
+                              stderr=log.open("wb") if log else None)
     url = f"http://127.0.0.1:{port}"
     try:
         for _ in range(300):  # wait for the server, at most 30 s
@@ -135,6 +141,8 @@ def main() -> None:
     finally:
         server.terminate()
         server.wait(10)
+    if log:
+        result["server log lines"] = len(log.read_text(errors="replace").splitlines())
     print(json.dumps(result, indent=2))
 
 

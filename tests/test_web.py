@@ -223,3 +223,37 @@ def test_uploads_far_larger_than_a_digit_are_refused_from_the_header(client):
     Image.new("L", (4000, 4000), 255).save(buf, "PNG")  # a few KB declaring 16 megapixels
     resp = client.post("/api/predict", content=buf.getvalue(), headers={"Content-Type": "image/png"})
     assert resp.status_code == 400 and "resize the image" in resp.json()["error"]
+
+
+@pytest.mark.parametrize("body, message", [
+    (b'{"pixels": [[' + b"1" * 400 + b"]]}", "far too large"),  # an integer over 1.8e308
+    (b'{"pixels": [[1e999]]}', "28 x 28"),
+    (b'{"pixels": [[NaN]]}', "28 x 28"),
+    (b'{"pixels": ' + str([[0] * 28] * 28).encode() + b"}", "blank"),  # an empty canvas
+    (b'{"pixels": ' + str([[0] * 28] * 27 + [[0] * 27 + [255]]).encode() + b"}", "a dot"),
+])
+def test_hostile_pixels_are_400_and_blank_pixels_get_no_guess(client, body, message):
+    resp = client.post("/api/predict", content=body, headers={"Content-Type": "application/json"})
+    assert resp.status_code == 400 and message in resp.json()["error"]
+
+
+def test_an_unexpected_failure_is_one_500_and_one_log_line_per_client(small_runs, monkeypatch,
+                                                                      caplog):
+    """Whatever goes wrong inside, the client gets a 500 with a short reason and the log gets
+    one line for that client, not a traceback per request."""
+    import logging
+
+    from seqmnist import web
+
+    app = create_app(resolve_runs(list(small_runs.values())))
+    monkeypatch.setattr(web, "predict_all", lambda *_: 1 / 0)
+    client = TestClient(app, base_url="http://127.0.0.1:8000")
+    with caplog.at_level(logging.ERROR, logger="seqmnist.web"):
+        for _ in range(20):
+            resp = client.post("/api/predict", json={"pixels": np.pad(
+                np.full((20, 20), 255), 4).tolist()})
+            assert resp.status_code == 500
+            assert resp.json()["error"] == "internal error (ZeroDivisionError)"
+    lines = [r for r in caplog.records if r.name == "seqmnist.web"]
+    assert len(lines) == 1 and "ZeroDivisionError" in lines[0].getMessage()
+    assert not any(r.exc_info for r in caplog.records)

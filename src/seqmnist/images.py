@@ -75,6 +75,24 @@ def _to_gray(img) -> np.ndarray:
     return gray.astype(np.float32)
 
 
+def ink(gray: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The inked part of a white-on-black grayscale image in [0, 1] and the image scaled to its
+    brightest ink; ImageError when there is no ink (a blank canvas) or only a dot."""
+    peak = float(gray.max()) if gray.size else 0.0
+    if peak < 0.1:
+        raise ImageError("the image is blank: no ink found")
+    gray = gray / peak
+    rows = np.flatnonzero((gray > 0.2).any(axis=1))
+    cols = np.flatnonzero((gray > 0.2).any(axis=0))
+    crop = gray[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+    extent = max(crop.shape) / max(gray.shape)
+    if extent < MIN_INK_EXTENT and max(gray.shape) >= 2 / MIN_INK_EXTENT:
+        raise ImageError(f"too little ink to be a digit: the ink spans {max(crop.shape)} of "
+                         f"{max(gray.shape)} pixels, a dot rather than a digit; draw a digit "
+                         "(or crop the image closer to it)")
+    return crop, gray
+
+
 def prepare_array(gray: np.ndarray, size: tuple[int, int] = (28, 28)) -> np.ndarray:
     """Grayscale [0, 1] array of any size -> uint8 ``size`` image, MNIST-style (white on black)."""
     from PIL import Image
@@ -88,18 +106,7 @@ def prepare_array(gray: np.ndarray, size: tuple[int, int] = (28, 28)) -> np.ndar
     if border_level(gray) > 0.5:  # light background: invert so the ink is bright
         gray = 1.0 - gray
     gray = np.clip(gray - border_level(gray), 0.0, None)
-    peak = gray.max()
-    if peak < 0.1:
-        raise ImageError("the image is blank: no ink found")
-    gray = gray / peak
-    rows = np.flatnonzero((gray > 0.2).any(axis=1))
-    cols = np.flatnonzero((gray > 0.2).any(axis=0))
-    crop = gray[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
-    extent = max(crop.shape) / max(gray.shape)
-    if extent < MIN_INK_EXTENT and max(gray.shape) >= 2 / MIN_INK_EXTENT:
-        raise ImageError(f"too little ink to be a digit: the ink spans {max(crop.shape)} of "
-                         f"{max(gray.shape)} pixels, a dot rather than a digit; draw a digit "
-                         "(or crop the image closer to it)")
+    crop, gray = ink(gray)
     height, width = size
     box = max(1, round(min(height, width) * 20 / 28))
     scale = box / max(crop.shape)

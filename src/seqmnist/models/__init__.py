@@ -19,6 +19,7 @@ report's anytime accuracy use it.
 from __future__ import annotations
 
 import importlib
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -75,6 +76,77 @@ def create_model(name: str, input_shape: tuple[int, ...] = (28, 28), num_classes
         return entry.build(tuple(input_shape), num_classes, **options)
     except TypeError as exc:
         raise UsageError(f"model {name!r}: {exc}") from None
+
+
+RESERVED_OPTIONS = ("input_shape", "num_classes")  # set by the data, never by an option
+MEMORY_SHARE = 0.8  # of the machine's memory one training run may plan to use
+
+
+def machine_memory() -> int | None:
+    """Bytes of physical memory, or None where the system does not say."""
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_model(name: str, input_shape: tuple[int, ...], num_classes: int, options: dict,
+                batch_size: int = 64) -> int:
+    """Check that ``name`` with ``options`` makes a model that reads ``input_shape`` and fits in
+    this machine's memory, before anything is written or allocated: the model is built on
+    PyTorch's meta device (no memory), one training batch goes through it there (a kernel that
+    does not fit the image, heads that do not divide the width), and parameters, gradients,
+    Adam's state and the batch's activations are counted. UsageError naming the problem, with
+    the estimate when it is memory. Returns the parameter count."""
+    reserved = sorted(set(options) & set(RESERVED_OPTIONS))
+    if reserved:
+        raise UsageError(f"model {name!r}: {', '.join(reserved)} come from the dataset and the "
+                         "view, not from a model option")
+    activations = 0
+
+    def count(_module, _inputs, output):
+        nonlocal activations
+        for out in output if isinstance(output, (tuple, list)) else (output,):
+            if isinstance(out, torch.Tensor):
+                activations += out.numel()
+
+    what = f"model {name!r}" + (f" with {options}" if options else "")
+    try:
+        with torch.device("meta"):
+            model = create_model(name, input_shape, num_classes, **options)
+            params = sum(p.numel() for p in model.parameters())
+            hooks = [m.register_forward_hook(count) for m in model.modules()
+                     if not list(m.children())]
+            # a long sequence is checked on its first 28 steps (a meta forward still costs Python
+            # time per step) and its activations scaled to the whole length
+            probe = (min(input_shape[0], 28), *input_shape[1:]) if len(input_shape) == 2 \
+                else tuple(input_shape)
+            try:
+                model.train()
+                model(torch.zeros(batch_size, *probe))
+            except NotImplementedError:  # an operation without a meta kernel: shapes unchecked
+                pass
+            finally:
+                for h in hooks:
+                    h.remove()
+            activations = activations * input_shape[0] // probe[0]
+    except UsageError:
+        raise
+    except (AssertionError, TypeError, ValueError, RuntimeError, IndexError, ZeroDivisionError,
+            OverflowError) as exc:
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise UsageError(f"{what} cannot be built for {list(input_shape)} inputs: {reason}"
+                         ) from None
+    # 4 bytes each: weights, gradients and Adam's two moments; activations kept for backward
+    # and their gradients
+    need = 16 * params + 8 * activations
+    total = machine_memory()
+    if total and need > MEMORY_SHARE * total:
+        raise UsageError(f"{what} needs about {need / 2**30:,.1f} GiB to train ({params:,} "
+                         f"parameters, {activations:,} activations per batch of {batch_size}), "
+                         f"more than this machine's {total / 2**30:,.1f} GiB: choose smaller "
+                         "sizes")
+    return params
 
 
 def trainable_parameters(model: nn.Module) -> int:

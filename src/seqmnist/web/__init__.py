@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 from importlib import resources
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import ImageError, SeqmnistError, UsageError
-from ..images import decode_image, predict_arrays, prepare_array
+from ..images import decode_image, ink, predict_arrays, prepare_array
 from ..storage import Run, latest_runs, load_run
 
 MAX_BODY = 2 * 1024 * 1024
@@ -41,6 +42,10 @@ HEADER_SECONDS = 10.0
 DRAIN_BYTES = 16 * MAX_BODY
 DRAIN_SECONDS = 5.0
 LOOPBACK = ["127.0.0.1", "localhost", "::1", "[::1]"]
+# An unexpected failure is logged once per client address (at most LOGGED addresses are kept),
+# never once per request: no input can flood the log.
+LOGGED = 1024
+log = logging.getLogger("seqmnist.web")
 STATIC = {"/": ("index.html", "text/html; charset=utf-8"),
           "/app.js": ("app.js", "text/javascript; charset=utf-8"),
           "/style.css": ("style.css", "text/css; charset=utf-8")}
@@ -161,9 +166,12 @@ async def _read_body(request) -> tuple[str, object]:
             pixels = np.asarray(json.loads(await request.body())["pixels"], dtype=np.float64)
         except RecursionError:
             raise ImageError("JSON body nested too deeply") from None
+        except OverflowError:  # an integer beyond any float (over ~1.8e308)
+            raise ImageError("pixels must be 28 x 28 numbers in 0-255: a number is far too "
+                             "large") from None
         except (ValueError, KeyError, TypeError) as exc:
-            raise ImageError(f'JSON body must be {{"pixels": [[...28 x 28 numbers...]]}} ({exc})'
-                             ) from None
+            raise ImageError(f'JSON body must be {{"pixels": [[...28 x 28 numbers...]]}} '
+                             f'({str(exc)[:100]})') from None
         if pixels.shape != (28, 28) or not np.isfinite(pixels).all() \
                 or pixels.min() < 0 or pixels.max() > 255:
             raise ImageError(f"pixels must be 28 x 28 numbers in 0-255, got shape {pixels.shape}")
@@ -181,7 +189,8 @@ async def _read_body(request) -> tuple[str, object]:
 
 def _prepare(kind: str, payload) -> np.ndarray:
     """A prepared 28 x 28 uint8 image from what ``_read_body`` returned; raises ImageError."""
-    if kind == "pixels":
+    if kind == "pixels":  # used as sent, once it is known to hold a digit's ink (as drawings do)
+        ink(payload / 255.0)
         return payload
     return prepare_array(decode_image(payload, "upload", max_pixels=MAX_PIXELS))
 
@@ -211,6 +220,16 @@ def create_app(runs: list[Run], allowed_hosts: list[str] | None = None):
 
     limiter = anyio.CapacityLimiter(WORKERS)
     state = {"pending": 0}
+    logged: set[str] = set()
+
+    def failed(request, exc: Exception) -> Response:
+        """An unexpected error: 500 with a short reason; one log line per client, ever."""
+        client = request.client.host if request.client else "?"
+        if client not in logged and len(logged) < LOGGED:
+            logged.add(client)
+            log.error("seqmnist serve: a request from %s failed: %s: %s (further failures from "
+                      "this client are not logged)", client, type(exc).__name__, str(exc)[:200])
+        return JSONResponse({"error": f"internal error ({type(exc).__name__})"}, 500)
 
     def work(kind: str, payload) -> dict:
         return predict_all(runs, _prepare(kind, payload))
@@ -235,6 +254,10 @@ def create_app(runs: list[Run], allowed_hosts: list[str] | None = None):
                                 408, headers={"Connection": "close"})
         except ClientDisconnect:
             return Response(status_code=400)  # the client is gone; nothing to log
+        except BodyTooLarge:
+            raise  # the BodyLimit middleware answers 413
+        except Exception as exc:  # noqa: BLE001 - whatever it is, no traceback per request
+            return failed(request, exc)
         finally:
             state["pending"] -= 1
         return JSONResponse(result)
