@@ -1,8 +1,11 @@
+import json
 import math
+import re
 
 import pytest
 import torch
 
+from seqmnist.cli import main
 from seqmnist.errors import UsageError
 from seqmnist.models import (
     MODELS,
@@ -199,3 +202,44 @@ def test_each_replica_draws_dropout_from_its_own_seeded_generator():
         assert replicas.generators[0] is not replicas.generators[1]
     finally:
         replicas.close()
+
+
+@pytest.mark.parametrize("model, options, message", [
+    ("transformer", dict(heads=3), "d_model 64 must be a multiple of heads 3"),
+    ("transformer", dict(d_model=64.5), "d_model must be a whole number, got 64.5"),
+    ("cnn", dict(kernel=4), "kernel must be odd"),
+    ("cnn", dict(num_classes=3), "num_classes come from the dataset"),
+    ("cnn", dict(channels=5), "channels must be a list"),
+    ("lstm", dict(hidden=10**9), "hidden must be in 1..4096, got 1000000000"),
+    ("lstm", dict(hidden=-5), "hidden must be in 1..4096, got -5"),
+    ("lstm", dict(hidden=True), "hidden must be a whole number, got True"),
+    ("lstm", dict(hidden=4096, layers=64), r"needs about 127.0 GiB to train \(8,525,422,602 "
+                                           r"parameters\), more than this machine's"),
+    ("cnn", dict(channels=[4096] * 8), r"needs about [\d.]+ GiB to train \(2,940,353,546"),
+    ("cnn", dict(dense=65536, channels=[512, 512]), "needs about"),  # the activations, too
+])
+def test_model_options_that_cannot_work_are_one_line_before_any_folder(tmp_path, small_mnist_dir,
+                                                                       capsys, monkeypatch,
+                                                                       model, options, message):
+    from seqmnist import models
+
+    monkeypatch.setattr(models, "machine_memory", lambda: 24 * 2**30)  # the size of this machine
+    args = ["train", model, "--epochs", "1", "--limit", "100", "--out", str(tmp_path / "runs"),
+            "--data-dir", str(small_mnist_dir), "--no-progress"]
+    for key, value in options.items():
+        args += ["--model-option", f"{key}={json.dumps(value)}"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert re.search(message, err) and "Traceback" not in err and err.count("\n") == 1, err
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_the_memory_estimate_counts_activations_at_the_batch_size(monkeypatch):
+    from seqmnist import models
+    from seqmnist.models import check_model
+
+    monkeypatch.setattr(models, "machine_memory", lambda: 24 * 2**30)
+    small = check_model("cnn", (1, 28, 28), 10, {}, batch_size=64)
+    assert small == 3_274_634
+    with pytest.raises(UsageError, match="activations per batch of 100000"):
+        check_model("cnn", (1, 28, 28), 10, {}, batch_size=100_000)

@@ -431,7 +431,7 @@ def test_undefined_numbers_are_json_null_not_nan(finished_lstm, small_mnist_dir,
     ("input_shape+no-metrics", [28, 14], r"weight_ih_l0\)?: file \(200, 28\), model \(200, 14\)"),
     ("input_shape", [784, 1], "does not match rows view of 28x28"),
     ("config.model_options", {"hidden": 3000}, "weights do not fit the stored configuration"),
-    ("config.model_options", {"hidden": 12000}, "hidden must be 1..4096"),
+    ("config.model_options", {"hidden": 12000}, "hidden must be in 1..4096"),
     ("config.model_options", {"layers": 200000}, "layers 1..64"),
     ("num_classes", 10**9, "is not a class count"),
 ])

@@ -389,14 +389,15 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 def cmd_summary(args: argparse.Namespace) -> int:
     from .data import get_spec
-    from .models import check_view, create_model, get_entry, summary_text
+    from .models import check_model, check_view, create_model, get_entry, summary_text
     from .views import VIEWS
 
     view = args.view or get_entry(args.model).defaults["view"]
     check_view(args.model, view)
-    size = {"digits": (8, 8)}.get(args.dataset, (28, 28))
-    shape = VIEWS[view].shape(*size)
-    model = create_model(args.model, shape, len(get_spec(args.dataset).classes))
+    spec = get_spec(args.dataset)
+    shape = VIEWS[view].shape(*spec.image_shape)
+    check_model(args.model, shape, len(spec.classes), {})
+    model = create_model(args.model, shape, len(spec.classes))
     print(summary_text(model, shape, f"{args.model} ({view}, {args.dataset})"))
     return 0
 

@@ -28,7 +28,7 @@ from .data import Dataset, check_split, load_dataset
 from .errors import CheckpointError, SeqmnistError, UsageError
 from .evaluation import Evaluation, anytime_accuracy, evaluate_tensors
 from .fileio import atomic_write, read_json, write_json
-from .models import create_model, summary_text, trainable_parameters
+from .models import check_model, create_model, summary_text, trainable_parameters
 from .parallel import Replicas
 from .plots import plot_confusion, plot_history
 from .storage import (
@@ -174,6 +174,8 @@ def train(config: TrainConfig | None = None, *, out: str | Path = "runs",
         check_split(ds.name, split, getattr(ds, f"x_{split}"), getattr(ds, f"y_{split}"),
                     ds.num_classes)
     input_shape = VIEWS[cfg.view].shape(*ds.image_shape)
+    # built only once it is known to fit in memory and to read this input: no folder before that
+    check_model(cfg.model, input_shape, ds.num_classes, cfg.model_options, cfg.batch_size)
     model = create_model(cfg.model, input_shape, ds.num_classes, **cfg.model_options).to(device)
     x_train = to_input(ds.x_train, cfg.view, cfg.seed, device)
     if x_train.dim() == 4:  # channels_last: oneDNN's preferred layout, 1.3x faster measured

@@ -90,18 +90,27 @@ def machine_memory() -> int | None:
         return None
 
 
+def _too_big(what: str, need: int, detail: str) -> None:
+    total = machine_memory()
+    if total and need > MEMORY_SHARE * total:
+        raise UsageError(f"{what} needs about {need / 2**30:,.1f} GiB to train ({detail}), more "
+                         f"than this machine's {total / 2**30:,.1f} GiB: choose smaller sizes")
+
+
 def check_model(name: str, input_shape: tuple[int, ...], num_classes: int, options: dict,
                 batch_size: int = 64) -> int:
-    """Check that ``name`` with ``options`` makes a model that reads ``input_shape`` and fits in
-    this machine's memory, before anything is written or allocated: the model is built on
-    PyTorch's meta device (no memory), one training batch goes through it there (a kernel that
-    does not fit the image, heads that do not divide the width), and parameters, gradients,
-    Adam's state and the batch's activations are counted. UsageError naming the problem, with
-    the estimate when it is memory. Returns the parameter count."""
+    """Check that ``name`` with ``options`` makes a model for ``input_shape`` that fits in this
+    machine's memory and to read that input, before anything is written: the model is first laid
+    out on PyTorch's meta device (no memory) and its parameters counted (with their gradients
+    and Adam's two moments); then it is built, two blank inputs go through it (a kernel that
+    does not fit the image, heads that do not divide the width) and its activations are counted
+    and scaled to a batch. The caller's random state is left as it was. UsageError naming the
+    problem, with the estimate when it is memory. Returns the parameter count."""
     reserved = sorted(set(options) & set(RESERVED_OPTIONS))
     if reserved:
         raise UsageError(f"model {name!r}: {', '.join(reserved)} come from the dataset and the "
                          "view, not from a model option")
+    what = f"model {name!r}" + (f" with {options}" if options else "")
     activations = 0
 
     def count(_module, _inputs, output):
@@ -110,26 +119,21 @@ def check_model(name: str, input_shape: tuple[int, ...], num_classes: int, optio
             if isinstance(out, torch.Tensor):
                 activations += out.numel()
 
-    what = f"model {name!r}" + (f" with {options}" if options else "")
     try:
         with torch.device("meta"):
+            layout = create_model(name, input_shape, num_classes, **options)
+        params = sum(p.numel() for p in layout.parameters())
+        _too_big(what, 16 * params, f"{params:,} parameters")
+        with torch.random.fork_rng(devices=[]):
             model = create_model(name, input_shape, num_classes, **options)
-            params = sum(p.numel() for p in model.parameters())
             hooks = [m.register_forward_hook(count) for m in model.modules()
                      if not list(m.children())]
-            # a long sequence is checked on its first 28 steps (a meta forward still costs Python
-            # time per step) and its activations scaled to the whole length
-            probe = (min(input_shape[0], 28), *input_shape[1:]) if len(input_shape) == 2 \
-                else tuple(input_shape)
             try:
-                model.train()
-                model(torch.zeros(batch_size, *probe))
-            except NotImplementedError:  # an operation without a meta kernel: shapes unchecked
-                pass
+                with torch.no_grad():
+                    model(torch.zeros(2, *input_shape))
             finally:
                 for h in hooks:
                     h.remove()
-            activations = activations * input_shape[0] // probe[0]
     except UsageError:
         raise
     except (AssertionError, TypeError, ValueError, RuntimeError, IndexError, ZeroDivisionError,
@@ -137,15 +141,10 @@ def check_model(name: str, input_shape: tuple[int, ...], num_classes: int, optio
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
         raise UsageError(f"{what} cannot be built for {list(input_shape)} inputs: {reason}"
                          ) from None
-    # 4 bytes each: weights, gradients and Adam's two moments; activations kept for backward
-    # and their gradients
-    need = 16 * params + 8 * activations
-    total = machine_memory()
-    if total and need > MEMORY_SHARE * total:
-        raise UsageError(f"{what} needs about {need / 2**30:,.1f} GiB to train ({params:,} "
-                         f"parameters, {activations:,} activations per batch of {batch_size}), "
-                         f"more than this machine's {total / 2**30:,.1f} GiB: choose smaller "
-                         "sizes")
+    # activations kept for the backward pass and their gradients, 4 bytes each
+    per_batch = activations * batch_size // 2
+    _too_big(what, 16 * params + 8 * per_batch,
+             f"{params:,} parameters, {per_batch:,} activations per batch of {batch_size}")
     return params
 
 
@@ -231,9 +230,16 @@ class BlockStack(CausalClassifier):
 
 
 def check_sizes(name: str, **sizes) -> None:
-    """UsageError unless every size is a whole number in its range ({name: (value, low, high)})."""
+    """UsageError unless every option is in its range ({option: (value, low, high)}): a whole
+    number where the range is of whole numbers (64.5 is not a width, true is not a count), any
+    number where it is of floats."""
     for key, (value, low, high) in sizes.items():
-        if not (isinstance(value, (int, float)) and low <= value <= high):
+        whole = isinstance(low, int) and isinstance(high, int)
+        kind = int if whole else (int, float)
+        if isinstance(value, bool) or not isinstance(value, kind):
+            raise UsageError(f"{name}: {key} must be {'a whole number' if whole else 'a number'}"
+                             f", got {value!r}")
+        if not low <= value <= high:
             raise UsageError(f"{name}: {key} must be in {low}..{high}, got {value!r}")
 
 

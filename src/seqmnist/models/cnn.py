@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from ..errors import UsageError
-from . import Dropout, glorot_, register_model
+from . import Dropout, check_sizes, glorot_, register_model
 
 
 class ConvReLU(nn.Sequential):
@@ -24,10 +24,15 @@ class CNN(nn.Module):
         if len(input_shape) != 3:
             raise UsageError(f"cnn needs image input (channels, height, width), got {input_shape}")
         c, h, w = input_shape
-        if not (1 <= len(channels) <= 8 and all(1 <= k <= 4096 for k in channels)
-                and 1 <= kernel <= 31 and 1 <= dense <= 65536 and 0 <= dropout < 1):
-            raise UsageError("cnn: at most 8 conv layers of 1..4096 channels, kernel 1..31, "
-                             "dense 1..65536, dropout in [0, 1)")
+        if not (isinstance(channels, (list, tuple)) and 1 <= len(channels) <= 8):
+            raise UsageError(f"cnn: channels must be a list of 1 to 8 widths, got {channels!r}")
+        for k in channels:
+            check_sizes("cnn", channels=(k, 1, 4096))
+        check_sizes("cnn", kernel=(kernel, 1, 31), dense=(dense, 1, 65536),
+                    dropout=(dropout, 0.0, 0.99))
+        if kernel % 2 == 0:
+            raise UsageError(f"cnn: kernel must be odd (its 'same' padding keeps the image size), "
+                             f"got {kernel}")
         mods: list[nn.Module] = []
         for out in channels:
             mods += [ConvReLU(nn.Conv2d(c, out, kernel, padding=kernel // 2), nn.ReLU()),

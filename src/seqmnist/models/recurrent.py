@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from ..errors import UsageError
-from . import SEQUENCE_VIEWS, Dropout, glorot_, register_model
+from . import SEQUENCE_VIEWS, Dropout, check_sizes, glorot_, register_model
 
 
 class Recurrent(nn.Module):
@@ -71,9 +71,10 @@ class RecurrentClassifier(nn.Module):
         super().__init__()
         if len(input_shape) != 2:
             raise UsageError(f"{cell} needs sequence input (steps, features), got {input_shape}")
-        if not (1 <= hidden <= 4096 and 1 <= layers <= 64 and 0 <= dropout < 1):
-            raise UsageError(f"{cell}: hidden must be 1..4096, layers 1..64 and dropout in "
-                             f"[0, 1); got {hidden}, {layers}, {dropout}")
+        check_sizes(cell, hidden=(hidden, 1, 4096), layers=(layers, 1, 64),
+                    dropout=(dropout, 0.0, 0.99))
+        if not isinstance(bidirectional, bool):
+            raise UsageError(f"{cell}: bidirectional must be true or false, got {bidirectional!r}")
         # Separate one-layer modules (not num_layers=N): Keras's structure, and faster on CPU.
         mods: list[nn.Module] = []
         width = input_shape[1]
