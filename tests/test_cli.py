@@ -149,7 +149,7 @@ def test_data_list_and_verify(small_mnist_dir, capsys):
         assert main(["data", "verify", "mnist", "--data-dir", str(real)]) == 0
         assert capsys.readouterr().out.count(": ok") == 4
     # The small slice has other content than the canonical files: verify must say so.
-    assert main(["data", "verify", "mnist", "--data-dir", str(small_mnist_dir)]) == 1
+    assert main(["data", "verify", "mnist", "--data-dir", str(small_mnist_dir)]) == 2
     assert "MISMATCH" in capsys.readouterr().out
 
 
@@ -224,3 +224,28 @@ def test_every_option_has_help_that_shows_its_default():
             assert action.help, f"{name} {action.dest} has no help"
             if action.option_strings:
                 assert "default" in action.help, f"{name} {action.option_strings} hides its default"
+
+
+def test_resume_refuses_settings_it_would_ignore_and_a_tensorboard_file(tmp_path, capsys,
+                                                                        monkeypatch):
+    pytest.importorskip("tensorboard")
+    from conftest import stop_after_each_epoch
+
+    undo = stop_after_each_epoch(monkeypatch)
+    out = tmp_path / "runs"
+    assert main(["train", "rnn", "--dataset", "digits", "--epochs", "2", "--out", str(out),
+                 "--no-progress"]) == 130
+    undo()
+    (run,) = out.iterdir()
+    capsys.readouterr()
+    for extra in (["--epochs", "3"], ["--lr", "0.1"], ["--hidden", "8"],
+                  ["--model-option", "dropout=0.1"]):
+        assert main(["train", "--resume", str(run), *extra]) == 2
+        err = capsys.readouterr().err
+        assert f"{extra[0]} would be ignored" in err and err.count("\n") == 1
+    (run / "tensorboard").write_text("not a folder")
+    assert main(["train", "--resume", str(run), "--tensorboard", "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert "tensorboard is a file, not a folder" in err and "Traceback" not in err
+    assert main(["train", "--resume", str(run), "--no-progress"]) == 0  # nothing was lost
+    assert (run / "model.safetensors").is_file()

@@ -9,7 +9,7 @@ from seqmnist.data import DATASETS, load_dataset, locate, parse_idx, read_idx, s
 from seqmnist.errors import DataError, DataNotFoundError, UsageError
 
 
-def _tiny(n=5, h=4, w=3, seed=0):
+def _tiny(n=5, h=28, w=28, seed=0):  # MNIST's image size: the loader checks it
     rng = np.random.default_rng(seed)
     return (rng.integers(0, 256, (n, h, w), dtype=np.uint8), rng.integers(0, 10, n, dtype=np.uint8))
 
@@ -164,8 +164,8 @@ def test_labels_of_any_idx_type_are_checked_against_the_classes(tmp_path, labels
 
 @pytest.mark.parametrize("make, message", [
     (lambda im: _typed_idx(im.astype(np.int8) - 100, 0x09), "images are int8"),
-    (lambda im: _typed_idx(np.zeros((5, 0, 3), np.uint8), 0x08), "height and width of at least 1"),
-    (lambda im: _typed_idx(np.zeros((0, 4, 3), np.uint8), 0x08), "the train split is empty"),
+    (lambda im: _typed_idx(np.zeros((5, 0, 3), np.uint8), 0x08), "claims 5 images of 0 x 3"),
+    (lambda im: _typed_idx(np.zeros((0, 28, 28), np.uint8), 0x08), "the train split is empty"),
 ])
 def test_images_that_cannot_train_are_refused(tmp_path, make, message):
     images, labels = _tiny()
@@ -202,3 +202,36 @@ def test_a_gzip_bomb_is_read_only_as_far_as_its_header_promises(tmp_path):
         read_idx(path)
     grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
     assert grown_mb < 100
+
+
+@pytest.mark.parametrize("dims, message", [
+    ((2000, 1000, 1000), "claims 2,000 images of 1000 x 1000; this dataset has at most 60,000 "
+                         "images of 28 x 28"),
+    ((60001, 28, 28), "claims 60,001 images of 28 x 28"),
+    ((5, 28, 29), "images of 28 x 29"),
+])
+def test_an_idx_header_that_is_not_the_datasets_shape_is_refused_from_its_first_bytes(
+        tmp_path, dims, message):
+    """The header alone is written (16 bytes): the payload it claims (2 GB for the first) is
+    never read, so the refusal cannot depend on how much memory there is."""
+    import struct
+
+    images, labels = _tiny()
+    folder = write_dataset(tmp_path / "mnist", images, labels, images, labels)
+    header = struct.pack(">HBB", 0, 0x08, 3) + struct.pack(">3I", *dims)
+    (folder / "train-images-idx3-ubyte.gz").write_bytes(gzip.compress(header))
+    with pytest.raises(DataError, match=message):
+        load_dataset("mnist", folder)
+
+
+def test_a_memory_error_anywhere_is_one_line(monkeypatch, capsys):
+    from seqmnist import cli
+
+    def exhausted(_args):
+        raise MemoryError("Unable to allocate 2.00 GiB for an array")
+
+    monkeypatch.setitem(cli.COMMANDS, "data", (*cli.COMMANDS["data"][:2], exhausted))
+    assert cli.main(["data"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("seqmnist: error: out of memory") and "2.00 GiB" in err
+    assert err.count("\n") == 1

@@ -147,7 +147,7 @@ def test_fetch_then_load_a_registered_dataset(server, tmp_path, monkeypatch):
         spec = DatasetSpec("tiny-test", ["a", "b", "c"], "test", files=SPLIT_FILES,
                            sha256={k: hashlib.sha256(v).hexdigest() for k, v in blobs.items()},
                            mirrors=[f"http://127.0.0.1:{httpd.server_address[1]}/x/"],
-                           loader=DATASETS["mnist"].loader)
+                           loader=DATASETS["mnist"].loader, image_shape=(5, 5))
         register_dataset(spec)
         monkeypatch.delenv("SEQMNIST_DATA", raising=False)
         ds = load_dataset("tiny-test")  # not on disk: downloaded into the (test) cache

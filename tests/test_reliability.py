@@ -291,7 +291,7 @@ def test_edited_config_json_cannot_mix_settings_on_resume(tmp_path, monkeypatch)
     with pytest.raises(CheckpointError, match=r"disagrees with the checkpoint.*\(view\)"):
         train(resume=folder, log=lambda *_: None, progress=False)
     (folder / "config.json").write_text(json.dumps({**config, "epochs": "two"}))
-    with pytest.raises(CheckpointError, match="'epochs' must be int"):
+    with pytest.raises(CheckpointError, match="'epochs' must be a whole number, got 'two'"):
         train(resume=folder, log=lambda *_: None, progress=False)
 
 

@@ -313,6 +313,16 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.resume is not None:
         if args.model is not None:
             raise UsageError("--resume takes its settings from the run; give no MODEL with it")
+        given = [f"--{k.replace('_', '-')}" for k, v in _train_kwargs(args).items()
+                 if v is not None and k != "data_dir"]
+        given += [f"--{k.replace('_', '-')}" for k in ("hidden", "layers")
+                  if getattr(args, k) is not None]
+        given += ["--bidirectional"] * bool(args.bidirectional) + \
+            ["--model-option"] * bool(args.model_option)
+        if given:
+            raise UsageError(f"--resume continues the run with its own settings (they are in "
+                             f"{args.resume}/config.json); {', '.join(given)} would be ignored: "
+                             "leave them out, or start a new run")
         train(resume=args.resume, data_dir=args.data_dir, progress=not args.no_progress,
               tensorboard=args.tensorboard)
         return 0
@@ -426,7 +436,7 @@ def cmd_data(args: argparse.Namespace) -> int:
                                                            f"got {check.actual}")
             bad += not check.ok
             print(f"{name:<15} {check.path or '-'}: {status}")
-    return 1 if bad else 0
+    return 2 if bad else 0  # files that are not what they claim: bad input
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -555,6 +565,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("seqmnist: interrupted", file=sys.stderr)
         return 130
+    except MemoryError as exc:  # whatever asked for it, one line that says what was too big
+        print(f"seqmnist: error: out of memory while running `seqmnist {args.command}`"
+              f"{': ' + str(exc) if str(exc) else ''}; this machine cannot hold what it was "
+              "asked to load or build (a smaller --limit, --batch-size or model)",
+              file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

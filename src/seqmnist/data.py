@@ -49,10 +49,26 @@ def _idx_size(head: bytes) -> int | None:
     return 4 + 4 * ndim + math.prod(dims) * np.dtype(IDX_DTYPES[head[2]]).itemsize
 
 
-def _open_bytes(path: Path) -> bytes:
+def _check_dims(path: Path, head: bytes, expect: tuple[int, ...] | None) -> None:
+    """Refuse a header whose dimensions are not the dataset's, from its first bytes:
+    ``expect`` is (most items, *the shape of one item})."""
+    if expect is None or len(head) < 4 or head[:2] != b"\0\0" or head[3] != len(expect):
+        return  # not IDX, or another rank: ``parse_idx`` says what is wrong
+    if len(head) < 4 + 4 * len(expect):
+        return
+    dims = struct.unpack(f">{len(expect)}I", head[4:4 + 4 * len(expect)])
+    if dims[1:] != tuple(expect[1:]) or dims[0] > expect[0]:
+        what = "images of " + " x ".join(map(str, dims[1:])) if len(dims) > 1 else "labels"
+        want = "images of " + " x ".join(map(str, expect[1:])) if len(expect) > 1 else "labels"
+        raise DataError(f"{path}: the header claims {dims[0]:,} {what}; this dataset has at most "
+                        f"{expect[0]:,} {want}: refused before reading it")
+
+
+def _open_bytes(path: Path, expect: tuple[int, ...] | None = None) -> bytes:
     """The file's IDX bytes, gunzipped if need be. Whatever the file, at most the size its IDX
     header promises (plus one byte, to notice extra data) is read or decompressed: a small gzip
-    that inflates to gigabytes costs nothing. Only regular files are opened."""
+    that inflates to gigabytes costs nothing. Only regular files are opened. With ``expect``,
+    a header whose dimensions disagree with it is refused before anything else is read."""
     try:
         if not path.is_file():
             raise DataError(f"{path}: not a regular file")
@@ -61,6 +77,7 @@ def _open_bytes(path: Path) -> bytes:
             raw.seek(0)
             fh = gzip.GzipFile(fileobj=raw) if gz else raw
             head = fh.read(4 + 4 * 255)
+            _check_dims(path, head, expect)
             size = _idx_size(head)
             cap = (size if size is not None else len(head)) + 1
             return head[:cap] + fh.read(max(0, cap - len(head)))
@@ -96,10 +113,12 @@ def parse_idx(data: bytes, name: str = "<bytes>", expect_ndim: int | None = None
     return np.frombuffer(data, dtype=dtype, count=count, offset=header).reshape(dims)
 
 
-def read_idx(path: str | Path, expect_ndim: int | None = None) -> np.ndarray:
-    """Read an IDX file, gzip-compressed or raw, validating magic, dimensions and length."""
+def read_idx(path: str | Path, expect_ndim: int | None = None,
+             expect: tuple[int, ...] | None = None) -> np.ndarray:
+    """Read an IDX file, gzip-compressed or raw, validating magic, dimensions and length;
+    ``expect`` = (most items, *item shape) bounds the header before the payload is read."""
     path = Path(path)
-    return parse_idx(_open_bytes(path), str(path), expect_ndim)
+    return parse_idx(_open_bytes(path, expect), str(path), expect_ndim)
 
 
 @dataclass
@@ -152,6 +171,7 @@ class DatasetSpec:
     loader: Callable[[DatasetSpec, Path | None], Dataset] | None = None
     image_shape: tuple[int, int] = (28, 28)  # height, width of every image
     train_images: int = 60_000  # in the full training split
+    test_images: int = 10_000
 
     @property
     def downloadable(self) -> bool:
@@ -254,7 +274,9 @@ def _load_idx_dataset(spec: DatasetSpec, data_dir: Path | None) -> Dataset:
             raise DataNotFoundError(not_found_message(spec.name, data_dir, str(exc))) from None
     arrays = {}
     for role, base in spec.files.items():
-        arrays[role] = read_idx(find_file(folder, base), 3 if role.endswith("images") else 1)
+        most = spec.train_images if role.startswith("train") else spec.test_images
+        expect = (most, *spec.image_shape) if role.endswith("images") else (most,)
+        arrays[role] = read_idx(find_file(folder, base), len(expect), expect)
     for split in ("train", "test"):
         images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
         check_split(str(folder), split, images, labels, len(spec.classes))

@@ -355,7 +355,15 @@ class TensorBoard:
         except ImportError:
             raise SeqmnistError("--tensorboard needs its extra: pip install "
                                 "'seqmnist[tensorboard]'") from None
-        self.writer = SummaryWriter(log_dir=str(folder / "tensorboard"))
+        where = folder / "tensorboard"
+        if where.exists() and not where.is_dir():
+            raise SeqmnistError(f"{where} is a file, not a folder: TensorBoard's events cannot go "
+                                "there (remove or rename it, or leave out --tensorboard)")
+        try:
+            self.writer = SummaryWriter(log_dir=str(where))
+        except OSError as exc:
+            raise SeqmnistError(f"cannot write TensorBoard events to {where}: "
+                                f"{exc.strerror or exc}") from None
         self.steps = steps_per_epoch
 
     def batch(self, epoch: int, step: int, loss: float) -> None:
