@@ -116,3 +116,73 @@ def test_draw_a_seven_and_both_models_say_seven(server, tmp_path):
         browser.close()
     assert not errors, errors
     assert shot.stat().st_size > 10_000
+
+
+def _require_chromium():
+    missing = []
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        missing.append("playwright (pip install playwright)")
+    if not Path(CHROMIUM).exists():
+        missing.append("chromium (apt-get install chromium)")
+    if missing:
+        if os.environ.get("SEQMNIST_REQUIRE_BROWSER"):
+            pytest.fail("browser test needs: " + ", ".join(missing))
+        pytest.skip("browser test needs: " + ", ".join(missing))
+
+
+@pytest.mark.browser
+def test_explain_html_works_offline_from_a_file(small_runs, small_mnist_dir, tmp_path):
+    """explain.html opened from file:// with every request that is not the file itself refused:
+    no console error, no request leaves the page, the slider moves every panel to its step, and
+    the CNN's entry shows its occlusion map without sequence panels."""
+    _require_chromium()
+    pytest.importorskip("captum")
+    from playwright.sync_api import expect, sync_playwright
+
+    from seqmnist.explain import explain_runs, write_explanations
+
+    explanations = explain_runs([small_runs["lstm"], small_runs["cnn"]], indices=[0, 1],
+                                data_dir=small_mnist_dir, progress=False)
+    page_file = write_explanations(explanations, tmp_path / "explained")["html"]
+    requests, errors = [], []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=LAUNCH_ARGS)
+        context = browser.new_context(viewport={"width": 1300, "height": 1000},
+                                      offline=True)
+        page = context.new_page()
+
+        def gate(route):
+            if route.request.url.startswith("file://"):
+                route.continue_()
+            else:
+                requests.append(route.request.url)
+                route.abort()
+
+        page.route("**/*", gate)
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.goto(page_file.resolve().as_uri())
+        expect(page.locator("#title")).to_contain_text("lstm (rows view) reading test image 0")
+        expect(page.locator("#step-label")).to_have_text("step 1 of 28")
+        page.locator("#step").fill("20")
+        expect(page.locator("#step-label")).to_have_text("step 20 of 28")
+        expect(page.locator("#belief-now")).to_contain_text("after step 20:")
+        expect(page.locator("#occlusion-now")).to_contain_text("occlusion at step 20:")
+        expect(page.locator("#states canvas")).to_have_count(10)  # 2 layers x h, c and 3 gates
+        shot = Path(os.environ.get("SEQMNIST_EXPLAIN_SCREENSHOT") or tmp_path / "explain.png")
+        page.screenshot(path=str(shot), full_page=True)
+        page.click("#play")
+        expect(page.locator("#step-label")).to_have_text("step 28 of 28", timeout=15000)
+        page.select_option("#pick", index=1)  # image 0 read by the CNN
+        expect(page.locator("#title")).to_contain_text("cnn (image view)")
+        expect(page.locator("#stepper")).to_be_hidden()
+        expect(page.locator("#no-steps")).to_be_visible()
+        expect(page.locator("#saliency")).to_be_visible()
+        cnn_shot = shot.with_name(shot.stem + "-cnn.png")
+        page.screenshot(path=str(cnn_shot), full_page=True)
+        browser.close()
+    assert not errors, errors
+    assert not requests, requests
+    assert shot.stat().st_size > 10_000

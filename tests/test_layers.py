@@ -33,6 +33,8 @@ LAYERS = [
     ["cluster"],
     ["export"],
     ["images"],
+    ["explain_page"],
+    ["explain"],
     ["doctor", "web"],
     ["cli"],
     ["__main__", "__init__"],

@@ -432,7 +432,7 @@ def test_undefined_numbers_are_json_null_not_nan(finished_lstm, small_mnist_dir,
     ("input_shape", [784, 1], "does not match rows view of 28x28"),
     ("config.model_options", {"hidden": 3000}, "weights do not fit the stored configuration"),
     ("config.model_options", {"hidden": 12000}, "hidden must be in 1..4096"),
-    ("config.model_options", {"layers": 200000}, "layers 1..64"),
+    ("config.model_options", {"layers": 200000}, "layers must be in 1..64"),
     ("num_classes", 10**9, "is not a class count"),
 ])
 def test_stored_shapes_are_checked_against_the_weights_before_building(finished_lstm, tmp_path,
@@ -450,3 +450,28 @@ def test_stored_shapes_are_checked_against_the_weights_before_building(finished_
     with pytest.raises(CheckpointError, match=message):
         load_run(folder)
     assert clock.perf_counter() - start < 5  # nothing gigabyte-sized was built first
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs named pipes")
+def test_a_named_pipe_in_place_of_a_runs_json_or_a_spec_is_refused_not_waited_on(
+        finished_lstm, tmp_path):
+    """Siblings of the Keras FIFO: every JSON file of a run and a sweep spec are read only when
+    they are regular files. Run in child processes, so a hang fails the test."""
+    import shutil
+    import subprocess
+    import sys
+
+    cases = []
+    for name in ("metrics.json", "history.json"):
+        run = tmp_path / name.split(".")[0]
+        shutil.copytree(finished_lstm, run)
+        (run / name).unlink()
+        os.mkfifo(run / name)
+        cases.append((["evaluate", str(run)], f"{name}: not a regular file"))
+    spec = tmp_path / "spec.toml"
+    os.mkfifo(spec)
+    cases.append((["sweep", str(spec), "--dry-run"], "spec.toml: not a regular file"))
+    for args, message in cases:
+        done = subprocess.run([sys.executable, "-m", "seqmnist", *args], capture_output=True,
+                              text=True, timeout=120)
+        assert done.returncode == 2 and message in done.stderr, done.stderr

@@ -134,7 +134,7 @@ def test_data_parallel_replicas_train_like_one_model(tmp_path, backend):
     (dict(device="tpu"), "unknown device"),
     (dict(backend="cudnn"), "unknown backend"),
     (dict(schedule="cosine"), "unknown schedule"),
-    (dict(lr=float("nan")), "learning rate must be positive"),
+    (dict(lr=float("nan")), "'lr' must be a number, got 'nan'"),
 ])
 def test_bad_config_rejected(change, message):
     with pytest.raises(UsageError, match=message):

@@ -297,6 +297,23 @@ def build_sweep(p: argparse.ArgumentParser) -> None:
                    "declares (default: 0.25 where the cluster has GPUs, else 0)")
 
 
+def build_explain(p: argparse.ArgumentParser) -> None:
+    p.add_argument("runs", nargs="+", type=Path, metavar="RUN", help="finished run folders")
+    p.add_argument("--index", nargs="+", type=nonnegative_int, default=[], metavar="N",
+                   help="test images to explain (default: one read right per class, the most "
+                   "confident mistakes and, with several runs, images they disagree on)")
+    p.add_argument("--image", nargs="+", type=Path, default=[], metavar="FILE",
+                   help="your own image files, prepared the MNIST way (default: none)")
+    p.add_argument("--out", type=Path, help="folder for explain.html and explain.json "
+                   "(default: reports/<time>-explain)")
+    p.add_argument("--data-dir", type=Path, help="folder holding the dataset's files "
+                   "(default: search as training does)")
+    p.add_argument("--open", action="store_true", help="open explain.html in the browser "
+                   "(default: only write it)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (default: shown "
+                   "on a terminal)")
+
+
 def build_doctor(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print JSON (default: text)")
 
@@ -500,6 +517,25 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_explain(args: argparse.Namespace) -> int:
+    from datetime import datetime
+
+    from .explain import explain_runs, write_explanations
+
+    explanations = explain_runs(args.runs, args.index, args.image, args.data_dir,
+                                progress=not args.no_progress)
+    out = args.out or Path("reports") / datetime.now().strftime("%Y%m%d-%H%M%S-explain")
+    files = write_explanations(explanations, out)
+    models = sorted({e.model for e in explanations})
+    print(f"Explained {len(explanations) // max(len(args.runs), 1)} images with "
+          f"{', '.join(models)}: {files['html']} (numbers in {files['json']})")
+    if args.open:
+        import webbrowser
+
+        webbrowser.open(files["html"].resolve().as_uri())
+    return 0
+
+
 def cmd_doctor(args: argparse.Namespace) -> int:
     from .doctor import report
 
@@ -524,6 +560,8 @@ COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
                      build_import_keras, cmd_import_keras),
     "export": ("export a run to ONNX, or as a shareable model folder with a model card",
                build_export, cmd_export),
+    "explain": ("look inside: what models do while they read images, in one offline page",
+                build_explain, cmd_explain),
     "doctor": ("what this machine runs: versions, CPU features, LSTM kernel, backend",
                build_doctor, cmd_doctor),
 }

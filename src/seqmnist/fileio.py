@@ -59,12 +59,19 @@ def write_json(path: str | Path, obj) -> None:
     atomic_write(path, dumps(obj) + "\n")
 
 
+MAX_JSON = 64 << 20  # no JSON file of a run comes near this
+
+
 def read_json(path: Path, default=None):
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
+    """A JSON file of a run, or ``default`` when there is none. Only a regular file is read (a
+    named pipe in its place is refused, not waited on), at most MAX_JSON bytes of it."""
+    path = Path(path)
+    if not os.path.lexists(path):
         return default
-    except (OSError, ValueError, RecursionError) as exc:
+    data = read_regular_file(path, MAX_JSON, CheckpointError)
+    try:
+        return json.loads(data)
+    except (ValueError, RecursionError) as exc:
         raise CheckpointError(f"{path}: unreadable ({str(exc)[:200]})") from None
 
 

@@ -158,10 +158,13 @@ def parse_spec(text: str, name: str = "spec") -> Spec:
 
 
 def load_spec(path: str | Path) -> Spec:
+    from .fileio import read_regular_file
+
     path = Path(path)
+    data = read_regular_file(path, 1 << 20, UsageError)  # a spec is a few lines; never a pipe
     try:
-        text = path.read_text()
-    except (OSError, UnicodeDecodeError) as exc:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
         raise UsageError(f"{path}: cannot read the spec ({exc})") from None
     return parse_spec(text, str(path))
 

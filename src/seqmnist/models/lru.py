@@ -62,6 +62,18 @@ class LRULayer(nn.Module):
         return torch.stack(out, 1)
 
 
+    @torch.no_grad()
+    def states(self, u: torch.Tensor) -> torch.Tensor:
+        """The size of each state after every step: |h_t| (N, T, states), from the recurrence."""
+        lam, v = self._lambda(), self._inputs(u)
+        h = torch.zeros(u.shape[0], lam.shape[0], dtype=lam.dtype, device=u.device)
+        out = []
+        for t in range(u.shape[1]):
+            h = lam * h + v[:, t]
+            out.append(h.abs())
+        return torch.stack(out, 1)
+
+
 class LRUBlock(nn.Module):
     def __init__(self, channels: int, states: int, dropout: float):
         super().__init__()

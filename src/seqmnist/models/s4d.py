@@ -63,6 +63,20 @@ class S4DLayer(nn.Module):
         return torch.stack(out, 1)
 
 
+    @torch.no_grad()
+    def states(self, u: torch.Tensor) -> torch.Tensor:
+        """The size of the state after every step, per channel: |x_t| over its states (N, T, H),
+        from the same recurrence."""
+        dta, _ = self._discrete()
+        decay = torch.exp(dta)
+        x = torch.zeros(u.shape[0], *decay.shape, dtype=decay.dtype, device=u.device)
+        out = []
+        for t in range(u.shape[1]):
+            x = decay * x + u[:, t, :, None]
+            out.append(x.abs().pow(2).sum(-1).sqrt())
+        return torch.stack(out, 1)
+
+
 class S4DBlock(nn.Module):
     def __init__(self, channels: int, states: int, dropout: float):
         super().__init__()

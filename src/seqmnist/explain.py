@@ -1,0 +1,369 @@
+"""Look inside: what a model does while it reads an image, step by step.
+
+    from seqmnist import explain
+    e = explain("runs/RUN", 0)       # test image 0 (or a 28 x 28 uint8 array, or an image file)
+    e.belief, e.decided_at, e.state["layer1.c"]   # arrays; in Jupyter `e` draws itself
+
+For one image and one run, ``explain`` gives: the probabilities after every step (``belief``) and
+the first step from which the final answer stays on top (``decided_at``); inside the model at
+each step (``state``: a recurrent layer's hidden and cell states and gates, the last attention
+layer's weights over the steps read so far, the size of a state-space layer's state); which steps
+mattered, two ways (``occlusion``: the final answer's probability minus its probability with that
+one step zeroed; ``attribution``: integrated gradients from an all-zero input, with Captum, summed
+over each step's features); and for every model, the CNN too, a 28 x 28 occlusion map over the
+image (``saliency``). ``seqmnist explain`` writes them as ``explain.json`` and one offline
+``explain.html`` (``explain_page.py``). Steps count from 0 in the arrays, from 1 on the page.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .errors import UsageError
+from .storage import Run, load_run
+from .views import VIEWS, permutation, to_input
+
+PATCH, STRIDE = 4, 2  # the saliency map's occluding patches
+IG_STEPS = 32  # integrated gradients: points on the path from the baseline
+ROUND = 4  # decimals kept in explain.json
+
+
+@dataclass
+class Explanation:
+    """Everything seqmnist can show about one model reading one image (arrays are numpy)."""
+
+    run: str
+    model: str
+    view: str
+    dataset: str
+    index: int | None  # the test-set index, or None for a user's image
+    label: str | None
+    classes: list[str]
+    image: np.ndarray  # (H, W) uint8, white ink on black, as the model was given it
+    prediction: str
+    probabilities: np.ndarray  # (classes,)
+    saliency: np.ndarray  # (H, W): drop of the answer's probability when a patch is zeroed
+    steps: int | None = None  # T, for sequence models
+    order: list[int] | None = None  # pixel read at each step (pixels/permuted views)
+    belief: np.ndarray | None = None  # (T, classes)
+    decided_at: int | None = None
+    occlusion: np.ndarray | None = None  # (T,)
+    attribution: np.ndarray | None = None  # (T,)
+    attribution_delta: float | None = None  # Captum's completeness gap
+    state: dict[str, np.ndarray] = field(default_factory=dict)  # name -> (T, units)
+    unit_order: dict[str, list[int]] = field(default_factory=dict)  # name -> units, in order
+
+    def to_dict(self) -> dict:
+        """The explanation as explain.json holds it (plain lists, rounded)."""
+        def plain(v):
+            if isinstance(v, np.ndarray):
+                return np.round(v.astype(np.float64), ROUND).tolist() if v.dtype.kind == "f" \
+                    else v.tolist()
+            if isinstance(v, dict):
+                return {k: plain(x) for k, x in v.items()}
+            return v
+        return {k: plain(v) for k, v in self.__dict__.items()}
+
+    def _repr_html_(self) -> str:
+        from .explain_page import render
+
+        return render([self.to_dict()], inline=True)
+
+
+def _probabilities(model, x: torch.Tensor, batch: int = 256) -> torch.Tensor:
+    with torch.inference_mode():
+        return torch.cat([model(part).softmax(-1) for part in x.split(batch)])
+
+
+def decided_at(belief: np.ndarray, answer: int) -> int:
+    """The first step from which ``answer`` is the top class at every later step."""
+    top = belief.argmax(-1)
+    wrong = np.flatnonzero(top != answer)
+    return int(wrong[-1] + 1) if len(wrong) else 0
+
+
+def _occlude_steps(model, x: torch.Tensor, answer: int, p: float) -> np.ndarray:
+    """For each step t: p(answer) minus p(answer) when step t's input is set to zero."""
+    steps = x.shape[1]
+    copies = x.repeat(steps, 1, 1)
+    copies[torch.arange(steps), torch.arange(steps)] = 0
+    return p - _probabilities(model, copies)[:, answer].numpy()
+
+
+def saliency(model, image: np.ndarray, view: str, seed: int, answer: int, p: float) -> np.ndarray:
+    """A (H, W) map: the mean drop of p(answer) over the PATCH x PATCH patches (every STRIDE
+    pixels) that cover each pixel, each patch zeroed in the image before the view reads it, so
+    sequence models and the CNN are compared on the same picture."""
+    h, w = image.shape
+    tops = range(0, max(h - PATCH, 0) + 1, STRIDE)
+    lefts = range(0, max(w - PATCH, 0) + 1, STRIDE)
+    boxes = [(t, lf) for t in tops for lf in lefts]
+    copies = np.repeat(image[None], len(boxes), axis=0)
+    for k, (t, lf) in enumerate(boxes):
+        copies[k, t:t + PATCH, lf:lf + PATCH] = 0
+    drops = p - _probabilities(model, to_input(copies, view, seed))[:, answer].numpy()
+    total, count = np.zeros((h, w)), np.zeros((h, w))
+    for (t, lf), d in zip(boxes, drops):
+        total[t:t + PATCH, lf:lf + PATCH] += d
+        count[t:t + PATCH, lf:lf + PATCH] += 1
+    return total / np.maximum(count, 1)
+
+
+def integrated_gradients(model, x: torch.Tensor, answer: int) -> tuple[np.ndarray, float]:
+    """Integrated gradients of the answer's logit from an all-zero input (Captum), summed over
+    each step's features: (T,), and Captum's convergence delta (completeness: the sum equals
+    f(x) - f(0) up to it)."""
+    try:
+        from captum.attr import IntegratedGradients
+    except ImportError:
+        raise UsageError("attributions need Captum: pip install 'seqmnist[explain]'") from None
+    ig = IntegratedGradients(model)
+    with torch.enable_grad():
+        attr, delta = ig.attribute(x, baselines=torch.zeros_like(x), target=answer,
+                                   n_steps=IG_STEPS, internal_batch_size=IG_STEPS,
+                                   return_convergence_delta=True)
+    per_step = attr.detach()[0].sum(-1).numpy()
+    return per_step, float(delta.abs().max())
+
+
+def _gates(kind: str, cell, x: torch.Tensor) -> dict[str, np.ndarray]:
+    """A one-layer nn.LSTM / nn.GRU / nn.RNN run step by step on its own weights: its hidden
+    state (and cell state, and gates) after every step, for one sequence x (T, F). Forward
+    direction only for a bidirectional layer."""
+    w_ih, w_hh = cell.weight_ih_l0, cell.weight_hh_l0
+    b_ih, b_hh = cell.bias_ih_l0, cell.bias_hh_l0
+    hidden = cell.hidden_size
+    h = torch.zeros(hidden)
+    c = torch.zeros(hidden)
+    out: dict[str, list] = {}
+
+    def keep(name, value):
+        out.setdefault(name, []).append(value)
+
+    with torch.no_grad():
+        for t in range(x.shape[0]):
+            gi = w_ih @ x[t] + b_ih
+            gh = w_hh @ h + b_hh
+            if kind == "lstm":  # PyTorch's gate order: input, forget, cell, output
+                i, f, g, o = (gi + gh).chunk(4)
+                i, f, g, o = i.sigmoid(), f.sigmoid(), g.tanh(), o.sigmoid()
+                c = f * c + i * g
+                h = o * c.tanh()
+                keep("input_gate", i), keep("forget_gate", f), keep("output_gate", o)
+                keep("c", c)
+            elif kind == "gru":  # reset, update, new
+                ri, zi, ni = gi.chunk(3)
+                rh, zh, nh = gh.chunk(3)
+                r, z = (ri + rh).sigmoid(), (zi + zh).sigmoid()
+                n = (ni + r * nh).tanh()
+                h = (1 - z) * n + z * h
+                keep("reset_gate", r), keep("update_gate", z)
+            else:
+                h = (gi + gh).tanh()
+            keep("h", h)
+    return {k: torch.stack(v).numpy() for k, v in out.items()}
+
+
+def inside(run: Run, x: torch.Tensor) -> dict[str, np.ndarray]:
+    """What the model holds after each step for one input x (1, T, F): a map from names such as
+    ``layer1.h`` to (T, units) arrays. Empty for models without a step-by-step inside (TCN)."""
+    from .models import RecurrentClassifier
+
+    model = run.model
+    state: dict[str, np.ndarray] = {}
+    if isinstance(model, RecurrentClassifier):
+        seq = x[0]
+        shown = ("h", "c", "input_gate", "forget_gate", "output_gate", "reset_gate",
+                 "update_gate")
+        for k, layer in enumerate(model.recurrent_layers, 1):
+            found = _gates(layer.cell, layer.rnn, seq)
+            state.update({f"layer{k}.{name}": found[name] for name in shown if name in found})
+            with torch.no_grad():  # the next layer reads the whole output (both directions)
+                seq = layer.rnn(seq[None])[0][0]
+        return state
+    captured: dict[str, torch.Tensor] = {}
+    hooks = []
+    encoder = getattr(model, "encoder", None)
+    if encoder is not None and hasattr(encoder, "layers"):  # the causal Transformer
+        last = encoder.layers[-1]
+        hooks.append(last.norm1.register_forward_hook(
+            lambda _m, _i, out: captured.__setitem__("attention_input", out)))
+    for k, block in enumerate(getattr(model, "blocks", []), 1):  # S4D / LRU blocks
+        layer = getattr(block, "ssm", None) or getattr(block, "lru", None)
+        if layer is not None and hasattr(layer, "states"):
+            hooks.append(layer.register_forward_hook(
+                lambda m, inp, _out, k=k: captured.__setitem__(f"layer{k}.state", m.states(inp[0]))))
+    try:
+        with torch.no_grad():
+            model(x)
+            if "attention_input" in captured:
+                z = captured.pop("attention_input")
+                steps = z.shape[1]
+                mask = torch.nn.Transformer.generate_square_subsequent_mask(steps, dtype=z.dtype)
+                _, weights = encoder.layers[-1].self_attn(z, z, z, attn_mask=mask,
+                                                          need_weights=True,
+                                                          average_attn_weights=True)
+                state[f"layer{len(encoder.layers)}.attention"] = weights[0].numpy()
+    finally:
+        for h in hooks:
+            h.remove()
+    state.update({k: v[0].numpy() for k, v in captured.items()})
+    return state
+
+
+def unit_order(run: Run, state: dict[str, np.ndarray]) -> dict[str, list[int]]:
+    """An order of each state's units that makes structure visible: the last recurrent layer's
+    units by the class whose output weight they feed most (then by that weight), the others by
+    the step at which they are most active."""
+    head = getattr(run.model, "head", None)
+    out = {}
+    last = max((int(k.split(".")[0][5:]) for k in state if k.startswith("layer")), default=0)
+    for name, values in state.items():
+        if values.ndim != 2 or name.endswith(".attention"):
+            continue
+        units = values.shape[1]
+        if name.startswith(f"layer{last}.") and isinstance(head, torch.nn.Linear) \
+                and head.weight.shape[1] == units:
+            w = head.weight.detach().numpy()
+            cls = w.argmax(0)
+            out[name] = sorted(range(units), key=lambda u: (cls[u], -w[cls[u], u]))
+        else:
+            peak = np.abs(values).argmax(0)
+            out[name] = sorted(range(units), key=lambda u: (peak[u], u))
+    return out
+
+
+def _reading_order(view: str, seed: int, shape: tuple[int, int]) -> list[int] | None:
+    n = shape[0] * shape[1]
+    if view == "pixels":
+        return list(range(n))
+    if view == "permuted":
+        return permutation(n, seed).tolist()
+    return None
+
+
+def explain(run: Run | str | Path, image: int | np.ndarray | str | Path,
+            data_dir: str | Path | None = None, dataset=None) -> Explanation:
+    """Explain ``run`` reading one image: a test-set index, a (H, W) uint8 array (white ink on
+    black, MNIST-style), or an image file (prepared the MNIST way)."""
+    from .backends import install_backend
+    from .data import load_dataset
+    from .images import prepare_image
+
+    run = run if isinstance(run, Run) else load_run(run)
+    cfg = run.config
+    classes = run.metrics.get("classes") or [str(i) for i in range(run.num_classes)]
+    size = tuple(run.metrics.get("image_shape") or (28, 28))
+    index, label = None, None
+    if isinstance(image, (int, np.integer)) and not isinstance(image, bool):
+        ds = dataset or load_dataset(cfg.dataset, data_dir or cfg.data_dir)
+        if not 0 <= image < len(ds.x_test):
+            raise UsageError(f"--index {image} is outside the {cfg.dataset} test set "
+                             f"(0..{len(ds.x_test) - 1})")
+        index, label = int(image), classes[int(ds.y_test[image])]
+        pixels = ds.x_test[image]
+    elif isinstance(image, np.ndarray):
+        pixels = np.asarray(image)
+        if pixels.shape != size or pixels.dtype != np.uint8:
+            raise UsageError(f"an image array must be {size[0]} x {size[1]} uint8, got "
+                             f"{pixels.shape} {pixels.dtype}")
+    else:
+        pixels = prepare_image(Path(image), size)
+    model = install_backend(run.model, "torch").eval()  # gradients and step-by-step states
+    x = to_input(pixels[None], cfg.view, cfg.seed)
+    probs = _probabilities(model, x)[0].numpy()
+    answer = int(probs.argmax())
+    out = Explanation(run=str(run.path), model=cfg.model, view=cfg.view, dataset=cfg.dataset,
+                      index=index, label=label, classes=list(classes), image=pixels,
+                      prediction=classes[answer], probabilities=probs,
+                      saliency=saliency(model, pixels, cfg.view, cfg.seed, answer,
+                                        float(probs[answer])))
+    if VIEWS[cfg.view].kind == "sequence" and hasattr(model, "forward_steps"):
+        with torch.inference_mode():
+            belief = model.forward_steps(x).softmax(-1)[0].numpy()
+        out.steps = int(x.shape[1])
+        out.order = _reading_order(cfg.view, cfg.seed, size)
+        out.belief = belief
+        out.decided_at = decided_at(belief, answer)
+        out.occlusion = _occlude_steps(model, x, answer, float(probs[answer]))
+        out.attribution, out.attribution_delta = integrated_gradients(model, x.clone(), answer)
+        out.state = inside(run, x)
+        out.unit_order = unit_order(run, out.state)
+    return out
+
+
+def default_set(runs: list[Run], per_class: int = 1, mistakes: int = 3,
+                disagreements: int = 3) -> list[int]:
+    """A small, telling set of test images: one correctly read image per class (by the first
+    run), its most confident mistakes, and with several runs the images they disagree on most
+    clearly. From the runs' stored predictions: nothing is recomputed."""
+    from .storage import load_predictions
+
+    preds = [load_predictions(r.path, r.num_classes) for r in runs]
+    first = preds[0]
+    labels, guess, prob = first["labels"], first["predictions"], first["probabilities"]
+    chosen: list[int] = []
+    for c in range(runs[0].num_classes):
+        right = np.flatnonzero((labels == c) & (guess == c))
+        chosen += [int(i) for i in right[:per_class]]
+    wrong = np.flatnonzero(guess != labels)
+    confidence = prob[wrong, guess[wrong]]
+    chosen += [int(i) for i in wrong[np.argsort(-confidence, kind="stable")[:mistakes]]]
+    if len(preds) > 1:
+        answers = np.stack([p["predictions"] for p in preds])
+        split = np.flatnonzero((answers != answers[0]).any(0))
+        spread = np.stack([p["probabilities"].max(1) for p in preds])[:, split].min(0)
+        chosen += [int(i) for i in split[np.argsort(-spread, kind="stable")[:disagreements]]]
+    return list(dict.fromkeys(chosen))  # in order, once each
+
+
+def explain_runs(runs: list[str | Path | Run], indices: list[int] | None = None,
+                 images: list[str | Path] | None = None, data_dir: str | Path | None = None,
+                 progress: bool = True) -> list[Explanation]:
+    """Every run explained on every chosen image (the default set when none is given)."""
+    from tqdm.auto import tqdm
+
+    from .data import load_dataset
+
+    loaded = [r if isinstance(r, Run) else load_run(r) for r in runs]
+    datasets = {r.config.dataset for r in loaded}
+    if len(datasets) > 1:
+        raise UsageError(f"runs to explain together must read the same dataset, got "
+                         f"{', '.join(sorted(datasets))}")
+    ds = load_dataset(loaded[0].config.dataset, data_dir or loaded[0].config.data_dir)
+    chosen: list[int | Path] = list(indices or []) + [Path(p) for p in images or []]
+    if not chosen:
+        chosen = default_set(loaded)
+    for i in chosen:
+        if isinstance(i, int) and not 0 <= i < len(ds.x_test):
+            raise UsageError(f"--index {i} is outside the {ds.name} test set "
+                             f"(0..{len(ds.x_test) - 1})")
+    out = []
+    with tqdm(total=len(chosen) * len(loaded), unit="image", desc="explain",
+              disable=None if progress else True) as bar:
+        for item in chosen:
+            for run in loaded:
+                out.append(explain(run, item, data_dir, dataset=ds))
+                bar.update()
+    return out
+
+
+def write_explanations(explanations: list[Explanation], out: str | Path) -> dict[str, Path]:
+    """``out/explain.json`` (every number the page shows) and ``out/explain.html`` (the page,
+    offline), each written whole under a temporary name and renamed into place."""
+    from .explain_page import render
+    from .fileio import atomic_write, dumps
+
+    out = Path(out)
+    items = [e.to_dict() for e in explanations]
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write(out / "explain.json", dumps({"images": items}, indent=None) + "\n")
+        atomic_write(out / "explain.html", render(items))
+    except OSError as exc:
+        raise UsageError(f"cannot write under {out}: {exc.strerror or exc}") from None
+    return {"json": out / "explain.json", "html": out / "explain.html"}

@@ -1,0 +1,160 @@
+// seqmnist explain: draws explain.json's numbers (embedded in the page as #explain-data).
+const DATA = JSON.parse(document.getElementById('explain-data').textContent);
+const items = DATA.images;
+const $ = (id) => document.getElementById(id);
+let current = 0, step = 1, timer = null;
+
+function heat(v, lo, hi) {           // white -> dark blue
+  const t = hi > lo ? Math.min(1, Math.max(0, (v - lo) / (hi - lo))) : 0;
+  return `rgb(${Math.round(255 - 225 * t)},${Math.round(255 - 185 * t)},${Math.round(255 - 60 * t)})`;
+}
+function diverge(v, m) {             // blue (negative) - white - red (positive)
+  const t = m > 0 ? Math.max(-1, Math.min(1, v / m)) : 0;
+  return t >= 0 ? `rgb(255,${Math.round(255 - 200 * t)},${Math.round(255 - 200 * t)})`
+                : `rgb(${Math.round(255 + 200 * t)},${Math.round(255 + 200 * t)},255)`;
+}
+function canvas(el, w, h, scaleX, scaleY) {
+  el.width = w * scaleX; el.height = h * scaleY;
+  const ctx = el.getContext('2d');
+  ctx.setTransform(scaleX, 0, 0, scaleY, 0, 0);
+  return ctx;
+}
+function absmax(a) { let m = 0; for (const v of a.flat()) m = Math.max(m, Math.abs(v)); return m; }
+
+function readMask(it) {               // which pixels have been read after `step` steps
+  const H = it.image.length, W = it.image[0].length, read = [];
+  for (let y = 0; y < H; y++) { read.push(new Array(W).fill(it.steps == null)); }
+  if (it.steps == null) return read;
+  if (it.view === 'rows') { for (let y = 0; y < Math.min(step, H); y++) read[y].fill(true); }
+  else if (it.view === 'columns') { for (let y = 0; y < H; y++) for (let x = 0; x < Math.min(step, W); x++) read[y][x] = true; }
+  else if (it.order) { for (let k = 0; k < step; k++) { const p = it.order[k]; read[Math.floor(p / W)][p % W] = true; } }
+  return read;
+}
+
+function drawInput(it) {
+  const H = it.image.length, W = it.image[0].length, read = readMask(it);
+  const ctx = canvas($('input'), W, H, 8, 8);
+  for (let y = 0; y < H; y++) for (let x = 0; x < W; x++) {
+    const v = it.image[y][x];
+    ctx.fillStyle = read[y][x] ? `rgb(${v},${v},${v})` : `rgb(${40 + v * 0.25},${30 + v * 0.2},${30 + v * 0.2})`;
+    ctx.fillRect(x, y, 1, 1);
+  }
+  ctx.fillStyle = 'rgba(255,200,0,0.9)';
+  if (it.steps != null) {
+    if (it.view === 'rows') ctx.fillRect(0, step - 1, W, 1 / 8 * 2);
+    else if (it.view === 'columns') ctx.fillRect(step - 1, 0, 2 / 8, H);
+    else if (it.order) { const p = it.order[step - 1]; ctx.fillRect(p % W, Math.floor(p / W), 1, 1); }
+  }
+  const ro = $('reading');
+  ro.parentElement.style.display = it.view === 'permuted' ? '' : 'none';
+  if (it.view === 'permuted') {          // the same pixels laid out in the order they are read
+    const c2 = canvas(ro, W, H, 8, 8);
+    for (let k = 0; k < H * W; k++) {
+      const p = it.order[k], v = it.image[Math.floor(p / W)][p % W];
+      c2.fillStyle = k < step ? `rgb(${v},${v},${v})` : `rgb(${40 + v * 0.25},30,30)`;
+      c2.fillRect(k % W, Math.floor(k / W), 1, 1);
+    }
+  }
+}
+
+function drawSaliency(it) {
+  const H = it.saliency.length, W = it.saliency[0].length, m = absmax(it.saliency);
+  const ctx = canvas($('saliency'), W, H, 8, 8);
+  for (let y = 0; y < H; y++) for (let x = 0; x < W; x++) {
+    ctx.fillStyle = diverge(it.saliency[y][x], m); ctx.fillRect(x, y, 1, 1);
+    if (it.image[y][x] > 128) { ctx.fillStyle = 'rgba(0,0,0,0.25)'; ctx.fillRect(x, y, 1, 1); }
+  }
+}
+
+function drawBelief(it) {
+  const T = it.steps, C = it.classes.length;
+  const sx = Math.max(1, Math.floor(560 / T)), ctx = canvas($('belief'), T, C, sx, 14);
+  for (let t = 0; t < T; t++) for (let c = 0; c < C; c++) {
+    ctx.fillStyle = heat(it.belief[t][c], 0, 1); ctx.fillRect(t, c, 1, 1);
+  }
+  ctx.fillStyle = 'rgba(255,140,0,0.55)'; ctx.fillRect(step - 1, 0, 1, C);
+  ctx.fillStyle = 'rgba(0,160,0,0.8)'; ctx.fillRect(it.decided_at, 0, Math.min(1, 3 / sx), C);
+  const now = it.belief[step - 1], top = now.indexOf(Math.max(...now));
+  $('belief-now').textContent = `after step ${step}: ${it.classes[top]} ${(100 * now[top]).toFixed(1)}%`;
+  $('belief-labels').textContent = it.classes.join(' · ');
+}
+
+function drawBars(id, values, label) {
+  const T = values.length, m = absmax(values) || 1;
+  const sx = Math.max(1, Math.floor(560 / T)), ctx = canvas($(id), T, 60, sx, 1);
+  for (let t = 0; t < T; t++) {
+    const v = values[t], h = Math.abs(v) / m * 29;
+    ctx.fillStyle = v >= 0 ? '#c0392b' : '#2c6fbb';
+    ctx.fillRect(t, v >= 0 ? 30 - h : 30, 1, Math.max(h, 0.5));
+  }
+  ctx.fillStyle = 'rgba(255,140,0,0.45)'; ctx.fillRect(step - 1, 0, 1, 60);
+  $(id + '-now').textContent = `${label} at step ${step}: ${values[step - 1].toFixed(4)}`;
+}
+
+function drawStates(it) {
+  const box = $('states'); box.innerHTML = '';
+  for (const [name, values] of Object.entries(it.state)) {
+    const div = document.createElement('div'); div.className = 'state';
+    const title = document.createElement('div'); title.className = 'muted';
+    const cv = document.createElement('canvas'); div.append(title, cv); box.append(div);
+    const T = values.length, U = values[0].length;
+    if (name.endsWith('.attention')) {      // row t: attention over the steps read so far
+      const s = Math.max(1, Math.floor(280 / T)), ctx = canvas(cv, T, T, s, s), m = absmax(values);
+      for (let t = 0; t < T; t++) for (let u = 0; u <= t; u++) { ctx.fillStyle = heat(values[t][u], 0, m); ctx.fillRect(u, t, 1, 1); }
+      ctx.fillStyle = 'rgba(255,140,0,0.6)'; ctx.fillRect(0, step - 1, T, 1);
+      title.textContent = `${name}: where step ${step} looks (steps read so far)`;
+      continue;
+    }
+    const order = (it.unit_order && it.unit_order[name]) || [...Array(U).keys()];
+    const sx = Math.max(1, Math.floor(420 / T)), sy = Math.max(2, Math.floor(160 / U));
+    const ctx = canvas(cv, T, U, sx, sy), m = absmax(values);
+    const gate = name.endsWith('_gate') || name.endsWith('.state');
+    for (let t = 0; t < T; t++) for (let k = 0; k < U; k++) {
+      const v = values[t][order[k]];
+      ctx.fillStyle = gate ? heat(v, 0, gate && name.endsWith('_gate') ? 1 : m) : diverge(v, m);
+      ctx.fillRect(t, k, 1, 1);
+    }
+    ctx.fillStyle = 'rgba(255,140,0,0.45)'; ctx.fillRect(step - 1, 0, 1, U);
+    title.textContent = `${name} (${U} units x ${T} steps)`;
+  }
+  $('states-panel').style.display = Object.keys(it.state).length ? '' : 'none';
+}
+
+function show() {
+  const it = items[current];
+  $('title').textContent = `${it.model} (${it.view} view) reading ` +
+    (it.index == null ? 'your image' : `test image ${it.index}`) +
+    (it.label == null ? '' : `, a ${it.label}`) + `: it answers ${it.prediction} ` +
+    `(${(100 * Math.max(...it.probabilities)).toFixed(1)}%)`;
+  const seq = it.steps != null;
+  $('stepper').style.display = seq ? '' : 'none';
+  for (const id of ['belief-panel', 'steps-panel']) $(id).style.display = seq ? '' : 'none';
+  $('no-steps').style.display = seq ? 'none' : '';
+  if (seq) {
+    $('step').max = it.steps; step = Math.min(Math.max(step, 1), it.steps); $('step').value = step;
+    $('step-label').textContent = `step ${step} of ${it.steps}`;
+    $('decided').textContent = `It knew from step ${it.decided_at + 1}: from there on, ${it.prediction} stays on top.`;
+    drawBelief(it); drawBars('occlusion', it.occlusion, 'occlusion');
+    drawBars('attribution', it.attribution, 'integrated gradients'); drawStates(it);
+  } else { step = 1; $('states-panel').style.display = 'none'; }
+  drawInput(it); drawSaliency(it);
+}
+
+const pick = $('pick');
+items.forEach((it, i) => {
+  const o = document.createElement('option'); o.value = i;
+  o.textContent = `${it.index == null ? 'your image' : '#' + it.index}${it.label == null ? '' : ' (' + it.label + ')'} - ${it.model}, ${it.view}: ${it.prediction}`;
+  pick.append(o);
+});
+pick.addEventListener('change', () => { current = +pick.value; show(); });
+$('step').addEventListener('input', () => { step = +$('step').value; show(); });
+$('play').addEventListener('click', () => {
+  if (timer) { clearInterval(timer); timer = null; $('play').textContent = 'Play'; return; }
+  const it = items[current]; if (step >= it.steps) step = 0;
+  $('play').textContent = 'Pause';
+  timer = setInterval(() => {
+    step += 1; show();
+    if (step >= items[current].steps) { clearInterval(timer); timer = null; $('play').textContent = 'Play'; }
+  }, Math.max(15, 3000 / items[current].steps));
+});
+show();
