@@ -100,6 +100,10 @@ def test_draw_a_seven_and_both_models_say_seven(server, tmp_path):
         expect(cnn).to_have_text("7", timeout=15000)
         expect(page.locator('.card[data-model="lstm"] canvas.belief')).to_be_visible()
         expect(page.locator('.card[data-model="lstm"] .sure')).to_contain_text("row")
+        # the inside view of the same drawing, live: the explainer's panels for each model
+        expect(page.locator("#inside")).to_be_visible(timeout=15000)
+        expect(page.locator("#x-title")).to_contain_text("reading your image")
+        expect(page.locator("#x-pick option")).to_have_count(2)
         assert page.locator('.card[data-model="cnn"] canvas.belief').count() == 0
         # The preview shows what the models saw; pointing at a row of the strip highlights it.
         strip = page.locator('.card[data-model="lstm"] canvas.belief').bounding_box()
@@ -164,22 +168,22 @@ def test_explain_html_works_offline_from_a_file(small_runs, small_mnist_dir, tmp
         page.on("pageerror", lambda e: errors.append(str(e)))
         page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
         page.goto(page_file.resolve().as_uri())
-        expect(page.locator("#title")).to_contain_text("lstm (rows view) reading test image 0")
-        expect(page.locator("#step-label")).to_have_text("step 1 of 28")
-        page.locator("#step").fill("20")
-        expect(page.locator("#step-label")).to_have_text("step 20 of 28")
-        expect(page.locator("#belief-now")).to_contain_text("after step 20:")
-        expect(page.locator("#occlusion-now")).to_contain_text("occlusion at step 20:")
-        expect(page.locator("#states canvas")).to_have_count(10)  # 2 layers x h, c and 3 gates
+        expect(page.locator("#x-title")).to_contain_text("lstm (rows view) reading test image 0")
+        expect(page.locator("#x-step-label")).to_have_text("step 1 of 28")
+        page.locator("#x-step").fill("20")
+        expect(page.locator("#x-step-label")).to_have_text("step 20 of 28")
+        expect(page.locator("#x-belief-now")).to_contain_text("after step 20:")
+        expect(page.locator("#x-occlusion-now")).to_contain_text("occlusion at step 20:")
+        expect(page.locator("#x-states canvas")).to_have_count(10)  # 2 layers x h, c and 3 gates
         shot = Path(os.environ.get("SEQMNIST_EXPLAIN_SCREENSHOT") or tmp_path / "explain.png")
         page.screenshot(path=str(shot), full_page=True)
-        page.click("#play")
-        expect(page.locator("#step-label")).to_have_text("step 28 of 28", timeout=15000)
-        page.select_option("#pick", index=1)  # image 0 read by the CNN
-        expect(page.locator("#title")).to_contain_text("cnn (image view)")
-        expect(page.locator("#stepper")).to_be_hidden()
-        expect(page.locator("#no-steps")).to_be_visible()
-        expect(page.locator("#saliency")).to_be_visible()
+        page.click("#x-play")
+        expect(page.locator("#x-step-label")).to_have_text("step 28 of 28", timeout=15000)
+        page.select_option("#x-pick", index=1)  # image 0 read by the CNN
+        expect(page.locator("#x-title")).to_contain_text("cnn (image view)")
+        expect(page.locator("#x-stepper")).to_be_hidden()
+        expect(page.locator("#x-no-steps")).to_be_visible()
+        expect(page.locator("#x-saliency")).to_be_visible()
         cnn_shot = shot.with_name(shot.stem + "-cnn.png")
         page.screenshot(path=str(cnn_shot), full_page=True)
         browser.close()

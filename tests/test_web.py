@@ -257,3 +257,19 @@ def test_an_unexpected_failure_is_one_500_and_one_log_line_per_client(small_runs
     lines = [r for r in caplog.records if r.name == "seqmnist.web"]
     assert len(lines) == 1 and "ZeroDivisionError" in lines[0].getMessage()
     assert not any(r.exc_info for r in caplog.records)
+
+
+def test_the_inside_view_of_a_drawing_is_every_models_explanation(client, small_mnist):
+    pytest.importorskip("captum")
+    resp = client.post("/api/explain", json={"pixels": small_mnist.x_test[0].tolist()})
+    assert resp.status_code == 200
+    by_model = {i["model"]: i for i in resp.json()["images"]}
+    assert set(by_model) == {"lstm", "cnn"}
+    lstm, cnn = by_model["lstm"], by_model["cnn"]
+    assert lstm["index"] is None and lstm["steps"] == 28 and "layer2.c" in lstm["state"]
+    assert np.array(lstm["belief"]).shape == (28, 10) and np.array(cnn["saliency"]).shape == (28, 28)
+    assert cnn["steps"] is None
+    for page in ("/explain.js", "/explain.css", "/explain-body.html"):
+        assert client.get(page).status_code == 200
+    bad = client.post("/api/explain", content=b"hello", headers={"Content-Type": "text/plain"})
+    assert bad.status_code == 400

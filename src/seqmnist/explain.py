@@ -17,7 +17,8 @@ image (``saliency``). ``seqmnist explain`` writes them as ``explain.json`` and o
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import copy
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -273,7 +274,10 @@ def explain(run: Run | str | Path, image: int | np.ndarray | str | Path,
                              f"{pixels.shape} {pixels.dtype}")
     else:
         pixels = prepare_image(Path(image), size)
-    model = install_backend(run.model, "torch").eval()  # gradients and step-by-step states
+    # a copy with the torch backend (gradients, steps): the run's own model, which a server may
+    # be using in another thread, is left as it is
+    model = install_backend(copy.deepcopy(run.model), "torch").eval()
+    run = replace(run, model=model)
     x = to_input(pixels[None], cfg.view, cfg.seed)
     probs = _probabilities(model, x)[0].numpy()
     answer = int(probs.argmax())

@@ -4,6 +4,7 @@
     GET  /api/models    the loaded models
     POST /api/predict   an image (raw image/png or image/jpeg body, or multipart field "image"),
                         or JSON {"pixels": 28 x 28 numbers 0-255, white ink on black}
+    POST /api/explain   the same body: every model's inside view of it (explain.json's entries)
 
 Safe by default: binds 127.0.0.1, bodies over 2 MB get 413 before being read whole, the Host header
 must name this server (against DNS rebinding), cross-origin POSTs are refused, and no endpoint reads
@@ -48,7 +49,11 @@ LOGGED = 1024
 log = logging.getLogger("seqmnist.web")
 STATIC = {"/": ("index.html", "text/html; charset=utf-8"),
           "/app.js": ("app.js", "text/javascript; charset=utf-8"),
-          "/style.css": ("style.css", "text/css; charset=utf-8")}
+          "/style.css": ("style.css", "text/css; charset=utf-8"),
+          # the inside view, the same files explain.html is made of
+          "/explain.js": ("explain.js", "text/javascript; charset=utf-8"),
+          "/explain.css": ("explain.css", "text/css; charset=utf-8"),
+          "/explain-body.html": ("explain-body.html", "text/html; charset=utf-8")}
 
 
 class BodyTooLarge(Exception):
@@ -157,6 +162,22 @@ def predict_all(runs: list[Run], image: np.ndarray) -> dict:
     return {"image": image.tolist(), "models": results}
 
 
+def explain_all(runs: list[Run], image: np.ndarray) -> dict:
+    """Every model's inside view of one prepared uint8 image (explain.json's entries); a model
+    that cannot read this image says so in its own entry."""
+    from ..explain import explain
+
+    images = []
+    for run in runs:
+        shape = tuple(run.metrics.get("image_shape") or (28, 28))
+        try:
+            img = image if image.shape == shape else prepare_array(image / 255.0, shape)
+            images.append(explain(run, img).to_dict())
+        except (ImageError, UsageError) as exc:
+            images.append({**model_info(run), "error": str(exc)})
+    return {"images": images}
+
+
 async def _read_body(request) -> tuple[str, object]:
     """The request's image as sent: ("pixels", array) or ("image", bytes); raises ImageError.
     Only reads; decoding (CPU work) is left to ``_prepare``, off the event loop."""
@@ -234,7 +255,16 @@ def create_app(runs: list[Run], allowed_hosts: list[str] | None = None):
     def work(kind: str, payload) -> dict:
         return predict_all(runs, _prepare(kind, payload))
 
+    def look_inside(kind: str, payload) -> dict:
+        return explain_all(runs, _prepare(kind, payload))
+
     async def predict(request):
+        return await answer(request, work)
+
+    async def inside(request):
+        return await answer(request, look_inside)
+
+    async def answer(request, job):
         origin = request.headers.get("origin")
         if origin is not None and origin.split("://", 1)[-1] != request.headers.get("host") \
                 or request.headers.get("sec-fetch-site") == "cross-site":
@@ -246,7 +276,7 @@ def create_app(runs: list[Run], allowed_hosts: list[str] | None = None):
         try:
             with anyio.fail_after(BODY_SECONDS):
                 kind, payload = await _read_body(request)
-            result = await anyio.to_thread.run_sync(work, kind, payload, limiter=limiter)
+            result = await anyio.to_thread.run_sync(job, kind, payload, limiter=limiter)
         except ImageError as exc:
             return JSONResponse({"error": str(exc)}, 400)
         except TimeoutError:
@@ -263,7 +293,8 @@ def create_app(runs: list[Run], allowed_hosts: list[str] | None = None):
         return JSONResponse(result)
 
     routes = [Route(path, page) for path in pages]
-    routes += [Route("/api/models", models), Route("/api/predict", predict, methods=["POST"])]
+    routes += [Route("/api/models", models), Route("/api/predict", predict, methods=["POST"]),
+               Route("/api/explain", inside, methods=["POST"])]
     return Starlette(routes=routes, middleware=[
         Middleware(BodyLimit),
         Middleware(TrustedHostMiddleware, allowed_hosts=hosts)])

@@ -96,6 +96,7 @@ async function send(body, type) {
     const data = await resp.json();
     if (!resp.ok) throw new Error(data.error || resp.statusText);
     show(data);
+    lookInside(body, type);
     statusLine.textContent = "Keep drawing, or Clear to start again.";
   } catch (err) {
     statusLine.textContent = err.message.startsWith("too little ink")
@@ -213,6 +214,25 @@ function show(data) {
     card.append(verdict, bars(m.classes, m.probabilities));
     if (m.steps) card.append(beliefStrip(m));
     modelsPanel.append(card);
+  }
+}
+
+// The inside view of the same image (the panels of explain.html, filled by explain.js).
+let insideRequest = 0;
+async function lookInside(body, type) {
+  const mine = ++insideRequest;
+  const opts = { method: "POST", body };
+  if (type) opts.headers = { "Content-Type": type };
+  try {
+    const resp = await fetch("/api/explain", opts);
+    const data = await resp.json();
+    if (!resp.ok || mine !== insideRequest) return;  // a newer drawing is on its way
+    const box = document.getElementById("inside-body");
+    if (!box.childElementCount) box.innerHTML = await (await fetch("/explain-body.html")).text();
+    document.getElementById("inside").hidden = false;
+    seqmnistExplain(data);
+  } catch (err) {
+    // the answers above stand; the inside view is an extra
   }
 }
 

@@ -1,8 +1,9 @@
 // seqmnist explain: draws explain.json's numbers (embedded in the page as #explain-data).
-const DATA = JSON.parse(document.getElementById('explain-data').textContent);
-const items = DATA.images;
-const $ = (id) => document.getElementById(id);
-let current = 0, step = 1, timer = null;
+// Everything is inside one function scope: the serve page loads this beside app.js.
+(() => {
+"use strict";
+const $ = (id) => document.getElementById('x-' + id);
+let items = [], current = 0, step = 1, timer = null, wired = false;
 
 function heat(v, lo, hi) {           // white -> dark blue
   const t = hi > lo ? Math.min(1, Math.max(0, (v - lo) / (hi - lo))) : 0;
@@ -94,8 +95,8 @@ function drawBars(id, values, label) {
 function drawStates(it) {
   const box = $('states'); box.innerHTML = '';
   for (const [name, values] of Object.entries(it.state)) {
-    const div = document.createElement('div'); div.className = 'state';
-    const title = document.createElement('div'); title.className = 'muted';
+    const div = document.createElement('div'); div.className = 'x-state';
+    const title = document.createElement('div'); title.className = 'x-muted';
     const cv = document.createElement('canvas'); div.append(title, cv); box.append(div);
     const T = values.length, U = values[0].length;
     if (name.endsWith('.attention')) {      // row t: attention over the steps read so far
@@ -140,21 +141,39 @@ function show() {
   drawInput(it); drawSaliency(it);
 }
 
-const pick = $('pick');
-items.forEach((it, i) => {
-  const o = document.createElement('option'); o.value = i;
-  o.textContent = `${it.index == null ? 'your image' : '#' + it.index}${it.label == null ? '' : ' (' + it.label + ')'} - ${it.model}, ${it.view}: ${it.prediction}`;
-  pick.append(o);
-});
-pick.addEventListener('change', () => { current = +pick.value; show(); });
-$('step').addEventListener('input', () => { step = +$('step').value; show(); });
-$('play').addEventListener('click', () => {
+function seqmnistExplain(data) {   // draw explain.json's images; callable again with new data
+  items = data.images.filter((it) => !it.error);
+  current = 0; step = 1;
+  if (timer) { clearInterval(timer); timer = null; $('play').textContent = 'Play'; }
+  const pick = $('pick');
+  pick.replaceChildren();
+  items.forEach((it, i) => {
+    const o = document.createElement('option'); o.value = i;
+    o.textContent = `${it.index == null ? 'your image' : '#' + it.index}` +
+      `${it.label == null ? '' : ' (' + it.label + ')'} - ${it.model}, ${it.view}: ${it.prediction}`;
+    pick.append(o);
+  });
+  if (!wired) {
+    wired = true;
+    pick.addEventListener('change', () => { current = +pick.value; show(); });
+    $('step').addEventListener('input', () => { step = +$('step').value; show(); });
+    $('play').addEventListener('click', play);
+  }
+  if (items.length) show();
+}
+
+function play() {
   if (timer) { clearInterval(timer); timer = null; $('play').textContent = 'Play'; return; }
-  const it = items[current]; if (step >= it.steps) step = 0;
+  const it = items[current]; if (it.steps == null) return;
+  if (step >= it.steps) step = 0;
   $('play').textContent = 'Pause';
   timer = setInterval(() => {
     step += 1; show();
     if (step >= items[current].steps) { clearInterval(timer); timer = null; $('play').textContent = 'Play'; }
-  }, Math.max(15, 3000 / items[current].steps));
-});
-show();
+  }, Math.max(15, 3000 / it.steps));
+}
+
+window.seqmnistExplain = seqmnistExplain;
+const embedded = document.getElementById('explain-data');
+if (embedded) seqmnistExplain(JSON.parse(embedded.textContent));
+})();
