@@ -145,7 +145,7 @@ def test_explain_html_works_offline_from_a_file(small_runs, small_mnist_dir, tmp
     pytest.importorskip("captum")
     from playwright.sync_api import expect, sync_playwright
 
-    from seqmnist.explain import explain_runs, write_explanations
+    from seqmnist.explainer import explain_runs, write_explanations
 
     explanations = explain_runs([small_runs["lstm"], small_runs["cnn"]], indices=[0, 1],
                                 data_dir=small_mnist_dir, progress=False)

@@ -17,7 +17,7 @@ from conftest import FIXTURE_DATA  # noqa: E402
 from seqmnist import TrainConfig, train  # noqa: E402
 from seqmnist.cli import main  # noqa: E402
 from seqmnist.config import TrainConfig as Config  # noqa: E402
-from seqmnist.explain import decided_at, explain  # noqa: E402
+from seqmnist.explainer import decided_at, explain  # noqa: E402
 from seqmnist.models import MODELS, create_model  # noqa: E402
 from seqmnist.storage import Run, load_run  # noqa: E402
 from seqmnist.views import VIEWS, to_input  # noqa: E402

@@ -34,7 +34,7 @@ LAYERS = [
     ["export"],
     ["images"],
     ["explain_page"],
-    ["explain"],
+    ["explainer"],
     ["doctor", "web"],
     ["cli"],
     ["__main__", "__init__"],

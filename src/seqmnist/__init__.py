@@ -22,7 +22,7 @@ _API = {
     "load_run": "storage",
     "compare": "comparison",
     "prepare_image": "images", "predict": "images",
-    "explain": "explain", "explain_runs": "explain",
+    "explain": "explainer", "explain_runs": "explainer",
 }
 __all__ = sorted(_API)
 

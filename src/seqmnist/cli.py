@@ -520,7 +520,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 def cmd_explain(args: argparse.Namespace) -> int:
     from datetime import datetime
 
-    from .explain import explain_runs, write_explanations
+    from .explainer import explain_runs, write_explanations
 
     explanations = explain_runs(args.runs, args.index, args.image, args.data_dir,
                                 progress=not args.no_progress)

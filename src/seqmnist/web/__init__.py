@@ -165,7 +165,7 @@ def predict_all(runs: list[Run], image: np.ndarray) -> dict:
 def explain_all(runs: list[Run], image: np.ndarray) -> dict:
     """Every model's inside view of one prepared uint8 image (explain.json's entries); a model
     that cannot read this image says so in its own entry."""
-    from ..explain import explain
+    from ..explainer import explain
 
     images = []
     for run in runs:
