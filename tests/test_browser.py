@@ -145,10 +145,10 @@ def test_explain_html_works_offline_from_a_file(small_runs, small_mnist_dir, tmp
     pytest.importorskip("captum")
     from playwright.sync_api import expect, sync_playwright
 
-    from seqmnist.explainer import explain_runs, write_explanations
+    from seqmnist.explainer import explain_set, write_explanations
 
-    explanations = explain_runs([small_runs["lstm"], small_runs["cnn"]], indices=[0, 1],
-                                data_dir=small_mnist_dir, progress=False)
+    explanations = explain_set([small_runs["lstm"], small_runs["cnn"]], indices=[0, 1],
+                               data_dir=small_mnist_dir, progress=False)
     page_file = write_explanations(explanations, tmp_path / "explained")["html"]
     requests, errors = [], []
     with sync_playwright() as p:
@@ -175,6 +175,8 @@ def test_explain_html_works_offline_from_a_file(small_runs, small_mnist_dir, tmp
         expect(page.locator("#x-belief-now")).to_contain_text("after step 20:")
         expect(page.locator("#x-occlusion-now")).to_contain_text("occlusion at step 20:")
         expect(page.locator("#x-states canvas")).to_have_count(10)  # 2 layers x h, c and 3 gates
+        expect(page.locator("#x-dataset-panel")).to_be_visible()
+        expect(page.locator("#x-median")).to_contain_text("step")
         shot = Path(os.environ.get("SEQMNIST_EXPLAIN_SCREENSHOT") or tmp_path / "explain.png")
         page.screenshot(path=str(shot), full_page=True)
         page.click("#x-play")
@@ -183,6 +185,7 @@ def test_explain_html_works_offline_from_a_file(small_runs, small_mnist_dir, tmp
         expect(page.locator("#x-title")).to_contain_text("cnn (image view)")
         expect(page.locator("#x-stepper")).to_be_hidden()
         expect(page.locator("#x-no-steps")).to_be_visible()
+        expect(page.locator("#x-dataset-panel")).to_be_hidden()
         expect(page.locator("#x-saliency")).to_be_visible()
         cnn_shot = shot.with_name(shot.stem + "-cnn.png")
         page.screenshot(path=str(cnn_shot), full_page=True)

@@ -223,3 +223,40 @@ def test_in_a_notebook_it_draws_itself(trained):
     html = e._repr_html_()
     assert html.startswith("<iframe srcdoc=") and "explain-data" in html
     assert e.view == "columns" and e.steps == 28
+
+
+def test_the_test_set_view_agrees_with_the_explanations(trained, small_mnist):
+    from seqmnist.explainer import dataset_view, explain_set
+
+    run = load_run(trained["lstm"])
+    view = dataset_view(run, small_mnist, images=20, per_class=3)
+    assert view["steps"] == 28 and np.array(view["importance"]).shape == (28, 10)
+    assert np.array(view["pca"]["points"]).shape == (20, 2) and 0 < view["pca"]["explained"] <= 1
+    # the median step at which it knows, per class: the explanations' decided_at, recomputed
+    each = [explain(run, i, DATA) for i in range(20)]
+    for c, name in enumerate(view["classes"]):
+        mine = [e.decided_at for e, y in zip(each, small_mnist.y_test[:20])
+                if y == c and e.prediction == name]
+        assert view["median_decided_at"][name] == (float(np.median(mine)) if mine else None)
+    # one importance value against a direct recomputation: class 0's first 3 images, rows 1-1
+    x = to_input(small_mnist.x_test[np.flatnonzero(small_mnist.y_test == 0)[:3]], "rows")
+    with torch.no_grad():
+        p = run.model(x).softmax(-1)[:, 0]
+        hidden = x.clone()
+        hidden[:, 0] = 0
+        drop = (p - run.model(hidden).softmax(-1)[:, 0]).mean().item()
+    assert view["importance"][0, 0] == pytest.approx(drop, abs=1e-5)
+
+    done = explain_set([trained["lstm"], trained["cnn"]], indices=[0, 5], data_dir=DATA,
+                       progress=False, dataset_images=20)
+    assert list(done.datasets) == [str(trained["lstm"])]  # the CNN has no steps
+    lstm = [e for e in done.explanations if e.model == "lstm"]
+    points = np.array(done.datasets[str(trained["lstm"])]["pca"]["points"])
+    for e in lstm:  # an image's path ends where the map put that same test image
+        assert e.path.shape == (28, 2)
+        np.testing.assert_allclose(e.path[-1], points[e.index], atol=1e-4)
+    assert all(e.path is None for e in done.explanations if e.model == "cnn")
+    data = done.to_dict()
+    json.dumps(data, allow_nan=False)
+    assert set(data["datasets"][str(trained["lstm"])]) >= {"median_decided_at", "importance",
+                                                           "pca", "block"}

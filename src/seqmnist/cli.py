@@ -520,12 +520,13 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 def cmd_explain(args: argparse.Namespace) -> int:
     from datetime import datetime
 
-    from .explainer import explain_runs, write_explanations
+    from .explainer import explain_set, write_explanations
 
-    explanations = explain_runs(args.runs, args.index, args.image, args.data_dir,
-                                progress=not args.no_progress)
+    explained = explain_set(args.runs, args.index, args.image, args.data_dir,
+                            progress=not args.no_progress)
     out = args.out or Path("reports") / datetime.now().strftime("%Y%m%d-%H%M%S-explain")
-    files = write_explanations(explanations, out)
+    files = write_explanations(explained, out)
+    explanations = explained.explanations
     models = sorted({e.model for e in explanations})
     print(f"Explained {len(explanations) // max(len(args.runs), 1)} images with "
           f"{', '.join(models)}: {files['html']} (numbers in {files['json']})")

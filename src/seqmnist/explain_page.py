@@ -18,16 +18,18 @@ def _asset(name: str) -> str:
     return resources.files("seqmnist").joinpath(STATIC, name).read_text()
 
 
-def render(images: list[dict], inline: bool = False, title: str = "seqmnist explain") -> str:
+def render(images: list[dict], datasets: dict | None = None, inline: bool = False,
+           title: str = "seqmnist explain") -> str:
     """The page for explain.json's ``images``; ``inline``: for a notebook cell, the same page in
     an iframe of its own (so that several explanations in one notebook do not mix)."""
-    data = json.dumps({"images": images}, allow_nan=False, separators=(",", ":"))
+    data = json.dumps({"images": images, "datasets": datasets or {}}, allow_nan=False,
+                      separators=(",", ":"))
     data = data.replace("</", "<\\/")  # the JSON cannot close its script element
     body = (f"<style>{_asset('explain.css')}</style>{_asset('explain-body.html')}"
             f"<script id=\"explain-data\" "
             f"type=\"application/json\">{data}</script><script>{_asset('explain.js')}</script>")
     if inline:
-        page = render(images, title=title)
+        page = render(images, datasets, title=title)
         return (f"<iframe srcdoc=\"{html.escape(page, quote=True)}\" style=\"width:100%;"
                 "height:1100px;border:0\" sandbox=\"allow-scripts\"></iframe>")
     csp = ("default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "

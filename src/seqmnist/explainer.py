@@ -57,6 +57,7 @@ class Explanation:
     attribution_delta: float | None = None  # Captum's completeness gap
     state: dict[str, np.ndarray] = field(default_factory=dict)  # name -> (T, units)
     unit_order: dict[str, list[int]] = field(default_factory=dict)  # name -> units, in order
+    path: np.ndarray | None = None  # (T, 2): its features after each step in its run's PCA map
 
     def to_dict(self) -> dict:
         """The explanation as explain.json holds it (plain lists, rounded)."""
@@ -356,18 +357,142 @@ def explain_runs(runs: list[str | Path | Run], indices: list[int] | None = None,
     return out
 
 
-def write_explanations(explanations: list[Explanation], out: str | Path) -> dict[str, Path]:
+def step_features(model, x: torch.Tensor, batch: int = 500) -> torch.Tensor:
+    """What the head reads after every step (N, T, d): the last layer's hidden state for a
+    recurrent model, the encoder's features for the others (captured from ``forward_steps``)."""
+    head = model.head
+    found: list[torch.Tensor] = []
+    hook = head.register_forward_hook(lambda _m, inp, _out: found.append(inp[0].detach()))
+    try:
+        with torch.inference_mode():
+            for part in x.split(batch):
+                model.forward_steps(part)
+    finally:
+        hook.remove()
+    return torch.cat(found)
+
+
+def dataset_view(run: Run, ds, images: int = 1000, per_class: int = 20) -> dict | None:
+    """How a sequence model reads the test set: per class, the median step at which it knows
+    (over the images of that class it reads right); the mean importance of each stretch of steps
+    per class (occlusion of blocks of steps, at most 28 blocks, on ``per_class`` images of each
+    class); and its final features of ``images`` test images projected to 2-D by PCA (numpy's
+    SVD), with the basis kept so that an image's path through the map can be drawn. None for a
+    model without steps (the CNN)."""
+    from .backends import install_backend
+
+    cfg = run.config
+    if VIEWS[cfg.view].kind != "sequence" or not hasattr(run.model, "forward_steps"):
+        return None
+    model = install_backend(copy.deepcopy(run.model), "torch").eval()
+    classes = run.metrics.get("classes") or [str(i) for i in range(run.num_classes)]
+    n = min(images, len(ds.x_test))
+    x = to_input(ds.x_test[:n], cfg.view, cfg.seed)
+    y = np.asarray(ds.y_test[:n])
+    features = step_features(model, x)
+    with torch.inference_mode():
+        belief = model.head(features).argmax(-1).numpy()  # (n, T) top class after each step
+    final = belief[:, -1]
+    wrong = belief != final[:, None]
+    last_wrong = np.where(wrong.any(1), wrong.shape[1] - np.argmax(wrong[:, ::-1], 1), 0)
+    median = {}
+    for c, name in enumerate(classes):
+        mine = last_wrong[(y == c) & (final == c)]
+        median[name] = float(np.median(mine)) if len(mine) else None
+    steps = x.shape[1]
+    blocks = min(steps, 28)
+    size = -(-steps // blocks)
+    blocks = -(-steps // size)
+    importance = np.zeros((blocks, len(classes)))
+    for c in range(len(classes)):
+        picked = np.flatnonzero(y == c)[:per_class]
+        if not len(picked):
+            continue
+        xc = x[picked]
+        with torch.inference_mode():
+            p = model(xc).softmax(-1)[:, c]
+            for b in range(blocks):
+                hidden = xc.clone()
+                hidden[:, b * size:(b + 1) * size] = 0
+                importance[b, c] = float((p - model(hidden).softmax(-1)[:, c]).mean())
+    last = features[:, -1].double().numpy()
+    mean = last.mean(0)
+    _, sv, basis = np.linalg.svd(last - mean, full_matrices=False)
+    points = (last - mean) @ basis[:2].T
+    explained = (sv[:2] ** 2).sum() / max((sv ** 2).sum(), 1e-12)
+    return dict(run=str(run.path), model=cfg.model, view=cfg.view, steps=steps, classes=classes,
+                images=n, median_decided_at=median, block=size, importance=importance,
+                pca=dict(points=points, labels=y.tolist(), explained=float(explained)),
+                basis=dict(mean=mean, axes=basis[:2]))
+
+
+def project_path(explanation: Explanation, run: Run, view: dict) -> None:
+    """The explained image's features after every step, in its run's PCA map (``path``)."""
+    from .backends import install_backend
+
+    model = install_backend(copy.deepcopy(run.model), "torch").eval()
+    x = to_input(explanation.image[None], run.config.view, run.config.seed)
+    feats = step_features(model, x)[0].double().numpy()
+    explanation.path = (feats - view["basis"]["mean"]) @ view["basis"]["axes"].T
+
+
+@dataclass
+class ExplainSet:
+    """What ``seqmnist explain`` writes: every explanation, and each sequence run's view of the
+    test set (``dataset_view``), keyed by run folder."""
+
+    explanations: list[Explanation]
+    datasets: dict[str, dict]
+
+    def to_dict(self) -> dict:
+        def plain(v):
+            if isinstance(v, np.ndarray):
+                return np.round(v.astype(np.float64), ROUND).tolist()
+            if isinstance(v, dict):
+                return {k: plain(x) for k, x in v.items()}
+            return v
+        return {"images": [e.to_dict() for e in self.explanations],
+                "datasets": {k: plain({a: b for a, b in v.items() if a != "basis"})
+                             for k, v in self.datasets.items()}}
+
+
+def explain_set(runs: list[str | Path | Run], indices: list[int] | None = None,
+                images: list[str | Path] | None = None, data_dir: str | Path | None = None,
+                progress: bool = True, dataset_images: int = 1000) -> ExplainSet:
+    """``explain_runs`` and, for every sequence run, its view of the test set, with each
+    explained image's path through that run's PCA map."""
+    from .data import load_dataset
+
+    loaded = [r if isinstance(r, Run) else load_run(r) for r in runs]
+    explanations = explain_runs(loaded, indices, images, data_dir, progress)
+    ds = load_dataset(loaded[0].config.dataset, data_dir or loaded[0].config.data_dir)
+    views = {}
+    for run in loaded:
+        view = dataset_view(run, ds, dataset_images)
+        if view is not None:
+            views[str(run.path)] = view
+    by_path = {str(r.path): r for r in loaded}
+    for e in explanations:
+        if e.run in views:
+            project_path(e, by_path[e.run], views[e.run])
+    return ExplainSet(explanations, views)
+
+
+def write_explanations(explained: ExplainSet | list[Explanation],
+                       out: str | Path) -> dict[str, Path]:
     """``out/explain.json`` (every number the page shows) and ``out/explain.html`` (the page,
     offline), each written whole under a temporary name and renamed into place."""
     from .explain_page import render
     from .fileio import atomic_write, dumps
 
+    if not isinstance(explained, ExplainSet):
+        explained = ExplainSet(list(explained), {})
     out = Path(out)
-    items = [e.to_dict() for e in explanations]
+    data = explained.to_dict()
     try:
         out.mkdir(parents=True, exist_ok=True)
-        atomic_write(out / "explain.json", dumps({"images": items}, indent=None) + "\n")
-        atomic_write(out / "explain.html", render(items))
+        atomic_write(out / "explain.json", dumps(data, indent=None) + "\n")
+        atomic_write(out / "explain.html", render(data["images"], data["datasets"]))
     except OSError as exc:
         raise UsageError(f"cannot write under {out}: {exc.strerror or exc}") from None
     return {"json": out / "explain.json", "html": out / "explain.html"}

@@ -121,6 +121,49 @@ function drawStates(it) {
   $('states-panel').style.display = Object.keys(it.state).length ? '' : 'none';
 }
 
+const PALETTE = ['#1f77b4', '#ff7f0e', '#2ca02c', '#d62728', '#9467bd', '#8c564b', '#e377c2',
+                 '#7f7f7f', '#bcbd22', '#17becf'];
+let datasets = {};
+
+function drawDataset(it) {
+  const d = datasets[it.run];
+  $('dataset-panel').style.display = d ? '' : 'none';
+  if (!d) return;
+  const pts = d.pca.points, size = 300;
+  let lo = [Infinity, Infinity], hi = [-Infinity, -Infinity];
+  const all = it.path ? pts.concat(it.path) : pts;
+  for (const [x, y] of all) { lo = [Math.min(lo[0], x), Math.min(lo[1], y)]; hi = [Math.max(hi[0], x), Math.max(hi[1], y)]; }
+  const px = (v, k) => 8 + (size - 16) * (v - lo[k]) / ((hi[k] - lo[k]) || 1);
+  const ctx = canvas($('pca'), size, size, 1, 1);
+  ctx.fillStyle = '#fff'; ctx.fillRect(0, 0, size, size);
+  pts.forEach(([x, y], i) => {
+    ctx.fillStyle = PALETTE[d.pca.labels[i] % PALETTE.length];
+    ctx.globalAlpha = 0.5; ctx.fillRect(px(x, 0) - 1.5, px(y, 1) - 1.5, 3, 3);
+  });
+  ctx.globalAlpha = 1;
+  if (it.path) {
+    ctx.strokeStyle = '#111'; ctx.lineWidth = 1.5; ctx.beginPath();
+    for (let t = 0; t < step; t++) {
+      const [x, y] = it.path[t];
+      if (t === 0) ctx.moveTo(px(x, 0), px(y, 1)); else ctx.lineTo(px(x, 0), px(y, 1));
+    }
+    ctx.stroke();
+    const [x, y] = it.path[step - 1];
+    ctx.fillStyle = '#ff8c00'; ctx.beginPath(); ctx.arc(px(x, 0), px(y, 1), 5, 0, 7); ctx.fill();
+  }
+  $('pca-n').textContent = d.images; $('pca-var').textContent = (100 * d.pca.explained).toFixed(0) + '%';
+  const B = d.importance.length, C = d.classes.length, m = absmax(d.importance);
+  const ic = canvas($('importance'), C, B, 16, Math.max(4, Math.floor(220 / B)));
+  for (let b = 0; b < B; b++) for (let c = 0; c < C; c++) {
+    ic.fillStyle = diverge(d.importance[b][c], m); ic.fillRect(c, b, 1, 1);
+  }
+  $('importance-classes').textContent = d.classes.join(' · ');
+  $('importance-block').textContent = d.block === 1 ? 'one step; rows are steps'
+    : `${d.block} steps; rows are stretches, first at the top`;
+  $('median').textContent = d.classes.map((c) => `${c}: ` +
+    (d.median_decided_at[c] == null ? '-' : `step ${d.median_decided_at[c] + 1}`)).join(' · ');
+}
+
 function show() {
   const it = items[current];
   $('title').textContent = `${it.model} (${it.view} view) reading ` +
@@ -138,11 +181,12 @@ function show() {
     drawBelief(it); drawBars('occlusion', it.occlusion, 'occlusion');
     drawBars('attribution', it.attribution, 'integrated gradients'); drawStates(it);
   } else { step = 1; $('states-panel').style.display = 'none'; }
-  drawInput(it); drawSaliency(it);
+  drawInput(it); drawSaliency(it); drawDataset(it);
 }
 
 function seqmnistExplain(data) {   // draw explain.json's images; callable again with new data
   items = data.images.filter((it) => !it.error);
+  datasets = data.datasets || {};
   current = 0; step = 1;
   if (timer) { clearInterval(timer); timer = null; $('play').textContent = 'Play'; }
   const pick = $('pick');
