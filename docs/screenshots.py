@@ -13,7 +13,7 @@ from playwright.sync_api import sync_playwright
 
 from seqmnist import TrainConfig, train
 from seqmnist.data import load_dataset
-from seqmnist.explainer import explain_runs, write_explanations
+from seqmnist.explainer import explain_set, write_explanations
 
 DOCS = Path(__file__).resolve().parent
 
@@ -25,7 +25,7 @@ def main(data_dir: str) -> None:
                TrainConfig(model="cnn", epochs=1, limit=20000, batch_size=128, lr=1e-3)]
     runs = [train(c, out=work, dataset=ds, progress=False, log=lambda *_: None).path
             for c in recipes]
-    explained = explain_runs(runs, indices=[0], data_dir=data_dir, progress=False)
+    explained = explain_set(runs, indices=[0], data_dir=data_dir, progress=False)
     page = write_explanations(explained, work / "explained")["html"]
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path="/usr/bin/chromium",

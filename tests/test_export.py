@@ -55,7 +55,7 @@ def test_export_command_checks_and_refuses_what_it_cannot(runs, tmp_path, capsys
     assert "onnxruntime agrees with PyTorch on the 1,000 test images" in capsys.readouterr().out
     from seqmnist import export
 
-    monkeypatch.setattr(export, "exportable", lambda run: "no ONNX export for this one")
+    monkeypatch.setattr(export, "onnx_refusal", lambda run: "no ONNX export for this one")
     with pytest.raises(UsageError, match="cannot export .*: no ONNX export for this one"):
         export.export_onnx(runs["lstm"], tmp_path / "x.onnx")
 

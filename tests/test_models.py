@@ -243,3 +243,16 @@ def test_the_memory_estimate_counts_activations_at_the_batch_size(monkeypatch):
     assert small == 3_274_634
     with pytest.raises(UsageError, match="activations per batch of 100000"):
         check_model("cnn", (1, 28, 28), 10, {}, batch_size=100_000)
+
+
+@pytest.mark.parametrize("name", ["s4d", "lru"])
+def test_every_steps_answer_in_one_pass_equals_the_recurrence(name):
+    """forward_steps reads the causal convolution's output at every step (one pass); the
+    recurrence kept for streaming gives the same answers step by step."""
+    torch.manual_seed(2)
+    model = create_model(name, (120, 1), 10).eval()
+    x = torch.rand(3, 120, 1)
+    with torch.no_grad():
+        one_pass = model.forward_steps(x)
+        stepwise = model.forward_steps(x, recurrent=True)
+    torch.testing.assert_close(one_pass, stepwise, rtol=1e-4, atol=1e-4)

@@ -75,7 +75,7 @@ def _write_out(out: Path, data: bytes | str) -> None:
         raise UsageError(f"cannot write {out}: {exc.strerror or exc}") from None
 
 
-def exportable(run: Run) -> str | None:
+def onnx_refusal(run: Run) -> str | None:
     """Why ``run``'s model cannot go to ONNX, or None when it can."""
     if run.config.model not in ("lstm", "gru", "rnn", "cnn"):
         return (f"model {run.config.model!r} has no ONNX export yet (lstm, gru, rnn and cnn "
@@ -96,7 +96,7 @@ def export_onnx(run: Run | str | Path, out: str | Path | None = None, force: boo
     from .backends import install_backend
 
     run = run if isinstance(run, Run) else load_run(run)
-    why = exportable(run)
+    why = onnx_refusal(run)
     if why:
         raise UsageError(f"cannot export {run.path} to ONNX: {why}")
     out = _place_file(Path(out) if out else run.path / ONNX_NAME, run, force)

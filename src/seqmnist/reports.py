@@ -24,10 +24,6 @@ from .plots import (
 )
 
 
-def _pct(x: float) -> str:
-    return f"{x * 100:.2f}%"
-
-
 def _interval(ci, scale: float = 100, unit: str = "") -> str:
     return "–" if not ci else f"{ci[0] * scale:.2f} to {ci[1] * scale:.2f}{unit}"
 
@@ -35,10 +31,6 @@ def _interval(ci, scale: float = 100, unit: str = "") -> str:
 def seconds(x: float) -> str:
     """Seconds with enough digits to be read: 0.034, 1.27, 34.1."""
     return f"{x:.3g}" if x < 10 else f"{x:.1f}"
-
-
-def _plural(n: int, word: str) -> str:
-    return f"{n} {word}{'' if n == 1 else 's'}"
 
 
 def _group_row(g: dict) -> list[str]:

@@ -1,8 +1,8 @@
-"""Run folders on disk: atomic writes, checkpoints, weights, and reloading a finished run.
+"""Run folders on disk: checkpoints, weights, predictions, and reloading a finished run.
 
-Every file is written to a temporary name in the same folder, flushed, fsynced and renamed, so a
-kill at any moment leaves either the old file or the new one under the final name, never half of one.
-Weights are safetensors; checkpoints are loaded with ``torch.load(weights_only=True)`` only.
+Every file goes through ``fileio.atomic_write`` (a kill leaves the old file or the new one, never
+half of one). Weights are safetensors; checkpoints are loaded with ``torch.load(weights_only=True)``
+only; everything read back is checked before it is used.
 """
 
 from __future__ import annotations

@@ -208,7 +208,9 @@ class CausalClassifier(nn.Module):
 class BlockStack(CausalClassifier):
     """Steps projected to ``d_model``, ``layers`` residual blocks made by ``make_block`` (each
     ``block(x, recurrent)``: a convolution for training, a step-by-step recurrence when asked),
-    a final LayerNorm. ``forward_steps`` runs the recurrent form (the state-space models)."""
+    a final LayerNorm. The convolution is causal, so its output at step t is already the answer
+    after t steps: ``forward_steps`` uses it (one pass over the sequence); the recurrence, the
+    same numbers one step at a time, is there for streaming (``recurrent=True``)."""
 
     def __init__(self, input_shape, num_classes: int, d_model: int, layers: int,
                  make_block: Callable[[], nn.Module]):
@@ -224,9 +226,10 @@ class BlockStack(CausalClassifier):
         return self.norm(h)
 
     @torch.no_grad()
-    def forward_steps(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits after every step, computed in the recurrent form, step by step."""
-        return self.head(self.encode(x, recurrent=True))
+    def forward_steps(self, x: torch.Tensor, recurrent: bool = False) -> torch.Tensor:
+        """Logits after every step (N, steps, classes): by the causal convolution in one pass,
+        or with ``recurrent`` by the step-by-step recurrence (equal up to rounding)."""
+        return self.head(self.encode(x, recurrent=recurrent))
 
 
 def check_sizes(name: str, **sizes) -> None:
