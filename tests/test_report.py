@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 
+from conftest import FIXTURE_DATA
 from seqmnist import TrainConfig, compare, train
 from seqmnist.analysis import group_runs
 from seqmnist.errors import UsageError
@@ -118,3 +119,22 @@ def test_side_by_side_runs_start_with_the_longest(small_mnist):
             TrainConfig(model="rnn", epochs=5).resolved(),
             TrainConfig(model="rnn", epochs=5, limit=100).resolved()]
     assert longest_first(same, small_mnist) == [1, 0, 2]  # epochs x images decide
+
+
+def test_the_report_says_when_each_sequence_model_knows(small_runs, small_mnist, tmp_path):
+    """The compare report's inside section: for the LSTM (not the CNN), the median step from
+    which its answer stays, per class, equal to the explainer's own test-set view."""
+    from seqmnist.evaluation import dataset_view
+    from seqmnist.reports import INSIDE_IMAGES, INSIDE_PER_CLASS
+    from seqmnist.storage import load_run
+
+    summary = compare(runs=[small_runs["lstm"], small_runs["cnn"]], out=tmp_path / "r",
+                      log=lambda *_: None, data_dir=FIXTURE_DATA / "mnist")
+    inside = summary["inside"]
+    assert list(inside) == ["lstm (rows)"]
+    view = dataset_view(load_run(small_runs["lstm"]), small_mnist, INSIDE_IMAGES, INSIDE_PER_CLASS)
+    assert inside["lstm (rows)"]["median_decided_at"] == view["median_decided_at"]
+    assert np.array(inside["lstm (rows)"]["importance"]).shape == (28, 10)
+    report = (tmp_path / "r" / "report.md").read_text()
+    assert "## When each sequence model knows" in report and "importance.png" in report
+    assert (tmp_path / "r" / "importance.png").stat().st_size > 5000

@@ -13,6 +13,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from .analysis import analyse
+from .evaluation import dataset_view
 from .fileio import atomic_write, write_json
 from .plots import (
     confusions_figure,
@@ -149,6 +150,59 @@ def curves_figure(groups: list[dict], metric: str) -> Figure:
     return history_figure(series, metric, title, bands)
 
 
+INSIDE_IMAGES, INSIDE_PER_CLASS = 500, 10  # test images behind the report's inside view
+
+
+def inside_view(runs: list, groups: list[dict], test_images, test_labels) -> dict:
+    """For each group of a sequence model, how its first seed reads the test set
+    (``evaluation.dataset_view`` on the first INSIDE_IMAGES test images): when it knows, per
+    class, and which stretches of steps matter per class. Empty without the test set."""
+    if test_images is None or test_labels is None:
+        return {}
+    from types import SimpleNamespace
+
+    by_path = {str(r.path): r for r in runs}
+    ds = SimpleNamespace(x_test=test_images, y_test=test_labels)
+    out = {}
+    for g in groups:
+        view = dataset_view(by_path[g["runs"][0]], ds, INSIDE_IMAGES, INSIDE_PER_CLASS)
+        if view is not None:
+            out[g["name"]] = dict(seed=g["seeds"][0], steps=view["steps"], block=view["block"],
+                                  images=view["images"], median_decided_at=view["median_decided_at"],
+                                  importance=np.round(view["importance"], 5).tolist())
+    return out
+
+
+def _inside_rows(result: dict) -> tuple[list[str], list[list[str]]]:
+    inside = result.get("inside") or {}
+    names = list(inside)
+    classes = result["groups"][0]["classes"]
+    rows = [[c] + [("–" if inside[n]["median_decided_at"].get(c) is None else
+                    f"{inside[n]['median_decided_at'][c] + 1:g} of {inside[n]['steps']}")
+                   for n in names] for c in classes]
+    return ["class", *names], rows
+
+
+def importance_figure(result: dict) -> Figure | None:
+    """Per sequence model: which stretches of steps matter for each class (steps x classes)."""
+    inside = result.get("inside") or {}
+    if not inside:
+        return None
+    classes = result["groups"][0]["classes"]
+    fig = figure(3.2 * len(inside) + 0.8, 3.6)
+    axes = fig.subplots(1, len(inside), squeeze=False)[0]
+    top = max(float(np.abs(np.array(v["importance"])).max()) for v in inside.values()) or 1.0
+    for ax, (name, v) in zip(axes, inside.items()):
+        im = ax.imshow(np.array(v["importance"]), aspect="auto", cmap="RdBu_r", vmin=-top,
+                       vmax=top)
+        ax.set_title(name, fontsize=9)
+        ax.set_xticks(range(len(classes)), classes, fontsize=7,
+                      rotation=90 if max(map(len, classes)) > 2 else 0)
+        ax.set_ylabel("step" if v["block"] == 1 else f"stretch of {v['block']} steps")
+    fig.colorbar(im, ax=list(axes), label="drop of the class's probability when zeroed")
+    return fig
+
+
 def _figures(result: dict, test_images: np.ndarray | None) -> list[tuple[str, str, Figure]]:
     """(file stem, caption, figure) for every figure of the report, in order."""
     groups = result["groups"]
@@ -157,6 +211,10 @@ def _figures(result: dict, test_images: np.ndarray | None) -> list[tuple[str, st
     anytime = anytime_figure(groups)
     if anytime is not None:
         figs.append(("anytime", "Anytime accuracy of the sequence readers", anytime))
+    importance = importance_figure(result)
+    if importance is not None:
+        figs.append(("importance", "Which steps matter for each class (occlusion of stretches "
+                     "of steps, first seed of each sequence model)", importance))
     seeds = {len(g["seeds"]) for g in groups}
     summed = "" if seeds == {1} else " (summed over seeds)"
     figs.append(("confusion", "Confusion matrices" + summed, confusions_figure(
@@ -238,6 +296,10 @@ def _sections(result: dict) -> list[tuple[str, list[str], list[list[str]]]]:
         sections.append(("Pairwise tests on the same test images", PAIR_HEADERS,
                          [row for p in result["pairs"] for row in _pair_rows(p)]))
     sections.append(("Per-class test accuracy", *_per_class_table(groups)))
+    if result.get("inside"):
+        sections.append(("When each sequence model knows (median step from which its answer "
+                         "stays, over the test images of the class it reads right; first seed)",
+                         *_inside_rows(result)))
     sections.append(("Training recipe", RECIPE_HEADERS, [_recipe_row(g) for g in groups]))
     sections.append(("Where and how each model ran", PROVENANCE_HEADERS,
                      [_provenance_row(g) for g in groups]))
@@ -258,6 +320,7 @@ def write_report(runs: list, out: str | Path, test_images: np.ndarray | None = N
     ``test_labels``: the test set's labels, which every run's stored predictions must match."""
     out = Path(out)
     result = analyse(runs, seed=seed, labels=test_labels)
+    result["inside"] = inside_view(runs, result["groups"], test_images, test_labels)
     out.mkdir(parents=True, exist_ok=True)
     figs = _figures(result, test_images)
     files = []
