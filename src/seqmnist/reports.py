@@ -193,8 +193,9 @@ def importance_figure(result: dict) -> Figure | None:
     axes = fig.subplots(1, len(inside), squeeze=False)[0]
     top = max(float(np.abs(np.array(v["importance"])).max()) for v in inside.values()) or 1.0
     for ax, (name, v) in zip(axes, inside.items()):
-        im = ax.imshow(np.array(v["importance"]), aspect="auto", cmap="RdBu_r", vmin=-top,
-                       vmax=top)
+        values = np.array(v["importance"])
+        im = ax.imshow(values, aspect="auto", cmap="RdBu_r", vmin=-top, vmax=top,
+                       extent=(-0.5, len(classes) - 0.5, len(values) + 0.5, 0.5))  # from 1
         ax.set_title(name, fontsize=9)
         ax.set_xticks(range(len(classes)), classes, fontsize=7,
                       rotation=90 if max(map(len, classes)) > 2 else 0)
