@@ -39,10 +39,21 @@ class S4DLayer(nn.Module):
         return dta, torch.view_as_complex(self.c) * (torch.exp(dta) - 1.0) / a
 
     def kernel(self, steps: int) -> torch.Tensor:
-        """The convolution kernel (channels, steps): K_l = 2 Re(sum_n C'_n exp(dt A_n l))."""
+        """The convolution kernel (channels, steps): K_l = 2 Re(sum_n C'_n exp(dt A_n l)).
+
+        Computed in real arithmetic, exp(dt A l) = exp(Re l) (cos(Im l) + i sin(Im l)): the same
+        numbers as the complex exponential, which PyTorch does not vectorise on a CPU (it was a
+        third of the layer's forward time, profiled), and a real batched product instead of a
+        complex einsum."""
         dta, c = self._discrete()
-        powers = torch.exp(dta[..., None] * torch.arange(steps, device=dta.device))
-        return 2 * torch.einsum("hn,hnl->hl", c, powers).real
+        time = torch.arange(steps, device=dta.device, dtype=dta.real.dtype)
+        decay = torch.exp(dta.real[..., None] * time)  # (H, N, L)
+        angle = dta.imag[..., None] * time
+        re = decay * torch.cos(angle)
+        im = decay * torch.sin(angle)
+        # Re(c p) = Re c Re p - Im c Im p, summed over the states n: one (H, 1, 2N) x (H, 2N, L)
+        weights = torch.cat([c.real, -c.imag], dim=-1)[:, None, :]
+        return 2 * torch.bmm(weights, torch.cat([re, im], dim=1))[:, 0]
 
     def forward(self, u: torch.Tensor) -> torch.Tensor:  # (N, T, H), by FFT convolution
         steps = u.shape[1]
