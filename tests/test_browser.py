@@ -16,7 +16,7 @@ LAUNCH_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking
                "--disable-component-update", "--disable-sync", "--no-first-run"]
 
 
-def _require():
+def _require(server: bool = True):
     missing = []
     try:
         import playwright.sync_api  # noqa: F401
@@ -25,7 +25,8 @@ def _require():
     if not Path(CHROMIUM).exists():
         missing.append("chromium (apt-get install chromium)")
     try:
-        import uvicorn  # noqa: F401
+        if server:
+            import uvicorn  # noqa: F401
     except ImportError:
         missing.append("uvicorn (pip install 'seqmnist[web]')")
     if missing:
@@ -122,26 +123,12 @@ def test_draw_a_seven_and_both_models_say_seven(server, tmp_path):
     assert shot.stat().st_size > 10_000
 
 
-def _require_chromium():
-    missing = []
-    try:
-        import playwright.sync_api  # noqa: F401
-    except ImportError:
-        missing.append("playwright (pip install playwright)")
-    if not Path(CHROMIUM).exists():
-        missing.append("chromium (apt-get install chromium)")
-    if missing:
-        if os.environ.get("SEQMNIST_REQUIRE_BROWSER"):
-            pytest.fail("browser test needs: " + ", ".join(missing))
-        pytest.skip("browser test needs: " + ", ".join(missing))
-
-
 @pytest.mark.browser
 def test_explain_html_works_offline_from_a_file(small_runs, small_mnist_dir, tmp_path):
     """explain.html opened from file:// with every request that is not the file itself refused:
     no console error, no request leaves the page, the slider moves every panel to its step, and
     the CNN's entry shows its occlusion map without sequence panels."""
-    _require_chromium()
+    _require(server=False)
     pytest.importorskip("captum")
     from playwright.sync_api import expect, sync_playwright
 

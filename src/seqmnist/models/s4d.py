@@ -61,31 +61,26 @@ class S4DLayer(nn.Module):
         y = torch.fft.irfft(torch.fft.rfft(u.transpose(1, 2), n=2 * steps) * k, n=2 * steps)
         return y[..., :steps].transpose(1, 2) + u * self.d
 
-    def recurrent(self, u: torch.Tensor) -> torch.Tensor:
-        """The same layer as a recurrence, one step at a time: x_t = exp(dt A) x_{t-1} + u_t,
-        y_t = 2 Re(C' x_t) + D u_t."""
-        dta, c = self._discrete()
+    def _scan(self, u: torch.Tensor):
+        """The state after each step, x_t = exp(dt A) x_{t-1} + u_t: (t, x_t) for every step."""
+        dta, _ = self._discrete()
         decay = torch.exp(dta)
         x = torch.zeros(u.shape[0], *decay.shape, dtype=decay.dtype, device=u.device)
-        out = []
         for t in range(u.shape[1]):
             x = decay * x + u[:, t, :, None]
-            out.append(2 * (x * c).sum(-1).real + u[:, t] * self.d)
-        return torch.stack(out, 1)
+            yield t, x
 
+    def recurrent(self, u: torch.Tensor) -> torch.Tensor:
+        """The same layer as a recurrence, one step at a time: y_t = 2 Re(C' x_t) + D u_t."""
+        _, c = self._discrete()
+        return torch.stack([2 * (x * c).sum(-1).real + u[:, t] * self.d
+                            for t, x in self._scan(u)], 1)
 
     @torch.no_grad()
     def states(self, u: torch.Tensor) -> torch.Tensor:
         """The size of the state after every step, per channel: |x_t| over its states (N, T, H),
         from the same recurrence."""
-        dta, _ = self._discrete()
-        decay = torch.exp(dta)
-        x = torch.zeros(u.shape[0], *decay.shape, dtype=decay.dtype, device=u.device)
-        out = []
-        for t in range(u.shape[1]):
-            x = decay * x + u[:, t, :, None]
-            out.append(x.abs().pow(2).sum(-1).sqrt())
-        return torch.stack(out, 1)
+        return torch.stack([x.abs().pow(2).sum(-1).sqrt() for _, x in self._scan(u)], 1)
 
 
 class S4DBlock(nn.Module):
