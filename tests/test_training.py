@@ -1,11 +1,13 @@
 import csv
 import json
 
+import numpy as np
 import pytest
 import torch
 
 from seqmnist import TrainConfig, evaluate, load_run, train
 from seqmnist.errors import SeqmnistError, UsageError
+from seqmnist.views import VIEWS
 
 RUN_FILES = {"config.json", "history.csv", "history.json", "summary.txt", "loss.png",
              "accuracy.png", "confusion.png", "metrics.json", "model.safetensors", "checkpoint.pt",
@@ -175,9 +177,9 @@ def test_research_protocol_never_touches_the_test_set_before_the_end(small_mnist
     calls = []
     real = training.evaluate_tensors
 
-    def recording(model, x, y, *args):
+    def recording(model, x, y, *args, **kwargs):
         calls.append(len(x))
-        return real(model, x, y, *args)
+        return real(model, x, y, *args, **kwargs)
 
     monkeypatch.setattr(training, "evaluate_tensors", recording)
     cfg = TrainConfig(model="rnn", epochs=4, protocol="research", patience=2, limit=1000)
@@ -204,8 +206,8 @@ def test_research_protocol_never_touches_the_test_set_before_the_end(small_mnist
 def test_early_stopping_stops_after_patience_epochs(small_mnist, tmp_path, monkeypatch):
     from seqmnist import evaluation, training
 
-    def flat(model, x, y, *args):  # validation never improves after epoch 1
-        ev = evaluation.evaluate_tensors(model, x, y, *args)
+    def flat(model, x, y, *args, **kwargs):  # validation never improves after epoch 1
+        ev = evaluation.evaluate_tensors(model, x, y, *args, **kwargs)
         ev.accuracy = 0.5 if len(x) == 100 else ev.accuracy
         return ev
 
@@ -227,3 +229,27 @@ def test_the_research_models_learn_in_a_tiny_run(small_mnist, tmp_path, name):
                    log=quiet, progress=False)
     assert result.metrics["test_accuracy"] >= LEARNS[name]
     assert result.metrics["anytime"]["steps"] == list(range(1, 29))
+
+
+@pytest.mark.parametrize("model, view", [("lstm", "rows"), ("s4d", "pixels"), ("gru", "columns")])
+def test_anytime_accuracy_comes_from_the_final_evaluation_pass(small_mnist, model, view):
+    """The answer after every step is read in the same pass as the final evaluation: the same
+    anytime accuracy as a separate pass, and the same evaluation as without it."""
+    from seqmnist.backends import install_backend, resolve_backend
+    from seqmnist.evaluation import anytime_accuracy, evaluate_tensors
+    from seqmnist.models import create_model
+    from seqmnist.views import to_input
+
+    torch.manual_seed(0)
+    net = create_model(model, VIEWS[view].shape(28, 28), 10)
+    install_backend(net, resolve_backend("auto", net))
+    x = to_input(small_mnist.x_test[:300], view)
+    y = torch.as_tensor(small_mnist.y_test[:300])
+    one = evaluate_tensors(net, x, y, 128, anytime=True)
+    plain = evaluate_tensors(net, x, y, 128)
+    assert one.anytime == anytime_accuracy(net, x, y, 128)
+    assert np.array_equal(one.predictions, plain.predictions)
+    assert one.loss == pytest.approx(plain.loss, rel=1e-5)
+    bidirectional = create_model("gru", (28, 28), 10, bidirectional=True)
+    assert evaluate_tensors(bidirectional, to_input(small_mnist.x_test[:50], "rows"),
+                            y[:50], anytime=True).anytime is None  # not causal: no one pass

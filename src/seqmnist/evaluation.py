@@ -24,6 +24,7 @@ class Evaluation:
     labels: np.ndarray
     seconds: float
     probabilities: np.ndarray | None = None  # (images, classes), float32
+    anytime: dict | None = None  # anytime accuracy, when computed in the same pass
 
     @property
     def images_per_second(self) -> float:
@@ -50,15 +51,29 @@ class Evaluation:
 
 @torch.inference_mode()
 def evaluate_tensors(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
-                     batch_size: int = 1000, precision: str = "fp32") -> Evaluation:
-    """Evaluate ``model`` on inputs already in the view's layout, in eval mode, in big batches."""
+                     batch_size: int = 1000, precision: str = "fp32",
+                     anytime: bool = False) -> Evaluation:
+    """Evaluate ``model`` on inputs already in the view's layout, in eval mode, in big batches.
+    With ``anytime``, a model that answers after every step is read once with ``forward_steps``:
+    its last step is the answer evaluated, and the earlier ones give anytime accuracy in the same
+    pass (``Evaluation.anytime``)."""
     was_training = model.training
     model.eval()
+    one_pass = anytime and x.dim() == 3 and getattr(model, "answers_every_step", False)
+    ks = anytime_steps(x.shape[1]) if one_pass else []
+    index = torch.tensor([k - 1 for k in ks], device=x.device, dtype=torch.long)
+    correct = torch.zeros(len(ks), dtype=torch.long)
     total_loss, all_probs = 0.0, []
     start = time.perf_counter()
     for i in range(0, len(x), batch_size):
         with autocast(x.device, precision):
-            logits = model(x[i:i + batch_size]).float()
+            if one_pass:
+                steps = model.forward_steps(x[i:i + batch_size]).float()
+                logits = steps[:, -1]
+                picked = steps.index_select(1, index).argmax(-1)
+                correct += (picked == y[i:i + batch_size, None]).sum(0).cpu()
+            else:
+                logits = model(x[i:i + batch_size]).float()
         total_loss += F.cross_entropy(logits, y[i:i + batch_size], reduction="sum").item()
         all_probs.append(logits.softmax(-1).cpu())
     seconds = time.perf_counter() - start
@@ -67,8 +82,11 @@ def evaluate_tensors(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
     predictions = probs.argmax(-1) if len(probs) else np.zeros(0, dtype=np.int64)
     labels = y.cpu().numpy()
     n = max(len(labels), 1)
+    found = dict(steps=ks, accuracy=(correct.double() / n).tolist(), of=int(x.shape[1])) \
+        if one_pass else None
     return Evaluation(total_loss / n, float((predictions == labels).sum() / n), predictions,
-                      probs.max(-1) if len(probs) else np.zeros(0), labels, seconds, probs)
+                      probs.max(-1) if len(probs) else np.zeros(0), labels, seconds, probs,
+                      found)
 
 
 def anytime_steps(steps: int, points: int = 28) -> list[int]:

@@ -273,7 +273,9 @@ def train(config: TrainConfig | None = None, *, out: str | Path = "runs",
                     f"keeps its last good checkpoint (epoch {epoch}) in {folder}. Try a lower "
                     "--lr or another --seed")
             seconds = time.perf_counter() - t0
-            val = evaluate_tensors(model, x_val, y_val, cfg.eval_batch_size, cfg.precision)
+            last = cfg.protocol == "tutorial" and epoch + 1 == cfg.epochs  # on the test set
+            val = evaluate_tensors(model, x_val, y_val, cfg.eval_batch_size, cfg.precision,
+                                   anytime=last)
             history.append(dict(epoch=epoch + 1, loss=loss, accuracy=acc, val_loss=val.loss,
                                 val_accuracy=val.accuracy, seconds=round(seconds, 3),
                                 lr=opt.param_groups[0]["lr"]))
@@ -304,9 +306,11 @@ def train(config: TrainConfig | None = None, *, out: str | Path = "runs",
     if cfg.protocol == "research":  # the best validation epoch's weights, then the test set once
         if best is not None:
             model.load_state_dict(best["state"])
-        val = evaluate_tensors(model, x_test, y_test, cfg.eval_batch_size, cfg.precision)
+        val = evaluate_tensors(model, x_test, y_test, cfg.eval_batch_size, cfg.precision,
+                               anytime=True)
     elif val is None:  # resumed a run whose last epoch was done but whose outputs were not written
-        val = evaluate_tensors(model, x_test, y_test, cfg.eval_batch_size, cfg.precision)
+        val = evaluate_tensors(model, x_test, y_test, cfg.eval_batch_size, cfg.precision,
+                               anytime=True)
     with writing_to(folder):
         metrics = finish_run(folder, model, cfg, ds, input_shape, history, val, x_test, y_test)
     if board is not None:
@@ -425,7 +429,8 @@ def finish_run(folder: Path, model, cfg: TrainConfig, ds: Dataset, input_shape, 
                val: Evaluation, x_test: torch.Tensor, y_test: torch.Tensor) -> dict:
     """Write weights, per-image test predictions, metrics and plots of a finished run."""
     cm = val.confusion(ds.num_classes)
-    anytime = anytime_accuracy(model, x_test, y_test, cfg.eval_batch_size)
+    anytime = val.anytime if val.anytime is not None else \
+        anytime_accuracy(model, x_test, y_test, cfg.eval_batch_size)
     metrics = dict(
         model=cfg.model, dataset=cfg.dataset, view=cfg.view, test_accuracy=val.accuracy,
         test_loss=val.loss, params=trainable_parameters(model),

@@ -185,6 +185,8 @@ class CausalClassifier(nn.Module):
     features (N, T, d) (step t sees steps 1..t only); the head reads the last step's features,
     and ``forward_steps`` gives the logits after every step."""
 
+    answers_every_step = True  # forward_steps' last step is forward's answer
+
     def __init__(self, input_shape: tuple[int, ...], width: int, num_classes: int):
         super().__init__()
         if len(input_shape) != 2:

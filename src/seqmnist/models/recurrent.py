@@ -87,6 +87,8 @@ class RecurrentClassifier(nn.Module):
             glorot_(head)
         self.net = nn.Sequential(*mods, head)
         self.cell, self.dropout_rate = cell, float(dropout)
+        # a bidirectional stack reads the whole sequence before its first step's answer
+        self.answers_every_step = not bidirectional
         self.last_index = len(mods) - 2  # the last recurrent layer (an index: not a 2nd child)
 
     @property
