@@ -25,6 +25,7 @@ LAYERS = [
     ["evaluation"],
     ["plots"],
     ["training"],
+    ["slots"],
     ["keras_import"],
     ["analysis"],
     ["reports"],

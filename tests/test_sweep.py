@@ -240,3 +240,42 @@ def test_a_huge_grid_needs_yes_and_says_how_long(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
     assert main(["sweep", str(spec), "--dry-run"]) == 0
     assert capsys.readouterr().out.startswith("501 runs (about ")
+
+
+def test_compare_with_out_resumes_like_a_sweep(tmp_path, monkeypatch):
+    """compare --out DIR killed after its first run finished (the second stopped mid-run with a
+    checkpoint), then run again: the first is skipped, the second resumed, every model and seed
+    present once, and the report's links to the run folders resolve."""
+    import re
+
+    from seqmnist import training
+
+    calls, real = [], training._train_epoch
+
+    def second_run_stops_after_one_epoch(*args):
+        calls.append(1)
+        result = real(*args)
+        if len(calls) == 3:  # the first run's two epochs, then the second run's first
+            args[8]["signum"] = signal.SIGTERM
+        return result
+
+    monkeypatch.setattr(training, "_train_epoch", second_run_stops_after_one_epoch)
+    out = tmp_path / "cmp"
+    settings = dict(dataset="digits", epochs=2, out=out, log=quiet, progress=False)
+    with pytest.raises(training.TrainingInterrupted):
+        compare(["rnn", "gru"], **settings)
+    monkeypatch.setattr(training, "_train_epoch", real)
+    said = []
+    summary = compare(["rnn", "gru"], **{**settings, "log": said.append})
+    assert any(line.startswith("skipped") and "rnn-digits-rows-seed0" in line for line in said)
+    slots = sorted(p.name for p in (out / "runs").iterdir())
+    assert slots == ["gru-digits-rows-seed0", "rnn-digits-rows-seed0"]
+    for slot in slots:
+        (run,) = (out / "runs" / slot).iterdir()  # each once
+        assert [h["epoch"] for h in json.loads((run / "history.json").read_text())] == [1, 2]
+    (gru,) = (out / "runs" / "gru-digits-rows-seed0").iterdir()
+    assert json.loads((gru / "provenance.json").read_text())["resumed"][0]["after_epoch"] == 1
+    assert {g["model"] for g in summary["groups"]} == {"rnn", "gru"}
+    links = re.findall(r"\]\(([^)]+)\)", (out / "report.md").read_text())
+    folders = [link for link in links if "runs/" in link]
+    assert len(folders) == 2 and all((out / link).is_dir() for link in folders)

@@ -165,8 +165,9 @@ def build_compare(p: argparse.ArgumentParser) -> None:
                    help="finished run folders to include instead of (or besides) training "
                    "(default: none)")
     p.add_argument("--out", type=Path, help="report folder (default: reports/<time>-<dataset>)")
-    p.add_argument("--runs-dir", type=Path, default=Path("runs"),
-                   help="where new runs go (default: runs/)")
+    p.add_argument("--runs-dir", type=Path, help="where new runs go (default: OUT/runs/ with "
+                   "--out, where the same command again skips finished runs and resumes "
+                   "interrupted ones; else runs/)")
     p.add_argument("--seeds", type=int_at_least(1, 1000), default=1, metavar="N",
                    help="train every model with N seeds (--seed, --seed + 1, ...) and report "
                    "mean, spread, intervals and paired tests (default: 1)")

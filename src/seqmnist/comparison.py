@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import time
+from contextlib import contextmanager
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
@@ -17,6 +18,28 @@ from .data import load_dataset
 from .errors import CheckpointError, UsageError
 from .evaluation import evaluate
 from .storage import PREDICTIONS, Run, load_run, save_predictions
+
+COMPARE_LOCK = ".compare.lock"
+
+
+@contextmanager
+def _holding(folder: Path | None):
+    """One resumable comparison per folder at a time (like a sweep's lock)."""
+    if folder is None:
+        yield
+        return
+    from .fileio import LockHeld, exclusive
+
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"cannot make {folder}: {exc.strerror or exc}") from None
+    try:
+        with exclusive(folder / COMPARE_LOCK):
+            yield
+    except LockHeld as exc:
+        raise UsageError(f"another comparison (process {exc.holder or '(unknown)'}) is running "
+                         f"on {folder}; wait for it, or give this one another --out") from None
 
 REQUIRED_METRICS = ("test_accuracy", "test_loss", "params", "seconds_per_epoch",
                     "inference_images_per_second", "per_class_accuracy", "classes", "confusion")
@@ -48,15 +71,20 @@ def choose_jobs(runs: int, seeds: int, jobs: int | None) -> int:
 
 
 def _train_in_worker(cfg: TrainConfig, runs_dir: str, data_dir: str | None, threads: int,
-                     tensorboard: bool) -> tuple[str, float]:
+                     tensorboard: bool, slots: str | None = None) -> tuple[str, float]:
     import torch
 
+    from .slots import run_slot, slot_key
     from .training import train
 
     torch.set_num_threads(threads)
     start = time.perf_counter()
-    result = train(replace(cfg, threads=threads), out=runs_dir, data_dir=data_dir,
-                   progress=False, log=lambda *_: None, tensorboard=tensorboard)
+    cfg = replace(cfg, threads=threads)
+    if slots is not None:  # a resumable comparison: the run's slot under --out
+        _, path = run_slot(slot_key(cfg), cfg, Path(slots), data_dir, tensorboard=tensorboard)
+        return str(path), time.perf_counter() - start
+    result = train(cfg, out=runs_dir, data_dir=data_dir, progress=False, log=lambda *_: None,
+                   tensorboard=tensorboard)
     return str(result.path), time.perf_counter() - start
 
 
@@ -105,7 +133,7 @@ def longest_first(configs: list[TrainConfig], ds) -> list[int]:
 
 
 def train_side_by_side(configs: list[TrainConfig], jobs: int, runs_dir, data_dir, tensorboard,
-                       log, ds) -> list[Path]:
+                       log, ds, slots: Path | None = None) -> list[Path]:
     """Train ``configs`` in ``jobs`` worker processes (spawned, so each has its own PyTorch),
     the most expensive first (``longest_first``); a line per finished run. Returns the run
     folders in the order of ``configs``. A failed run stops the comparison with its error."""
@@ -118,7 +146,8 @@ def train_side_by_side(configs: list[TrainConfig], jobs: int, runs_dir, data_dir
     with ProcessPoolExecutor(jobs, mp_context=context) as pool:
         futures = {pool.submit(_train_in_worker, configs[i], str(runs_dir),
                                None if data_dir is None else str(data_dir), threads,
-                               tensorboard): i for i in longest_first(configs, ds)}
+                               tensorboard, None if slots is None else str(slots)): i
+                   for i in longest_first(configs, ds)}
         for done, future in enumerate(as_completed(futures), 1):
             i = futures[future]
             path, seconds = future.result()
@@ -129,15 +158,19 @@ def train_side_by_side(configs: list[TrainConfig], jobs: int, runs_dir, data_dir
 
 
 def compare(models: list[str] | None = None, *, runs: list[str | Path] | None = None,
-            seeds: int = 1, out: str | Path | None = None, runs_dir: str | Path = "runs",
+            seeds: int = 1, out: str | Path | None = None, runs_dir: str | Path | None = None,
             data_dir: str | Path | None = None, progress: bool = True, log=print,
             tensorboard: bool = False, jobs: int | None = None, **config) -> dict:
     """Train each of ``models`` with seeds s, s+1, ... (``seeds`` of them; s is ``seed``, default
     0) and the same settings (``config`` = TrainConfig fields), add finished ``runs``, and write
     ``report.md``, ``report.html`` and ``comparison.json`` under ``out``. Returns the analysis.
     ``jobs``: runs trained at the same time, each in its own process on its share of the cores
-    (default: one per core when there are several seeds, else one)."""
+    (default: one per core when there are several seeds, else one). With ``out`` and no
+    ``runs_dir``, each run has its slot under ``out/runs/`` and the same call again after a kill
+    skips the finished runs and resumes the interrupted ones (as a sweep does); else new runs go
+    under ``runs_dir`` (default ``runs/``)."""
     from .reports import write_report
+    from .slots import run_slot, slot_key
     from .training import train
 
     if seeds < 1:
@@ -153,16 +186,29 @@ def compare(models: list[str] | None = None, *, runs: list[str | Path] | None = 
                for m in models for k in range(seeds)]
     ds = load_dataset(dataset_name, data_dir)
     jobs = choose_jobs(len(configs), seeds, jobs)
-    if jobs > 1:
-        log(f"Training {len(configs)} runs, {jobs} at a time (one process per core, one thread "
-            "each: measured faster for several seeds, BENCHMARKS.md), the longest first")
-        paths = train_side_by_side(configs, jobs, runs_dir, data_dir, tensorboard, log, ds)
-    else:
-        paths = []
-        for i, cfg in enumerate(configs, 1):
-            log(f"\n=== {cfg.model}, seed {cfg.seed} ({i} of {len(configs)}) ===")
-            paths.append(train(cfg, out=runs_dir, data_dir=data_dir, dataset=ds,
-                               progress=progress, log=log, tensorboard=tensorboard).path)
+    slots = Path(out) if out is not None and runs_dir is None and configs else None
+    runs_dir = Path(runs_dir or "runs")
+    with _holding(slots):
+        if jobs > 1:
+            log(f"Training {len(configs)} runs, {jobs} at a time (one process per core, one "
+                "thread each: measured faster for several seeds, BENCHMARKS.md), the longest "
+                "first")
+            paths = train_side_by_side(configs, jobs, runs_dir, data_dir, tensorboard, log, ds,
+                                       slots)
+        else:
+            paths = []
+            for i, cfg in enumerate(configs, 1):
+                log(f"\n=== {cfg.model}, seed {cfg.seed} ({i} of {len(configs)}) ===")
+                if slots is not None:
+                    what, path = run_slot(slot_key(cfg), cfg, slots, data_dir, log,
+                                          tensorboard=tensorboard, progress=progress)
+                    if what != "trained":
+                        log(f"{what} {path}")
+                    paths.append(path)
+                else:
+                    paths.append(train(cfg, out=runs_dir, data_dir=data_dir, dataset=ds,
+                                       progress=progress, log=log,
+                                       tensorboard=tensorboard).path)
     finished += [load_run(path) for path in paths]
     if not finished:
         raise UsageError("nothing to compare: give model names or --runs")

@@ -355,9 +355,11 @@ def load_run(path: str | Path) -> Run:
 
 
 def latest_runs(out: str | Path = "runs") -> dict[str, Path]:
-    """The most recent finished run of each model under ``out`` (folder names sort by time)."""
+    """The most recent finished run of each model under ``out`` (folder names sort by time),
+    also one level down (a sweep's or comparison's slots: ``runs/<slot>/<run>``)."""
     found: dict[str, Path] = {}
-    for weights in sorted(Path(out).glob(f"*/{WEIGHTS}")):
+    weights_files = [*Path(out).glob(f"*/{WEIGHTS}"), *Path(out).glob(f"*/*/{WEIGHTS}")]
+    for weights in sorted(weights_files, key=lambda w: w.parent.name):
         cfg = read_json(weights.parent / "config.json", {}) or {}
         if "model" in cfg:
             found[cfg["model"]] = weights.parent

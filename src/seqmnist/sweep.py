@@ -21,11 +21,10 @@ runs) and ``DIR/sweep.md`` / ``sweep.json``: model x view x dataset with mean an
 from __future__ import annotations
 
 import itertools
-import shutil
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 if sys.version_info >= (3, 11):
@@ -34,20 +33,20 @@ else:  # Python 3.10: the same parser, from PyPI
     import tomli as tomllib
 
 from .config import TrainConfig
-from .errors import CheckpointError, SeqmnistError, UsageError
-from .fileio import LockHeld, atomic_write, exclusive, read_json, write_json
-from .storage import CHECKPOINT, PREVIOUS_CHECKPOINT, WEIGHTS
+from .errors import SeqmnistError, UsageError
+from .fileio import LockHeld, atomic_write, exclusive, write_json
+from .slots import (  # noqa: F401 (LOCKS, run_state, recipe_differences: re-exported)
+    LOCKS,
+    recipe_differences,
+    run_slot,
+    run_state,
+    slot_key,
+)
 
 SPEC_KEYS = {"models", "views", "datasets", "seeds", "recipe", "overrides"}
 # TrainConfig fields a spec may not set: they are the grid's, or where and how a run is stored.
 NOT_IN_RECIPE = {"model", "view", "dataset", "seed", "data_dir", "replicas", "model_options"}
-# Fields that say how or where a run was computed: a finished run in a grid slot is the spec's
-# run whatever they are. "auto" settings are resolved at training time and compared only when
-# the spec names a value.
-RUNTIME = {"data_dir", "threads", "replicas"}
-AUTO = {"precision", "backend", "device"}
 LOCK = ".sweep.lock"
-LOCKS = ".locks"  # one lock file per grid slot, beside runs/ so that no listing of runs meets it
 MAX_RUNS = 10_000  # a grid larger than this is refused: split it into several specs
 CONFIRM_RUNS = 500  # a grid larger than this needs --yes, after its estimated time is shown
 
@@ -62,7 +61,7 @@ class GridRun:
 
     @property
     def key(self) -> str:
-        return f"{self.model}-{self.dataset}-{self.view}-seed{self.seed}"
+        return slot_key(self.config)
 
 
 @dataclass
@@ -169,83 +168,12 @@ def load_spec(path: str | Path) -> Spec:
     return parse_spec(text, str(path))
 
 
-def recipe_differences(stored: TrainConfig, wanted: TrainConfig) -> list[str]:
-    """The settings in which a run found in a grid slot differs from the run the spec asks for
-    ("epochs 2, not 1"); empty when it is the spec's run."""
-    have, want = asdict(stored), asdict(wanted)
-    out = []
-    for key, value in want.items():
-        if key in RUNTIME or (key in AUTO and value == "auto"):
-            continue
-        if have.get(key) != value:
-            out.append(f"{key} {have.get(key)!r}, not {value!r}")
-    return out
-
-
-def run_state(folder: Path, wanted: TrainConfig | None = None) -> tuple[str, Path | None]:
-    """("done", run), ("resume", run), or ("new", None) for a grid run's folder. With
-    ``wanted``, a run there of another recipe (a stale run of an earlier spec, a run copied in
-    from elsewhere) is an error naming the difference, never taken for the spec's run."""
-    runs = sorted(p for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
-    found = None
-    for run in runs:
-        if (run / WEIGHTS).is_file():
-            found = ("done", run)
-            break
-    for run in runs if found is None else []:
-        if (run / CHECKPOINT).is_file() or (run / PREVIOUS_CHECKPOINT).is_file():
-            found = ("resume", run)
-            break
-    if found is None:
-        return "new", None
-    if wanted is not None:
-        try:
-            stored = TrainConfig.from_dict(read_json(found[1] / "config.json"))
-        except (SeqmnistError, TypeError) as exc:
-            raise CheckpointError(f"{found[1]}: this grid slot's run has no readable "
-                                  f"config.json ({exc}); remove it to train that run again"
-                                  ) from None
-        diff = recipe_differences(stored, wanted)
-        if diff:
-            raise UsageError(f"{found[1]} is not the run this spec asks for ({'; '.join(diff)}): "
-                             "a run of another recipe is never reused. Give the sweep another "
-                             "--out, or remove that folder to train it again")
-    return found
-
-
 def run_one(grid_run: GridRun, out: Path, data_dir: str | Path | None = None,
             log: Callable[[str], None] = lambda *_: None,
             facts: dict | None = None) -> tuple[str, Path]:
-    """Finish one run of the grid under ``out``: skip it, resume it or start it. Returns (what
-    was done, the run folder). Safe to call again after any interruption. ``facts``: more
-    provenance for the run (where it ran). The grid slot is held exclusively while this runs:
-    a second caller (a retried Ray task whose first worker still writes) waits for it."""
-    from .training import train
-
-    folder = out / "runs" / grid_run.key
-    folder.mkdir(parents=True, exist_ok=True)
-    (out / LOCKS).mkdir(exist_ok=True)
-
-    def waiting(holder: int | None) -> None:
-        log(f"{grid_run.key}: waiting for process {holder or '(unknown)'}, which still writes "
-            "into this run")
-
-    with exclusive(out / LOCKS / f"{grid_run.key}.lock", wait=True, waiting=waiting):
-        state, run = run_state(folder, grid_run.config)
-        if state == "done":
-            return "skipped", run
-        if state == "resume":
-            try:
-                return "resumed", train(resume=run, data_dir=data_dir, progress=False, log=log,
-                                        facts=facts).path
-            except CheckpointError as exc:  # never deleted silently: the user decides
-                raise CheckpointError(f"{exc}\n(remove {run} to train that run of the sweep "
-                                      "again)") from None
-        for abandoned in (p for p in folder.glob("*") if p.is_dir()):
-            shutil.rmtree(abandoned)  # killed before its first epoch was saved: nothing to keep
-        cfg = replace(grid_run.config, data_dir=None)
-        return "trained", train(cfg, out=folder, data_dir=data_dir, progress=False, log=log,
-                                facts=facts).path
+    """Finish one run of the grid under ``out`` (its slot ``out/runs/<key>``, ``slots.run_slot``):
+    skip it, resume it or start it. Returns (what was done, the run folder)."""
+    return run_slot(grid_run.key, grid_run.config, out, data_dir, log, facts)
 
 
 # A runner finishes every run it is given and calls ``finished(grid_run, what, path, note)`` as

@@ -1,0 +1,110 @@
+"""Run slots: a folder that holds one run of a recipe (a sweep's grid run, a comparison's model
+and seed), finished exactly once however often it is started. Running a slot again skips a
+finished run, resumes an interrupted one from its checkpoint, and refuses a run of another recipe
+found there; the slot is locked while it runs, so two processes never write into one run.
+``sweep`` and ``compare`` both use it.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from dataclasses import asdict, replace
+from pathlib import Path
+
+from .config import TrainConfig
+from .errors import CheckpointError, SeqmnistError, UsageError
+from .fileio import exclusive, read_json
+from .storage import CHECKPOINT, PREVIOUS_CHECKPOINT, WEIGHTS
+
+# Fields that say how or where a run was computed: a finished run in a slot is the recipe's run
+# whatever they are. "auto" settings are resolved at training time and compared only when the
+# recipe names a value.
+RUNTIME = {"data_dir", "threads", "replicas"}
+AUTO = {"precision", "backend", "device"}
+LOCKS = ".locks"  # one lock file per slot, beside runs/ so that no listing of runs meets it
+
+
+def slot_key(cfg: TrainConfig) -> str:
+    """The slot's folder name: model, dataset, view and seed."""
+    return f"{cfg.model}-{cfg.dataset}-{cfg.view}-seed{cfg.seed}"
+
+
+def recipe_differences(stored: TrainConfig, wanted: TrainConfig) -> list[str]:
+    """The settings in which a run found in a grid slot differs from the run the spec asks for
+    ("epochs 2, not 1"); empty when it is the spec's run."""
+    have, want = asdict(stored), asdict(wanted)
+    out = []
+    for key, value in want.items():
+        if key in RUNTIME or (key in AUTO and value == "auto"):
+            continue
+        if have.get(key) != value:
+            out.append(f"{key} {have.get(key)!r}, not {value!r}")
+    return out
+
+
+def run_state(folder: Path, wanted: TrainConfig | None = None) -> tuple[str, Path | None]:
+    """("done", run), ("resume", run), or ("new", None) for a grid run's folder. With
+    ``wanted``, a run there of another recipe (a stale run of an earlier spec, a run copied in
+    from elsewhere) is an error naming the difference, never taken for the spec's run."""
+    runs = sorted(p for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
+    found = None
+    for run in runs:
+        if (run / WEIGHTS).is_file():
+            found = ("done", run)
+            break
+    for run in runs if found is None else []:
+        if (run / CHECKPOINT).is_file() or (run / PREVIOUS_CHECKPOINT).is_file():
+            found = ("resume", run)
+            break
+    if found is None:
+        return "new", None
+    if wanted is not None:
+        try:
+            stored = TrainConfig.from_dict(read_json(found[1] / "config.json"))
+        except (SeqmnistError, TypeError) as exc:
+            raise CheckpointError(f"{found[1]}: this grid slot's run has no readable "
+                                  f"config.json ({exc}); remove it to train that run again"
+                                  ) from None
+        diff = recipe_differences(stored, wanted)
+        if diff:
+            raise UsageError(f"{found[1]} is not the run this spec asks for ({'; '.join(diff)}): "
+                             "a run of another recipe is never reused. Give the sweep another "
+                             "--out, or remove that folder to train it again")
+    return found
+
+
+def run_slot(key: str, config: TrainConfig, out: Path, data_dir: str | Path | None = None,
+             log: Callable[[str], None] = lambda *_: None, facts: dict | None = None,
+             tensorboard: bool = False, progress: bool = False) -> tuple[str, Path]:
+    """Finish the run of ``config`` in the slot ``out/runs/key``: skip it, resume it or start it.
+    Returns (what was done: "skipped", "resumed" or "trained"; the run folder). Safe to call
+    again after any interruption. ``facts``: more provenance for the run (where it ran). The
+    slot is held exclusively while this runs: a second caller (a retried Ray task whose first
+    worker still writes) waits for it."""
+    from .training import train
+
+    folder = out / "runs" / key
+    folder.mkdir(parents=True, exist_ok=True)
+    (out / LOCKS).mkdir(exist_ok=True)
+
+    def waiting(holder: int | None) -> None:
+        log(f"{key}: waiting for process {holder or '(unknown)'}, which still writes "
+            "into this run")
+
+    with exclusive(out / LOCKS / f"{key}.lock", wait=True, waiting=waiting):
+        state, run = run_state(folder, config)
+        if state == "done":
+            return "skipped", run
+        if state == "resume":
+            try:
+                return "resumed", train(resume=run, data_dir=data_dir, progress=progress, log=log,
+                                        facts=facts, tensorboard=tensorboard).path
+            except CheckpointError as exc:  # never deleted silently: the user decides
+                raise CheckpointError(f"{exc}\n(remove {run} to train that run "
+                                      "again)") from None
+        for abandoned in (p for p in folder.glob("*") if p.is_dir()):
+            shutil.rmtree(abandoned)  # killed before its first epoch was saved: nothing to keep
+        cfg = replace(config, data_dir=None)
+        return "trained", train(cfg, out=folder, data_dir=data_dir, progress=progress, log=log,
+                                facts=facts, tensorboard=tensorboard).path
