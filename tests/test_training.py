@@ -7,6 +7,7 @@ import torch
 
 from seqmnist import TrainConfig, evaluate, load_run, train
 from seqmnist.errors import SeqmnistError, UsageError
+from seqmnist.models import list_models
 from seqmnist.views import VIEWS
 
 RUN_FILES = {"config.json", "history.csv", "history.json", "summary.txt", "loss.png",
@@ -253,3 +254,18 @@ def test_anytime_accuracy_comes_from_the_final_evaluation_pass(small_mnist, mode
     bidirectional = create_model("gru", (28, 28), 10, bidirectional=True)
     assert evaluate_tensors(bidirectional, to_input(small_mnist.x_test[:50], "rows"),
                             y[:50], anytime=True).anytime is None  # not causal: no one pass
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_every_registered_model_trains_and_reloads(name, tmp_path):
+    """One epoch of each registered model, at its default view, through train(); the run folder
+    reloads to the same answers."""
+    result = train(TrainConfig(model=name, dataset="digits", epochs=1, limit=100), out=tmp_path,
+                   progress=False, log=quiet)
+    run = load_run(result.path)
+    assert result.metrics["test_images"] == 360 and 0 <= result.metrics["test_accuracy"] <= 1
+    from seqmnist.views import to_input
+
+    x = to_input(np.zeros((2, 8, 8), np.uint8), run.config.view)
+    with torch.no_grad():
+        torch.testing.assert_close(run.model(x), result.model.cpu().eval()(x))

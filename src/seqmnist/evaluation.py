@@ -103,7 +103,7 @@ def anytime_accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
     """Test accuracy when a causal sequence model has read only its first k steps, for the
     ``anytime_steps`` k: {"steps": [...], "accuracy": [...], "of": total steps}. None for
     models that do not answer step by step (a CNN)."""
-    if not hasattr(model, "forward_steps") or x.dim() != 3:
+    if not getattr(model, "answers_every_step", False) or x.dim() != 3:
         return None
     was_training = model.training
     model.eval()
@@ -159,7 +159,9 @@ def dataset_view(run: Run, ds, images: int = 1000, per_class: int = 20) -> dict 
     from .views import VIEWS, to_input
 
     cfg = run.config
-    if VIEWS[cfg.view].kind != "sequence" or not hasattr(run.model, "forward_steps"):
+    from .models import MODELS
+
+    if VIEWS[cfg.view].kind != "sequence" or not MODELS[cfg.model].steps:
         return None
     model = install_backend(copy.deepcopy(run.model), "torch").eval()
     classes = run.metrics.get("classes") or [str(i) for i in range(run.num_classes)]

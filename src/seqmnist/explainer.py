@@ -288,7 +288,9 @@ def explain(run: Run | str | Path, image: int | np.ndarray | str | Path,
                       prediction=classes[answer], probabilities=probs,
                       saliency=saliency(model, pixels, cfg.view, cfg.seed, answer,
                                         float(probs[answer])))
-    if VIEWS[cfg.view].kind == "sequence" and hasattr(model, "forward_steps"):
+    from .models import MODELS
+
+    if VIEWS[cfg.view].kind == "sequence" and MODELS[cfg.model].steps:
         with torch.inference_mode():
             belief = model.forward_steps(x).softmax(-1)[0].numpy()
         out.steps = int(x.shape[1])

@@ -77,9 +77,11 @@ def _write_out(out: Path, data: bytes | str) -> None:
 
 def onnx_refusal(run: Run) -> str | None:
     """Why ``run``'s model cannot go to ONNX, or None when it can."""
-    if run.config.model not in ("lstm", "gru", "rnn", "cnn"):
-        return (f"model {run.config.model!r} has no ONNX export yet (lstm, gru, rnn and cnn "
-                "have)")
+    from .models import MODELS
+
+    if not MODELS[run.config.model].onnx:
+        have = ", ".join(n for n, e in MODELS.items() if e.onnx)
+        return f"model {run.config.model!r} has no ONNX export yet ({have} have)"
     return None
 
 
@@ -227,7 +229,7 @@ def model_card(run: Run) -> str:
         "## Intended use and limits",
         "",
         f"For teaching and research on reading images as sequences. It was trained and tested on "
-        f"{cfg.dataset} only: {'28 x 28' if cfg.dataset != 'digits' else '8 x 8'} grey images of "
+        f"{cfg.dataset} only: {' x '.join(map(str, m.get('image_shape') or (28, 28)))} grey images of "
         "one centred item, prepared the MNIST way (white on black, fitted in a 20 x 20 box, "
         "centred by mass). It is not meant for other images, handwriting in the wild, or any "
         "decision about people; its accuracy on other data is unknown.",

@@ -148,6 +148,7 @@ def predict_arrays(run, images: np.ndarray, steps: bool = False) -> list[dict]:
     """Class probabilities for uint8 images (N, H, W); with ``steps``, also after every step."""
     import torch
 
+    from .models import get_entry
     from .views import to_input
 
     x = to_input(images, run.config.view, run.config.seed)
@@ -155,7 +156,7 @@ def predict_arrays(run, images: np.ndarray, steps: bool = False) -> list[dict]:
     with torch.inference_mode():
         probs = run.model(x).softmax(-1).numpy()
         step_probs = run.model.forward_steps(x).softmax(-1).numpy() \
-            if steps and hasattr(run.model, "forward_steps") else None
+            if steps and get_entry(run.config.model).steps else None
     classes = run.metrics.get("classes") or [str(i) for i in range(run.num_classes)]
     for i, p in enumerate(probs):
         top = np.argsort(-p)[:3]

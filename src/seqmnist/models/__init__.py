@@ -32,20 +32,32 @@ from ..views import sequence_views
 
 @dataclass
 class ModelEntry:
+    """A registered model and what it can do; code asks these, never the model object."""
+
     name: str
     build: Callable[..., nn.Module]
-    views: tuple[str, ...]
+    views: tuple[str, ...]  # the views it reads
     defaults: dict = field(default_factory=dict)  # training defaults: lr, view
     description: str = ""
+    steps: bool = False  # answers after every step (forward_steps): belief, anytime, explain
+    onnx: bool = False  # exports to ONNX (checked with onnxruntime)
+    presets: dict[str, dict] = field(default_factory=dict)  # preset name -> its recipe here
 
 
 MODELS: dict[str, ModelEntry] = {}
 SEQUENCE_VIEWS = sequence_views()
 
 
-def register_model(name: str, views: tuple[str, ...], description: str = "", **defaults):
+def register_model(name: str, views: tuple[str, ...], description: str = "", *,
+                   steps: bool = False, onnx: bool = False,
+                   presets: dict[str, dict] | None = None, **defaults):
+    """Register ``fn(input_shape, num_classes, **options) -> nn.Module`` as model ``name``:
+    the views it reads, whether it answers after every step (``steps``: it then has
+    ``forward_steps``), whether it exports to ONNX, its recipe under each preset (``presets``,
+    e.g. ``{"fast": dict(batch_size=256, epochs=6)}``), and training defaults (lr, view)."""
     def wrap(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        MODELS[name] = ModelEntry(name, fn, views, defaults, description or (fn.__doc__ or ""))
+        MODELS[name] = ModelEntry(name, fn, views, defaults, description or (fn.__doc__ or ""),
+                                  steps, onnx, dict(presets or {}))
         return fn
     return wrap
 

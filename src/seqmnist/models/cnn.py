@@ -50,7 +50,8 @@ class CNN(nn.Module):
         return self.net(x)
 
 
-@register_model("cnn", ("image",), lr=1e-4, view="image")
+@register_model("cnn", ("image",), onnx=True, lr=1e-4, view="image",
+                presets={"fast": dict(batch_size=128, epochs=2, lr=3e-3, schedule="onecycle")})
 def cnn(input_shape, num_classes, **options) -> nn.Module:
     """The tutorial's CNN (3,274,634 parameters on 28x28)."""
     return CNN(input_shape, num_classes, **options)

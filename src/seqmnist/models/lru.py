@@ -97,7 +97,7 @@ class LRU(BlockStack):
                          lambda: LRUBlock(d_model, states, dropout))
 
 
-@register_model("lru", SEQUENCE_VIEWS, lr=2e-3, view="rows")
+@register_model("lru", SEQUENCE_VIEWS, steps=True, lr=2e-3, view="rows")
 def lru(input_shape, num_classes, **options) -> nn.Module:
     """Linear recurrent unit (Orvieto et al. 2023): 4 layers, d_model 64, 64 states."""
     return LRU(input_shape, num_classes, **options)

@@ -118,8 +118,11 @@ def _recurrent(cell: str):
     return build
 
 
-register_model("lstm", SEQUENCE_VIEWS, lr=1e-3, view="rows")(_recurrent("lstm"))
-register_model("gru", SEQUENCE_VIEWS, lr=1e-3, view="rows")(_recurrent("gru"))
-register_model("rnn", SEQUENCE_VIEWS, lr=1e-3, view="rows")(_recurrent("rnn"))
+# "fast": larger batches and a one-cycle schedule, tuned on MNIST for the lstm (98.6%+); the gru
+# borrows the lstm's, the rnn a lower peak learning rate.
+FAST = dict(batch_size=256, epochs=6, lr=8e-3, schedule="onecycle")
+for _cell, _fast in (("lstm", FAST), ("gru", FAST), ("rnn", dict(FAST, lr=2e-3))):
+    register_model(_cell, SEQUENCE_VIEWS, steps=True, onnx=True, presets={"fast": _fast},
+                   lr=1e-3, view="rows")(_recurrent(_cell))
 
 

@@ -106,7 +106,7 @@ class S4D(BlockStack):
                          lambda: S4DBlock(d_model, states, dropout))
 
 
-@register_model("s4d", SEQUENCE_VIEWS, lr=2e-3, view="rows")
+@register_model("s4d", SEQUENCE_VIEWS, steps=True, lr=2e-3, view="rows")
 def s4d(input_shape, num_classes, **options) -> nn.Module:
     """Diagonal state-space model S4D (Gu et al. 2022): 4 layers, d_model 64."""
     return S4D(input_shape, num_classes, **options)

@@ -48,7 +48,7 @@ class TCN(CausalClassifier):
         return self.blocks(x.transpose(1, 2)).transpose(1, 2)
 
 
-@register_model("tcn", SEQUENCE_VIEWS, lr=2e-3, view="rows")
+@register_model("tcn", SEQUENCE_VIEWS, steps=True, lr=2e-3, view="rows")
 def tcn(input_shape, num_classes, **options) -> nn.Module:
     """Temporal convolutional network (Bai et al. 2018): 8 levels x 25 channels, kernel 7."""
     return TCN(input_shape, num_classes, **options)

@@ -48,7 +48,7 @@ class CausalTransformer(CausalClassifier):
         return self.norm(self.encoder(h, mask=mask, is_causal=True))
 
 
-@register_model("transformer", SEQUENCE_VIEWS, lr=1e-3, view="rows")
+@register_model("transformer", SEQUENCE_VIEWS, steps=True, lr=1e-3, view="rows")
 def transformer(input_shape, num_classes, **options) -> nn.Module:
     """Causal Transformer encoder (Vaswani et al. 2017): 2 layers, d_model 64, 4 heads."""
     return CausalTransformer(input_shape, num_classes, **options)

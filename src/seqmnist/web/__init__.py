@@ -23,6 +23,7 @@ import numpy as np
 
 from ..errors import ImageError, SeqmnistError, UsageError
 from ..images import decode_image, ink, predict_arrays, prepare_array
+from ..models import get_entry
 from ..storage import Run, latest_runs, load_run
 
 MAX_BODY = 2 * 1024 * 1024
@@ -137,7 +138,7 @@ def resolve_runs(runs: list[str | Path] | None, runs_dir: str | Path = "runs") -
 def model_info(run: Run) -> dict:
     return dict(name=run.name, model=run.config.model, dataset=run.config.dataset,
                 view=run.config.view, test_accuracy=run.metrics.get("test_accuracy"),
-                classes=run.metrics.get("classes"), recurrent=hasattr(run.model, "forward_steps"))
+                classes=run.metrics.get("classes"), recurrent=get_entry(run.config.model).steps)
 
 
 def predict_all(runs: list[Run], image: np.ndarray) -> dict:
