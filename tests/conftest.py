@@ -47,18 +47,15 @@ def write_dataset(folder: Path, x_train, y_train, x_test, y_test, compress: bool
 
 def stop_after_each_epoch(monkeypatch, signum: int = signal.SIGINT):
     """Make training stop as if ``signum`` arrived during every epoch: it ends after the first
-    complete one with a resumable checkpoint. Returns a function that undoes it."""
+    complete one with a resumable checkpoint (through the trainer's public epoch hook). Returns
+    a function that undoes it."""
     from seqmnist import training
 
-    real = training._train_epoch
+    def stop(_row):
+        return signum
 
-    def epoch_then_signal(*args):
-        result = real(*args)
-        args[8]["signum"] = signum
-        return result
-
-    monkeypatch.setattr(training, "_train_epoch", epoch_then_signal)
-    return lambda: monkeypatch.setattr(training, "_train_epoch", real)
+    monkeypatch.setattr(training, "EPOCH_HOOKS", [stop])
+    return lambda: training.EPOCH_HOOKS.remove(stop)
 
 
 @pytest.fixture(autouse=True)

@@ -250,21 +250,12 @@ def test_compare_with_out_resumes_like_a_sweep(tmp_path, monkeypatch):
 
     from seqmnist import training
 
-    calls, real = [], training._train_epoch
-
-    def second_run_stops_after_one_epoch(*args):
-        calls.append(1)
-        result = real(*args)
-        if len(calls) == 3:  # the first run's two epochs, then the second run's first
-            args[8]["signum"] = signal.SIGTERM
-        return result
-
-    monkeypatch.setattr(training, "_train_epoch", second_run_stops_after_one_epoch)
     out = tmp_path / "cmp"
     settings = dict(dataset="digits", epochs=2, out=out, log=quiet, progress=False)
-    with pytest.raises(training.TrainingInterrupted):
-        compare(["rnn", "gru"], **settings)
-    monkeypatch.setattr(training, "_train_epoch", real)
+    # the first run's two epochs, then the second run's first: there it stops (the epoch hook)
+    with training.epoch_hook(lambda row: row["model"] == "gru" and signal.SIGTERM):
+        with pytest.raises(training.TrainingInterrupted):
+            compare(["rnn", "gru"], **settings)
     said = []
     summary = compare(["rnn", "gru"], **{**settings, "log": said.append})
     assert any(line.startswith("skipped") and "rnn-digits-rows-seed0" in line for line in said)

@@ -269,3 +269,18 @@ def test_every_registered_model_trains_and_reloads(name, tmp_path):
     x = to_input(np.zeros((2, 8, 8), np.uint8), run.config.view)
     with torch.no_grad():
         torch.testing.assert_close(run.model(x), result.model.cpu().eval()(x))
+
+
+def test_the_epoch_hook_sees_every_epoch_and_can_stop_a_run_resumably(tmp_path):
+    from seqmnist import training
+
+    seen = []
+    with training.epoch_hook(lambda row: seen.append(row) or row["epoch"] == 2):
+        with pytest.raises(training.TrainingInterrupted) as stopped:
+            train(TrainConfig(model="rnn", dataset="digits", epochs=3, limit=100), out=tmp_path,
+                  progress=False, log=quiet)
+    assert [r["epoch"] for r in seen] == [1, 2] and seen[0]["model"] == "rnn"
+    assert stopped.value.epochs_done == 2 and stopped.value.exit_code == 130
+    assert not training.EPOCH_HOOKS  # the block removed its hook
+    done = train(resume=seen[0]["folder"], progress=False, log=quiet)
+    assert [h["epoch"] for h in done.history] == [1, 2, 3]

@@ -106,6 +106,24 @@ def stop_on_signals():
             signal.signal(s, h)
 
 
+# Called after every complete epoch (its checkpoint written) with the epoch's history row plus
+# "folder", "model" and "seed"; a true return stops the run there as Ctrl-C does (a signal
+# number: as that signal does). See ``epoch_hook``.
+EPOCH_HOOKS: list[Callable[[dict], bool | int | None]] = []
+
+
+@contextmanager
+def epoch_hook(callback: Callable[[dict], bool | int | None]):
+    """Within the block, ``callback(row)`` runs after every complete epoch of every run trained
+    (by ``train``, ``compare`` or a sweep in this process): to watch training, or to stop a run
+    after an epoch, keeping it resumable, by returning True (or a signal number)."""
+    EPOCH_HOOKS.append(callback)
+    try:
+        yield callback
+    finally:
+        EPOCH_HOOKS.remove(callback)
+
+
 @contextmanager
 def writing_to(folder: Path):
     """Report a failed write (full disk, quota, permissions) as one clear error."""
@@ -295,6 +313,10 @@ def train(config: TrainConfig | None = None, *, out: str | Path = "runs",
                 board.epoch(history[-1])
             log(f"Epoch {epoch + 1}/{cfg.epochs} - {seconds:.1f}s - loss: {loss:.4f} - accuracy: "
                 f"{acc:.4f} - val_loss: {val.loss:.4f} - val_accuracy: {val.accuracy:.4f}")
+            for hook in list(EPOCH_HOOKS):
+                stop = hook(dict(history[-1], folder=folder, model=cfg.model, seed=cfg.seed))
+                if stop and flag["signum"] is None:
+                    flag["signum"] = signal.SIGINT if stop is True else int(stop)
             if flag["signum"] is not None:
                 raise TrainingInterrupted(flag["signum"], folder, epoch + 1)
             if best is not None and epoch + 1 - best["epoch"] >= cfg.patience:
