@@ -26,6 +26,7 @@ LAYERS = [
     ["plots"],
     ["training"],
     ["slots"],
+    ["keras_files"],
     ["keras_import"],
     ["analysis"],
     ["reports"],
