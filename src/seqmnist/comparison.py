@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import time
-from contextlib import contextmanager
+from contextlib import nullcontext
 from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
@@ -20,27 +20,6 @@ from .evaluation import evaluate
 from .storage import PREDICTIONS, Run, load_run, save_predictions
 
 COMPARE_LOCK = ".compare.lock"
-
-
-@contextmanager
-def _holding(folder: Path | None):
-    """One resumable comparison per folder at a time (like a sweep's lock)."""
-    if folder is None:
-        yield
-        return
-    from .fileio import LockHeld, exclusive
-
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UsageError(f"cannot make {folder}: {exc.strerror or exc}") from None
-    try:
-        with exclusive(folder / COMPARE_LOCK):
-            yield
-    except LockHeld as exc:
-        raise UsageError(f"another comparison (process {exc.holder or '(unknown)'}) is running "
-                         f"on {folder}; wait for it, or give this one another --out") from None
-
 REQUIRED_METRICS = ("test_accuracy", "test_loss", "params", "seconds_per_epoch",
                     "inference_images_per_second", "per_class_accuracy", "classes", "confusion")
 
@@ -170,7 +149,7 @@ def compare(models: list[str] | None = None, *, runs: list[str | Path] | None = 
     skips the finished runs and resumes the interrupted ones (as a sweep does); else new runs go
     under ``runs_dir`` (default ``runs/``)."""
     from .reports import write_report
-    from .slots import run_slot, slot_key
+    from .slots import holding, run_slot, slot_key
     from .training import train
 
     if seeds < 1:
@@ -188,7 +167,7 @@ def compare(models: list[str] | None = None, *, runs: list[str | Path] | None = 
     jobs = choose_jobs(len(configs), seeds, jobs)
     slots = Path(out) if out is not None and runs_dir is None and configs else None
     runs_dir = Path(runs_dir or "runs")
-    with _holding(slots):
+    with holding(slots, COMPARE_LOCK, "comparison") if slots is not None else nullcontext():
         if jobs > 1:
             log(f"Training {len(configs)} runs, {jobs} at a time (one process per core, one "
                 "thread each: measured faster for several seeds, BENCHMARKS.md), the longest "

@@ -8,13 +8,14 @@ found there; the slot is locked while it runs, so two processes never write into
 from __future__ import annotations
 
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, replace
 from pathlib import Path
 
 from .config import TrainConfig
 from .errors import CheckpointError, SeqmnistError, UsageError
-from .fileio import exclusive, read_json
+from .fileio import LockHeld, exclusive, read_json
 from .storage import CHECKPOINT, PREVIOUS_CHECKPOINT, WEIGHTS
 
 # Fields that say how or where a run was computed: a finished run in a slot is the recipe's run
@@ -23,6 +24,24 @@ from .storage import CHECKPOINT, PREVIOUS_CHECKPOINT, WEIGHTS
 RUNTIME = {"data_dir", "threads", "replicas"}
 AUTO = {"precision", "backend", "device"}
 LOCKS = ".locks"  # one lock file per slot, beside runs/ so that no listing of runs meets it
+
+
+@contextmanager
+def holding(folder: Path, lock: str, what: str,
+            error: type[SeqmnistError] = UsageError) -> Iterator[None]:
+    """Make ``folder`` and hold it for one ``what`` (a sweep, a comparison) at a time: another
+    one already there is ``error``, naming its process."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"cannot make the {what}'s folder {folder}: {exc.strerror or exc}"
+                         ) from None
+    try:
+        with exclusive(folder / lock):
+            yield
+    except LockHeld as exc:
+        raise error(f"another {what} (process {exc.holder or '(unknown)'}) is running on "
+                    f"{folder}; wait for it to finish, or give this one another --out") from None
 
 
 def slot_key(cfg: TrainConfig) -> str:

@@ -34,9 +34,10 @@ else:  # Python 3.10: the same parser, from PyPI
 
 from .config import TrainConfig
 from .errors import SeqmnistError, UsageError
-from .fileio import LockHeld, atomic_write, exclusive, write_json
+from .fileio import atomic_write, write_json
 from .slots import (  # noqa: F401 (LOCKS, run_state, recipe_differences: re-exported)
     LOCKS,
+    holding,
     recipe_differences,
     run_slot,
     run_state,
@@ -204,17 +205,8 @@ def sweep(spec: Spec | str | Path, out: str | Path | None = None,
     else:
         name = "sweep"
     out = Path(out) if out else Path("sweeps") / name
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UsageError(f"cannot make the sweep's folder {out}: {exc.strerror or exc}") from None
-    try:
-        with exclusive(out / LOCK):
-            return _sweep_locked(spec, out, data_dir, progress, log, runner)
-    except LockHeld as exc:
-        raise SweepLocked(f"another sweep (process {exc.holder or '(unknown)'}) is running on "
-                          f"{out}; wait for it to finish, or give this one another --out"
-                          ) from None
+    with holding(out, LOCK, "sweep", SweepLocked):
+        return _sweep_locked(spec, out, data_dir, progress, log, runner)
 
 
 def _sweep_locked(spec: Spec, out: Path, data_dir, progress: bool, log, runner) -> dict:
