@@ -138,3 +138,17 @@ def test_the_report_says_when_each_sequence_model_knows(small_runs, small_mnist,
     report = (tmp_path / "r" / "report.md").read_text()
     assert "## When each sequence model knows" in report and "importance.png" in report
     assert (tmp_path / "r" / "importance.png").stat().st_size > 5000
+
+
+def test_a_report_is_never_written_into_a_run_folder(small_runs, tmp_path, capsys):
+    """compare --out at (or inside) a run folder would replace the run's own accuracy.png and
+    confusion.png: refused before anything is written."""
+    from seqmnist.cli import main
+
+    run = small_runs["lstm"]
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    for out in (run, run / "report"):
+        assert main(["compare", "--runs", str(run), "--out", str(out)]) == 2
+        assert "is inside the run folder" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
+    assert not (run / "report").exists()

@@ -17,7 +17,7 @@ from .config import TrainConfig
 from .data import load_dataset
 from .errors import CheckpointError, UsageError
 from .evaluation import evaluate
-from .storage import PREDICTIONS, Run, load_run, save_predictions
+from .storage import PREDICTIONS, Run, inside_a_run, load_run, save_predictions
 
 COMPARE_LOCK = ".compare.lock"
 REQUIRED_METRICS = ("test_accuracy", "test_loss", "params", "seconds_per_epoch",
@@ -154,6 +154,10 @@ def compare(models: list[str] | None = None, *, runs: list[str | Path] | None = 
 
     if seeds < 1:
         raise UsageError(f"seeds must be at least 1, got {seeds}")
+    run_folder = inside_a_run(Path(out)) if out is not None else None
+    if run_folder is not None:  # the report's figures would replace the run's own plots
+        raise UsageError(f"--out {out} is inside the run folder {run_folder}: a report there "
+                         "would replace the run's own files; give another folder")
     models = list(models) if models else ([] if runs else ["lstm", "cnn"])
     finished = [finished_run(r, data_dir) for r in runs or []]
     dataset_name = config.get("dataset") or (finished[0].config.dataset if finished else "mnist")

@@ -20,17 +20,13 @@ from .analysis import recipe_key
 from .config import TrainConfig
 from .errors import SeqmnistError, UsageError
 from .fileio import atomic_write, read_json, write_json
-from .storage import PREDICTIONS, WEIGHTS, Run, load_predictions, load_run
+from .storage import PREDICTIONS, WEIGHTS, Run, is_run_folder, load_predictions, load_run
 
 FORMATS = ("onnx", "card")
 OPSET = 17
 ONNX_TOLERANCE = 1e-4
 CARD_FILES = (WEIGHTS, "config.json", "metrics.json", "README.md")
 ONNX_NAME = "model.onnx"  # the one file export writes inside a run folder
-
-
-def _is_run_folder(folder: Path) -> bool:
-    return any((folder / name).exists() for name in (WEIGHTS, "config.json", "checkpoint.pt"))
 
 
 def _place_file(out: Path, run: Run, force: bool) -> Path:
@@ -41,7 +37,7 @@ def _place_file(out: Path, run: Run, force: bool) -> Path:
         raise UsageError(f"--out {out} is a folder; give the file to write, e.g. "
                          f"{out / ONNX_NAME}")
     parent = out.parent
-    if _is_run_folder(parent) and out.name != ONNX_NAME:
+    if (is_run_folder(parent) or (parent / "config.json").exists()) and out.name != ONNX_NAME:
         raise UsageError(f"--out {out} is inside the run folder {parent}; export writes only "
                          f"{ONNX_NAME} there and never replaces a run's own files")
     if out.exists() or out.is_symlink():

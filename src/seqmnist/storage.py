@@ -29,6 +29,20 @@ WEIGHTS = "model.safetensors"
 HISTORY_KEYS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "seconds", "lr")
 
 
+def is_run_folder(folder: Path) -> bool:
+    """Whether ``folder`` holds a run (finished, interrupted, or its card), whose own files no
+    command other than training may replace."""
+    folder = Path(folder)
+    return any((folder / name).exists() for name in (WEIGHTS, CHECKPOINT)) or \
+        ((folder / "config.json").exists() and (folder / "provenance.json").exists())
+
+
+def inside_a_run(path: Path) -> Path | None:
+    """The run folder ``path`` is (or lies inside), or None."""
+    path = Path(path).resolve()
+    return next((f for f in (path, *path.parents) if is_run_folder(f)), None)
+
+
 def write_history(folder: Path, history: list[dict]) -> None:
     write_json(folder / "history.json", history)
     buf = io.StringIO()
