@@ -34,7 +34,7 @@ def main() -> None:
     from seqmnist.data import load_dataset
     from seqmnist.evaluation import anytime_accuracy, evaluate_tensors
     from seqmnist.models import create_model
-    from seqmnist.training import make_adam
+    from seqmnist.steps import make_adam
     from seqmnist.views import to_input
 
     ds = load_dataset("mnist", DATA)

@@ -30,7 +30,7 @@ from seqmnist.backends import install_backend, training_step
 from seqmnist.data import load_dataset
 from seqmnist.models import create_model
 from seqmnist.parallel import Replicas
-from seqmnist.training import make_adam
+from seqmnist.steps import make_adam
 from seqmnist.views import to_input
 
 

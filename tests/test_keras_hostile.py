@@ -333,20 +333,20 @@ def test_a_sound_file_still_imports_after_every_check(tmp_path):
 def test_an_import_stopped_while_writing_leaves_no_folder(tmp_path, monkeypatch, how):
     import signal
 
-    from seqmnist import training
+    from seqmnist.recorder import Recorder
 
-    real = training.finish_run
+    real = Recorder.finish
 
-    def stop(folder, *args, **kwargs):
-        (folder / "partial").write_text("half")
+    def stop(self, *args, **kwargs):
+        (self.folder / "partial").write_text("half")
         if how == "error":
             raise OSError("disk full")
         if how == "ctrl-c":
             raise KeyboardInterrupt
         os.kill(os.getpid(), signal.SIGTERM)
-        return real(folder, *args, **kwargs)  # not reached: SIGTERM interrupts the import
+        return real(self, *args, **kwargs)  # not reached: SIGTERM interrupts the import
 
-    monkeypatch.setattr(training, "finish_run", stop)
+    monkeypatch.setattr(Recorder, "finish", stop)
     out = tmp_path / "runs"
     with pytest.raises((OSError, KeyboardInterrupt)):
         import_keras(KERAS / "gru.keras", out=out, data_dir=DATA, log=lambda *_: None)

@@ -89,20 +89,16 @@ def test_a_tiny_sweep_reports_like_compare_and_a_rerun_skips_what_is_done(tmp_pa
 
     out = tmp_path / "sweep"
     # Interrupt the second run in the middle of its (only) epoch: the sweep stops there.
-    calls, real = [], training._train_epoch
+    models = []
 
-    def interrupted_second(*args):
-        calls.append(1)
-        loss, acc, complete = real(*args)
-        if len(calls) == 2:
-            args[8]["signum"] = signal.SIGTERM
-            return loss, acc, False
-        return loss, acc, complete
+    def interrupted_second(row):
+        if not any(m is row["model"] for m in models):
+            models.append(row["model"])
+        return signal.SIGTERM if len(models) == 2 else None
 
-    monkeypatch.setattr(training, "_train_epoch", interrupted_second)
-    with pytest.raises(training.TrainingInterrupted):
+    with training.batch_hook(interrupted_second), pytest.raises(training.TrainingInterrupted):
         sweep(parse_spec(GRID), out=out, progress=False, log=quiet)
-    monkeypatch.setattr(training, "_train_epoch", real)
+    assert len(models) == 2
     lines = []
     monkeypatch.setattr("tqdm.auto.tqdm.write", lambda line, *a, **k: lines.append(line))
     summary = sweep(parse_spec(GRID), out=out, progress=False, log=quiet)

@@ -13,8 +13,7 @@ naming the layer; a Lambda layer (Python code) or a file that is not a Keras mod
 from __future__ import annotations
 
 import math
-import shutil
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -188,15 +187,13 @@ def import_keras(path: str | Path, out: str | Path = "runs", dataset: str = "mni
     it like on any run."""
     import torch
 
-    from . import system
     from .backends import install_backend, resolve_backend
     from .config import TrainConfig
     from .data import load_dataset
     from .evaluation import evaluate_tensors
-    from .fileio import atomic_write, terminate_as_interrupt, write_json
+    from .fileio import terminate_as_interrupt
     from .models import create_model, summary_text
-    from .storage import new_run_dir
-    from .training import _now, finish_run
+    from .recorder import Recorder, provenance
     from .views import get_view, to_input
 
     source = Path(path)
@@ -234,24 +231,19 @@ def import_keras(path: str | Path, out: str | Path = "runs", dataset: str = "mni
                   format=keras_model.format, keras_version=keras_model.keras_version)
     # Everything was checked and computed: only now is the run folder made, and it is removed
     # again if anything stops the writing (an error, Ctrl-C, SIGTERM), so no half folder stays.
-    folder = new_run_dir(out, cfg)
-    try:
-        with terminate_as_interrupt():
-            provenance = dict(started=_now(), **system.environment(), device="cpu",
-                              backend=cfg.backend, precision="fp32",
-                              threads=torch.get_num_threads(), replicas=1, train_images=None,
-                              train_images_total=ds.train_total, test_images=len(ds.x_test),
-                              data_source=ds.source, recipe=None, imported_from=origin,
-                              resumed=[])
-            write_json(folder / "config.json", asdict(cfg) | {"imported_from": origin})
-            write_json(folder / "provenance.json", provenance)
-            atomic_write(folder / "summary.txt",
-                         summary_text(model, mapping.input_shape, cfg.model) + "\n")
-            metrics = finish_run(folder, model, cfg, ds, mapping.input_shape, [], val, x_test,
-                                 y_test)
-    except BaseException:
-        shutil.rmtree(folder, ignore_errors=True)
-        raise
+    facts = provenance(cfg, ds, device="cpu", threads=torch.get_num_threads(), train_images=None,
+                       recipe=None, facts=dict(imported_from=origin))
+    with terminate_as_interrupt():
+        recorder = Recorder.create(out, cfg, facts,
+                                   summary_text(model, mapping.input_shape, cfg.model),
+                                   config_extra={"imported_from": origin})
+        try:
+            metrics = recorder.finish(model, cfg, ds, mapping.input_shape, [], val, x_test,
+                                      y_test)
+        except BaseException:
+            recorder.discard()
+            raise
+    folder = recorder.folder
     log(f"Imported {source} ({keras_model.format}, Keras {keras_model.keras_version}) as "
         f"{cfg.model} {mapping.options}: test accuracy {metrics['test_accuracy']:.4f}. "
         f"Run folder: {folder}")

@@ -1,10 +1,17 @@
-"""The training loop. ``train(TrainConfig(model="lstm"))`` is the tutorial's recipe.
+"""Training: ``train(TrainConfig(model="lstm"))`` is the tutorial's recipe.
 
-The training set lives as one tensor on the device in the view's layout; each batch is an index
-slice of a shuffled permutation (no DataLoader, no worker processes). Recurrent models on CPU split
-each batch across one replica per core (see parallel.py).
-After every epoch the test set is evaluated (the tutorial's ``validation_data``), and a checkpoint,
-the history files and nothing else are written atomically, so a kill never costs more than an epoch.
+Three parts, each knowing only its own job:
+- the **step** (steps.py) turns one batch into updated weights: forward and backward on the
+  backend's replicas, the optimizer update, the scheduler's tick;
+- the **trainer** (``Trainer``, here) drives steps over epochs: a new shuffled order of the
+  training tensor every epoch (index slices of one tensor on the device: no DataLoader, no worker
+  processes), evaluation after each epoch (the tutorial's ``validation_data``, or held-out
+  training images under the research protocol), early stopping, Ctrl-C and SIGTERM between
+  batches, and the events watchers and hooks see. It writes no file;
+- the **recorder** (recorder.py) owns the run folder: config, provenance, a checkpoint and the
+  history after every epoch (atomically, so a kill never costs more than an epoch), resume, and
+  the finished run's files.
+``train`` builds the three from a config and runs them.
 """
 
 from __future__ import annotations
@@ -21,25 +28,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import system
 from .backends import install_backend, resolve_backend
 from .config import TrainConfig, validation_size
 from .data import Dataset, check_split, load_dataset
-from .errors import CheckpointError, SeqmnistError, UsageError
-from .evaluation import Evaluation, anytime_accuracy, evaluate_tensors
-from .fileio import atomic_write, read_json, write_json
-from .models import check_model, create_model, summary_text, trainable_parameters
-from .parallel import Replicas
-from .plots import plot_confusion, plot_history
-from .storage import (
-    PREVIOUS_CHECKPOINT,
-    load_checkpoint,
-    new_run_dir,
-    save_checkpoint,
-    save_predictions,
-    save_weights,
-    write_history,
-)
+from .errors import SeqmnistError, UsageError
+from .evaluation import Evaluation, evaluate_tensors
+from .models import check_model, create_model, summary_text
+from .recorder import Recorder, TensorBoard, provenance
+from .steps import Step
 from .views import VIEWS, to_input
 
 
@@ -124,46 +120,157 @@ def epoch_hook(callback: Callable[[dict], bool | int | None]):
         EPOCH_HOOKS.remove(callback)
 
 
+# Called after every batch with {"epoch", "step", "loss", "model", "seed"} (epoch counted from
+# 0, the batch's mean loss); a true return stops the run there, mid-epoch, as Ctrl-C does (a
+# signal number: as that signal does): the epoch is not kept. See ``batch_hook``.
+BATCH_HOOKS: list[Callable[[dict], bool | int | None]] = []
+
+
 @contextmanager
-def writing_to(folder: Path):
-    """Report a failed write (full disk, quota, permissions) as one clear error."""
+def batch_hook(callback: Callable[[dict], bool | int | None]):
+    """Within the block, ``callback(row)`` runs after every batch of every run trained in this
+    process (each call costs the loss's transfer from the device: for watching, not for speed)."""
+    BATCH_HOOKS.append(callback)
     try:
-        yield
-    except OSError as exc:
-        raise SeqmnistError(f"cannot write to {folder}: {exc.strerror or exc}") from None
+        yield callback
+    finally:
+        BATCH_HOOKS.remove(callback)
 
 
-def make_adam(params, lr: float, eps: float) -> torch.optim.Adam:
-    """Adam with the fused kernel where this PyTorch has one (one pass over the weights instead
-    of ~10: a third of the CNN's step time on CPU), else the default implementation."""
-    try:
-        return torch.optim.Adam(params, lr=lr, eps=eps, fused=True)
-    except (RuntimeError, TypeError):
-        return torch.optim.Adam(params, lr=lr, eps=eps)
+def _stop_signal(answer) -> int | None:
+    if not answer:
+        return None
+    return signal.SIGINT if answer is True else int(answer)
 
 
-def _start_or_resume(cfg: TrainConfig | None, resume: str | Path | None):
-    """The config, the run folder and the checkpoint state (None for a new run)."""
-    if resume is None:
-        cfg = (cfg or TrainConfig()).resolved()
-        return cfg, None, None
-    folder = Path(resume)
-    if not (folder / "config.json").is_file():
-        raise CheckpointError(f"{folder}: not a run folder (no config.json)")
-    state, warnings = load_checkpoint(folder)
-    for w in warnings:
-        print(f"warning: {w}; using {PREVIOUS_CHECKPOINT}")
-    try:
-        trained = TrainConfig.from_dict(state.get("config"))
-        saved = TrainConfig.from_dict(read_json(folder / "config.json"))
-    except UsageError as exc:
-        raise CheckpointError(f"{folder}: {exc}") from None
-    if saved != trained:
-        changed = [k for k, v in asdict(trained).items() if asdict(saved).get(k) != v]
-        raise CheckpointError(f"{folder}: config.json disagrees with the checkpoint it was trained "
-                              f"with ({', '.join(changed)}); the checkpoint's settings are the "
-                              "run's: restore config.json or start a new run")
-    return trained.resolved(), folder, state
+class Trainer:
+    """Drives a step over epochs; writes nothing. ``fit`` hands each complete epoch's checkpoint
+    (a dict of tensors and plain data) to its ``keep`` callback, which the recorder writes."""
+
+    def __init__(self, model: torch.nn.Module, step: Step, cfg: TrainConfig, train_xy, val_xy,
+                 progress: bool = True, log: Callable[[str], None] = print,
+                 watchers: list | None = None):
+        self.model, self.step, self.cfg = model, step, cfg
+        self.x, self.y = train_xy
+        self.x_val, self.y_val = val_xy
+        self.progress, self.log = progress, log
+        self.watchers = list(watchers or [])  # objects with batch(row) and epoch(row)
+        self.shuffle = torch.Generator().manual_seed(cfg.seed)
+        self.steps_per_epoch = -(-len(self.x) // cfg.batch_size)
+        self.history: list[dict] = []
+        self.best: dict | None = None  # research protocol: the best validation epoch's weights
+        self.epochs_done = 0
+
+    def checkpoint(self) -> dict:
+        """Everything a resume needs to continue exactly where this epoch ended."""
+        return dict(model=self.model.state_dict(), **self.step.state_dict(),
+                    rng_torch=torch.get_rng_state(), rng_shuffle=self.shuffle.get_state(),
+                    epoch=self.epochs_done, history=list(self.history),
+                    config=asdict(self.cfg), best=self.best)
+
+    def restore(self, state: dict) -> None:
+        """Continue from ``checkpoint()``'s dict."""
+        self.model.load_state_dict(state["model"])
+        self.step.load_state_dict(state)
+        torch.set_rng_state(state["rng_torch"])
+        self.shuffle.set_state(state["rng_shuffle"])
+        self.history, self.epochs_done = list(state["history"]), int(state["epoch"])
+        self.best = state.get("best")
+
+    def fit(self, keep: Callable[[dict], None], folder: Path) -> Evaluation | None:
+        """Train the remaining epochs; after each complete one, ``keep(self.checkpoint())`` (the
+        dict holds the live tensors: write it, or copy it, before returning).
+        Returns the last epoch's validation (None when no epoch was left to train). ``folder``
+        names the run in messages and hook rows only."""
+        cfg, val = self.cfg, None
+        threads = torch.get_num_threads()
+        with stop_on_signals() as flag:
+            for epoch in range(self.epochs_done, cfg.epochs):
+                t0 = time.perf_counter()
+                torch.set_num_threads(self.step.threads)  # evaluation uses every thread again
+                try:
+                    loss, acc, complete = self._epoch(epoch, flag)
+                finally:
+                    torch.set_num_threads(threads)
+                if not complete:  # stopped between batches: this epoch is not kept
+                    raise TrainingInterrupted(flag["signum"], folder, epoch)
+                if not math.isfinite(loss):
+                    raise SeqmnistError(
+                        f"training diverged: the loss became {loss} in epoch {epoch + 1}; the run "
+                        f"keeps its last good checkpoint (epoch {epoch}) in {folder}. Try a lower "
+                        "--lr or another --seed")
+                seconds = time.perf_counter() - t0
+                last = cfg.protocol == "tutorial" and epoch + 1 == cfg.epochs  # on the test set
+                val = evaluate_tensors(self.model, self.x_val, self.y_val, cfg.eval_batch_size,
+                                       cfg.precision, anytime=last)
+                row = dict(epoch=epoch + 1, loss=loss, accuracy=acc, val_loss=val.loss,
+                           val_accuracy=val.accuracy, seconds=round(seconds, 3), lr=self.step.lr)
+                self.history.append(row)
+                self.epochs_done = epoch + 1
+                if cfg.protocol == "research" and (self.best is None
+                                                   or val.accuracy > self.best["val_accuracy"]):
+                    self.best = dict(epoch=epoch + 1, val_accuracy=val.accuracy,
+                                     state={k: v.detach().clone()
+                                            for k, v in self.model.state_dict().items()})
+                keep(self.checkpoint())
+                for w in self.watchers:
+                    w.epoch(row)
+                self.log(f"Epoch {epoch + 1}/{cfg.epochs} - {seconds:.1f}s - loss: {loss:.4f} - "
+                         f"accuracy: {acc:.4f} - val_loss: {val.loss:.4f} - "
+                         f"val_accuracy: {val.accuracy:.4f}")
+                for hook in list(EPOCH_HOOKS):
+                    stop = _stop_signal(hook(dict(row, folder=folder, model=cfg.model,
+                                                  seed=cfg.seed)))
+                    if stop and flag["signum"] is None:
+                        flag["signum"] = stop
+                if flag["signum"] is not None:
+                    raise TrainingInterrupted(flag["signum"], folder, epoch + 1)
+                if self.best is not None and epoch + 1 - self.best["epoch"] >= cfg.patience:
+                    self.log(f"Early stop: no better validation accuracy than epoch "
+                             f"{self.best['epoch']}'s {self.best['val_accuracy']:.4f} for "
+                             f"{cfg.patience} epochs")
+                    break
+        return val
+
+    def _epoch(self, epoch: int, flag: dict) -> tuple[float, float, bool]:
+        """One pass over the training set: (mean loss, accuracy, whether every batch ran)."""
+        from tqdm.auto import tqdm
+
+        x, y, cfg, steps = self.x, self.y, self.cfg, self.steps_per_epoch
+        self.step.train()
+        perm = torch.randperm(len(x), generator=self.shuffle).to(x.device)
+        total_loss = torch.zeros((), device=x.device)
+        correct = torch.zeros((), device=x.device, dtype=torch.long)
+        seen = done = 0
+        watched = bool(BATCH_HOOKS or self.watchers)
+        bar = tqdm(total=steps, desc=f"Epoch {epoch + 1}/{cfg.epochs}", unit="batch",
+                   disable=None if self.progress else True, leave=False)
+        for step, i in enumerate(range(0, len(x), cfg.batch_size)):
+            idx = perm[i:i + cfg.batch_size]
+            loss_sum, hits = self.step(x.index_select(0, idx), y.index_select(0, idx))
+            total_loss += loss_sum
+            correct += hits
+            seen += len(idx)
+            if watched:
+                self._batch_event(dict(epoch=epoch, step=step, loss=float(loss_sum) / len(idx)),
+                                  flag)
+            if step % 50 == 0 or step == steps - 1:
+                bar.set_postfix(loss=f"{total_loss.item() / seen:.4f}",
+                                acc=f"{correct.item() / seen:.4f}", refresh=False)
+            bar.update()
+            done = step + 1
+            if flag["signum"] is not None:
+                break
+        bar.close()
+        return total_loss.item() / max(seen, 1), correct.item() / max(seen, 1), done == steps
+
+    def _batch_event(self, row: dict, flag: dict) -> None:
+        for w in self.watchers:
+            w.batch(row)
+        for hook in list(BATCH_HOOKS):
+            stop = _stop_signal(hook(dict(row, model=self.model, seed=self.cfg.seed)))
+            if stop and flag["signum"] is None:
+                flag["signum"] = stop
 
 
 def train(config: TrainConfig | None = None, *, out: str | Path = "runs",
@@ -175,7 +282,11 @@ def train(config: TrainConfig | None = None, *, out: str | Path = "runs",
     ``tensorboard``: also write TensorBoard events into RUN/tensorboard (extra
     ``seqmnist[tensorboard]``). ``facts``: more provenance about where the run is made (a sweep
     on Ray gives ``ray_node_id``), kept for a new run and for each resume."""
-    cfg, folder, state = _start_or_resume(config, resume)
+    if resume is None:
+        recorder, state = None, None
+        cfg = (config or TrainConfig()).resolved()
+    else:
+        recorder, cfg, state = Recorder.reopen(resume, log)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     if cfg.deterministic:
@@ -217,124 +328,38 @@ def train(config: TrainConfig | None = None, *, out: str | Path = "runs",
     cfg = replace(cfg, replicas=count_replicas(cfg, device, threads),  # stored: resume matches
                   backend=resolve_backend(cfg.backend, model, device, cfg.precision))
     install_backend(model, cfg.backend)
-    replicas = Replicas(model, cfg.replicas, cfg.seed, cfg.backend, cfg.precision)
-    opt = make_adam(replicas.params[0], cfg.lr, cfg.adam_eps)
-    steps = -(-len(x_train) // cfg.batch_size)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=cfg.epochs * steps) \
-        if cfg.schedule == "onecycle" else None
-    gen = torch.Generator().manual_seed(cfg.seed)
-    history: list[dict] = []
-    best: dict | None = None  # research protocol: the best validation epoch's weights
+    step = Step(model, cfg, -(-len(x_train) // cfg.batch_size), threads)
+    trainer = Trainer(model, step, cfg, (x_train, y_train), (x_val, y_val), progress, log)
 
     if state is None:
-        folder = new_run_dir(out, cfg)
-        provenance = dict(started=_now(), **system.environment(), device=str(device),
-                          backend=cfg.backend, precision=cfg.precision, threads=threads,
-                          replicas=cfg.replicas, train_images=len(x_train),
-                          train_images_total=ds.train_total, test_images=len(x_test),
-                          data_source=ds.source, recipe=asdict(cfg), resumed=[], **(facts or {}))
-        with writing_to(folder):
-            write_json(folder / "config.json", asdict(cfg))
-            write_json(folder / "provenance.json", provenance)
-            atomic_write(folder / "summary.txt", summary_text(model, input_shape, cfg.model) + "\n")
-        start = 0
+        recorder = Recorder.create(
+            out, cfg, provenance(cfg, ds, device=str(device), threads=threads,
+                                 train_images=len(x_train), recipe=asdict(cfg), facts=facts),
+            summary_text(model, input_shape, cfg.model))
+        _announce(cfg, len(x_train), len(x_test), len(x_val), device, len(step.replicas), log)
+        log(f"Run folder: {recorder.folder}")
     else:
-        model.load_state_dict(state["model"])
-        replicas.sync()
-        replicas.set_rng_states(state["rng_dropout"])
-        opt.load_state_dict(state["optimizer"])
-        if sched is not None:
-            sched.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["rng_torch"])
-        gen.set_state(state["rng_shuffle"])
-        history, start = list(state["history"]), int(state["epoch"])
-        best = state.get("best")
-        for stale in folder.glob(".*.tmp"):  # temporary files of a process killed mid-write
-            stale.unlink()
-        provenance = read_json(folder / "provenance.json", {}) or {}
-        provenance.setdefault("resumed", []).append(
-            dict(at=_now(), after_epoch=start, **system.environment(), threads=threads,
-                 **(facts or {})))
-        with writing_to(folder):  # the checkpoint is the truth: its history replaces the files'
-            write_history(folder, history)
-            write_json(folder / "provenance.json", provenance)
-        log(f"Resuming {folder} after epoch {start}/{cfg.epochs}")
-    if start == 0:
-        lr = f"peak lr {cfg.lr:g} (one-cycle)" if cfg.schedule == "onecycle" else f"lr {cfg.lr:g}"
-        validation = (f"validating on the {len(x_test):,} test images after each epoch, as the "
-                      "tutorial does" if cfg.protocol == "tutorial" else
-                      f"research protocol: validating on the last {len(x_val):,} training images "
-                      f"held out, stopping after {cfg.patience} epochs without improvement, the "
-                      "test set evaluated once at the end")
-        log(f"Training {cfg.model} on {cfg.dataset} ({len(x_train):,} images, view {cfg.view}, "
-            f"batch {cfg.batch_size}, {lr}, {plural(cfg.epochs, 'epoch')}, {device}, "
-            f"{cfg.precision}, backend {cfg.backend}"
-            f"{f', batch split over {len(replicas)} cores' if len(replicas) > 1 else ''}); "
-            f"{validation}.")
-        log(f"Run folder: {folder}")
-
-    board = TensorBoard(folder, steps) if tensorboard else None
-    val: Evaluation | None = None
-    with stop_on_signals() as flag:
-        for epoch in range(start, cfg.epochs):
-            t0 = time.perf_counter()
-            # Replicas run one core each; evaluation below uses all the threads again.
-            torch.set_num_threads(1 if len(replicas) > 1 else threads)
-            loss, acc, complete = _train_epoch(replicas, opt, sched, x_train, y_train, gen, cfg,
-                                               epoch, flag, progress, board)
-            torch.set_num_threads(threads)
-            if not complete:  # stopped between batches: this epoch is not kept
-                raise TrainingInterrupted(flag["signum"], folder, epoch)
-            if not math.isfinite(loss):
-                raise SeqmnistError(
-                    f"training diverged: the loss became {loss} in epoch {epoch + 1}; the run "
-                    f"keeps its last good checkpoint (epoch {epoch}) in {folder}. Try a lower "
-                    "--lr or another --seed")
-            seconds = time.perf_counter() - t0
-            last = cfg.protocol == "tutorial" and epoch + 1 == cfg.epochs  # on the test set
-            val = evaluate_tensors(model, x_val, y_val, cfg.eval_batch_size, cfg.precision,
-                                   anytime=last)
-            history.append(dict(epoch=epoch + 1, loss=loss, accuracy=acc, val_loss=val.loss,
-                                val_accuracy=val.accuracy, seconds=round(seconds, 3),
-                                lr=opt.param_groups[0]["lr"]))
-            if cfg.protocol == "research" and (best is None
-                                               or val.accuracy > best["val_accuracy"]):
-                best = dict(epoch=epoch + 1, val_accuracy=val.accuracy,
-                            state={k: v.detach().clone() for k, v in model.state_dict().items()})
-            with writing_to(folder):
-                save_checkpoint(folder, dict(
-                    model=model.state_dict(), optimizer=opt.state_dict(),
-                    scheduler=sched.state_dict() if sched is not None else None,
-                    rng_torch=torch.get_rng_state(), rng_shuffle=gen.get_state(),
-                    rng_dropout=replicas.rng_states(),
-                    epoch=epoch + 1, history=history, config=asdict(cfg), best=best))
-                write_history(folder, history)
-            if board is not None:
-                board.epoch(history[-1])
-            log(f"Epoch {epoch + 1}/{cfg.epochs} - {seconds:.1f}s - loss: {loss:.4f} - accuracy: "
-                f"{acc:.4f} - val_loss: {val.loss:.4f} - val_accuracy: {val.accuracy:.4f}")
-            for hook in list(EPOCH_HOOKS):
-                stop = hook(dict(history[-1], folder=folder, model=cfg.model, seed=cfg.seed))
-                if stop and flag["signum"] is None:
-                    flag["signum"] = signal.SIGINT if stop is True else int(stop)
-            if flag["signum"] is not None:
-                raise TrainingInterrupted(flag["signum"], folder, epoch + 1)
-            if best is not None and epoch + 1 - best["epoch"] >= cfg.patience:
-                log(f"Early stop: no better validation accuracy than epoch {best['epoch']}'s "
-                    f"{best['val_accuracy']:.4f} for {cfg.patience} epochs")
-                break
-
-    replicas.close()
+        trainer.restore(state)
+        recorder.resumed(trainer.history, trainer.epochs_done, threads, facts)
+        log(f"Resuming {recorder.folder} after epoch {trainer.epochs_done}/{cfg.epochs}")
+    folder = recorder.folder
+    board = TensorBoard(folder, trainer.steps_per_epoch) if tensorboard else None
+    if board is not None:
+        trainer.watchers.append(board)
+    try:
+        val = trainer.fit(recorder.epoch, folder)
+    finally:
+        step.close()
     if cfg.protocol == "research":  # the best validation epoch's weights, then the test set once
-        if best is not None:
-            model.load_state_dict(best["state"])
+        if trainer.best is not None:
+            model.load_state_dict(trainer.best["state"])
         val = evaluate_tensors(model, x_test, y_test, cfg.eval_batch_size, cfg.precision,
                                anytime=True)
     elif val is None:  # resumed a run whose last epoch was done but whose outputs were not written
         val = evaluate_tensors(model, x_test, y_test, cfg.eval_batch_size, cfg.precision,
                                anytime=True)
-    with writing_to(folder):
-        metrics = finish_run(folder, model, cfg, ds, input_shape, history, val, x_test, y_test)
+    history = trainer.history
+    metrics = recorder.finish(model, cfg, ds, input_shape, history, val, x_test, y_test)
     if board is not None:
         board.finish(np.array(metrics["confusion"]), ds.classes, len(history))
     log(f"Test accuracy {metrics['test_accuracy']:.4f}, test loss {metrics['test_loss']:.4f}, "
@@ -342,17 +367,18 @@ def train(config: TrainConfig | None = None, *, out: str | Path = "runs",
     return TrainResult(folder, cfg, metrics, history, model)
 
 
-def _best_epoch(cfg: TrainConfig, history: list[dict]) -> int | None:
-    """The epoch whose weights the run keeps under the research protocol (best validation)."""
-    if cfg.protocol != "research" or not history:
-        return None
-    return max(history, key=lambda h: (h["val_accuracy"], -h["epoch"]))["epoch"]
-
-
-def _now() -> str:
-    from datetime import datetime, timezone
-
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+def _announce(cfg: TrainConfig, train_images: int, test_images: int, val_images: int,
+              device: torch.device, replicas: int, log) -> None:
+    lr = f"peak lr {cfg.lr:g} (one-cycle)" if cfg.schedule == "onecycle" else f"lr {cfg.lr:g}"
+    validation = (f"validating on the {test_images:,} test images after each epoch, as the "
+                  "tutorial does" if cfg.protocol == "tutorial" else
+                  f"research protocol: validating on the last {val_images:,} training images "
+                  f"held out, stopping after {cfg.patience} epochs without improvement, the "
+                  "test set evaluated once at the end")
+    log(f"Training {cfg.model} on {cfg.dataset} ({train_images:,} images, view {cfg.view}, "
+        f"batch {cfg.batch_size}, {lr}, {plural(cfg.epochs, 'epoch')}, {device}, "
+        f"{cfg.precision}, backend {cfg.backend}"
+        f"{f', batch split over {replicas} cores' if replicas > 1 else ''}); {validation}.")
 
 
 def plural(n: int, word: str) -> str:
@@ -366,116 +392,6 @@ def count_replicas(cfg: TrainConfig, device: torch.device, threads: int) -> int:
         return cfg.replicas
     recurrent = VIEWS[cfg.view].kind == "sequence"
     return max(1, min(threads, cfg.batch_size)) if device.type == "cpu" and recurrent else 1
-
-
-class TensorBoard:
-    """TensorBoard events in RUN/tensorboard with PyTorch's own writer: per epoch loss, accuracy,
-    val_loss, val_accuracy and learning rate; the training loss every EVERY batches; the test
-    confusion matrix as an image at the end. Open with ``tensorboard --logdir runs``."""
-
-    EVERY = 50
-
-    def __init__(self, folder: Path, steps_per_epoch: int):
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:
-            raise SeqmnistError("--tensorboard needs its extra: pip install "
-                                "'seqmnist[tensorboard]'") from None
-        where = folder / "tensorboard"
-        if where.exists() and not where.is_dir():
-            raise SeqmnistError(f"{where} is a file, not a folder: TensorBoard's events cannot go "
-                                "there (remove or rename it, or leave out --tensorboard)")
-        try:
-            self.writer = SummaryWriter(log_dir=str(where))
-        except OSError as exc:
-            raise SeqmnistError(f"cannot write TensorBoard events to {where}: "
-                                f"{exc.strerror or exc}") from None
-        self.steps = steps_per_epoch
-
-    def batch(self, epoch: int, step: int, loss: float) -> None:
-        if step % self.EVERY == 0:
-            self.writer.add_scalar("batch/loss", loss, epoch * self.steps + step)
-
-    def epoch(self, row: dict) -> None:
-        for key in ("loss", "accuracy", "val_loss", "val_accuracy", "lr"):
-            self.writer.add_scalar(f"epoch/{key}", row[key], row["epoch"])
-        self.writer.flush()
-
-    def finish(self, confusion: np.ndarray, classes: list[str], epochs: int) -> None:
-        from .plots import confusion_figure
-
-        self.writer.add_figure("test/confusion", confusion_figure(confusion, classes, "test"),
-                               epochs, close=False)
-        self.writer.close()
-
-
-def _train_epoch(replicas: Replicas, opt, sched, x, y, gen, cfg: TrainConfig, epoch: int,
-                 flag: dict, progress: bool, board: TensorBoard | None = None
-                 ) -> tuple[float, float, bool]:
-    """One pass over the training set: (mean loss, accuracy, whether every batch ran)."""
-    from tqdm.auto import tqdm
-
-    replicas.train()
-    perm = torch.randperm(len(x), generator=gen).to(x.device)
-    total_loss = torch.zeros((), device=x.device)
-    correct = torch.zeros((), device=x.device, dtype=torch.long)
-    seen = 0
-    steps = -(-len(x) // cfg.batch_size)
-    bar = tqdm(total=steps, desc=f"Epoch {epoch + 1}/{cfg.epochs}", unit="batch",
-               disable=None if progress else True, leave=False)
-    done = 0
-    for step, i in enumerate(range(0, len(x), cfg.batch_size)):
-        idx = perm[i:i + cfg.batch_size]
-        loss_sum, hits = replicas.forward_backward(x.index_select(0, idx), y.index_select(0, idx))
-        opt.step()
-        replicas.sync()
-        if sched is not None:
-            sched.step()
-        total_loss += loss_sum
-        correct += hits
-        seen += len(idx)
-        if board is not None:
-            board.batch(epoch, step, float(loss_sum) / len(idx))
-        if step % 50 == 0 or step == steps - 1:
-            bar.set_postfix(loss=f"{total_loss.item() / seen:.4f}",
-                            acc=f"{correct.item() / seen:.4f}", refresh=False)
-        bar.update()
-        done = step + 1
-        if flag["signum"] is not None:
-            break
-    bar.close()
-    return total_loss.item() / max(seen, 1), correct.item() / max(seen, 1), done == steps
-
-
-def finish_run(folder: Path, model, cfg: TrainConfig, ds: Dataset, input_shape, history: list,
-               val: Evaluation, x_test: torch.Tensor, y_test: torch.Tensor) -> dict:
-    """Write weights, per-image test predictions, metrics and plots of a finished run."""
-    cm = val.confusion(ds.num_classes)
-    anytime = val.anytime if val.anytime is not None else \
-        anytime_accuracy(model, x_test, y_test, cfg.eval_batch_size)
-    metrics = dict(
-        model=cfg.model, dataset=cfg.dataset, view=cfg.view, test_accuracy=val.accuracy,
-        test_loss=val.loss, params=trainable_parameters(model),
-        train_seconds=round(sum(h["seconds"] for h in history), 3), epochs=len(history),
-        seconds_per_epoch=round(sum(h["seconds"] for h in history) / max(len(history), 1), 3),
-        inference_images_per_second=round(val.images_per_second, 1),
-        per_class_accuracy=dict(zip(ds.classes, val.per_class_accuracy(ds.num_classes))),
-        classes=ds.classes, image_shape=list(ds.image_shape), confusion=cm.tolist(),
-        misclassified=val.misclassified(),
-        train_images=len(ds.x_train), train_images_total=ds.train_total,
-        test_images=len(ds.x_test), backend=cfg.backend, precision=cfg.precision,
-        protocol=cfg.protocol, validation_images=validation_size(len(ds.x_train))
-        if cfg.protocol == "research" else None, best_epoch=_best_epoch(cfg, history),
-        anytime=anytime, provenance=read_json(folder / "provenance.json", {}))
-    save_predictions(folder, val.predictions, val.probabilities, val.labels)
-    save_weights(folder, model.to("cpu", memory_format=torch.contiguous_format), cfg,
-                 input_shape, ds.num_classes)
-    write_json(folder / "metrics.json", metrics)
-    plot_history(history, folder, title=f"{cfg.model} on {cfg.dataset}, {cfg.view} view")
-    plot_confusion(cm, ds.classes, folder / "confusion.png",
-                   title=f"{cfg.model} on {cfg.dataset}: confusion matrix")
-    (folder / PREVIOUS_CHECKPOINT).unlink(missing_ok=True)
-    return metrics
 
 
 def config_from_args(model: str, **kwargs) -> TrainConfig:

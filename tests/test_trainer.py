@@ -1,0 +1,135 @@
+"""The three parts of training apart: the step owns the update, the trainer writes no file, the
+recorder writes every file of a run (trained or imported) and builds provenance in one place."""
+
+import copy
+import json
+import signal
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import FIXTURE_DATA
+from seqmnist import training
+from seqmnist.config import TrainConfig
+from seqmnist.data import load_dataset
+from seqmnist.errors import SeqmnistError
+from seqmnist.models import create_model
+from seqmnist.recorder import Recorder
+from seqmnist.steps import Step
+from seqmnist.training import Trainer, TrainingInterrupted, train
+from seqmnist.views import to_input
+
+KERAS = Path(__file__).parent / "fixtures" / "keras"
+
+
+def quiet(*_):
+    pass
+
+
+def _parts(model="rnn", epochs=2, limit=200, **changes):
+    cfg = replace(TrainConfig(model=model, dataset="digits", epochs=epochs, limit=limit,
+                              replicas=1, backend="torch", **changes).resolved(), precision="fp32")
+    ds = load_dataset("digits").limit(limit)
+    torch.manual_seed(cfg.seed)
+    net = create_model(cfg.model, (8, 8), ds.num_classes)
+    x, y = to_input(ds.x_train, cfg.view, cfg.seed), torch.as_tensor(ds.y_train)
+    xt, yt = to_input(ds.x_test, cfg.view, cfg.seed), torch.as_tensor(ds.y_test)
+    step = Step(net, cfg, -(-len(x) // cfg.batch_size), torch.get_num_threads())
+    return cfg, net, step, (x, y), (xt, yt)
+
+
+def test_the_step_makes_the_update_and_ticks_the_schedule():
+    cfg, net, step, (x, y), _ = _parts(schedule="onecycle", lr=1e-2)
+    trainable = [p for p in net.parameters() if p.requires_grad]
+    before = [p.detach().clone() for p in trainable]
+    lr0 = step.lr
+    loss, hits = step(x[:32], y[:32])
+    assert float(loss) > 0 and 0 <= int(hits) <= 32
+    assert all(not torch.equal(a, b) for a, b in zip(before, trainable))  # Adam moved each one
+    assert step.lr != lr0  # the one-cycle schedule ticked once
+    assert step.optimizer.state_dict()["state"][0]["step"] == 1
+
+
+def test_a_step_restored_from_its_state_continues_exactly():
+    cfg, net, step, (x, y), _ = _parts(schedule="onecycle")
+    step(x[:32], y[:32])
+    saved = copy.deepcopy(dict(model=net.state_dict(), **step.state_dict()))
+    step(x[32:64], y[32:64])
+    expected = {k: v.clone() for k, v in net.state_dict().items()}
+    _, net2, step2, _, _ = _parts(schedule="onecycle")
+    net2.load_state_dict(saved["model"])
+    step2.load_state_dict(saved)
+    step2(x[32:64], y[32:64])
+    assert all(torch.allclose(expected[k], v, atol=1e-6) for k, v in net2.state_dict().items())
+    assert step2.lr == step.lr
+
+
+def test_the_trainer_writes_no_file_and_hands_each_epoch_to_its_keeper(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cfg, net, step, train_xy, val_xy = _parts(epochs=3)
+    kept = []
+    trainer = Trainer(net, step, cfg, train_xy, val_xy, progress=False, log=quiet)
+    val = trainer.fit(lambda c: kept.append(copy.deepcopy(c)), tmp_path / "nowhere")
+    assert list(tmp_path.iterdir()) == []
+    assert [k["epoch"] for k in kept] == [1, 2, 3]
+    assert [len(k["history"]) for k in kept] == [1, 2, 3]
+    assert val is not None and val.accuracy == trainer.history[-1]["val_accuracy"]
+    assert set(kept[0]) >= {"model", "optimizer", "scheduler", "rng_dropout", "rng_torch",
+                            "rng_shuffle", "config", "best"}
+
+
+def test_a_trainer_restored_from_a_checkpoint_trains_the_same_next_epoch():
+    cfg, net, step, train_xy, val_xy = _parts(epochs=2)
+    kept = []
+    Trainer(net, step, cfg, train_xy, val_xy, progress=False, log=quiet).fit(
+        lambda c: kept.append(copy.deepcopy(c)), Path())
+    cfg, net2, step2, _, _ = _parts(epochs=2)
+    again = Trainer(net2, step2, cfg, train_xy, val_xy, progress=False, log=quiet)
+    again.restore(kept[0])
+    again.fit(lambda _: None, Path())
+    assert again.history[1] == {**kept[1]["history"][1], "seconds": again.history[1]["seconds"]}
+
+
+def test_a_batch_hook_stops_mid_epoch_and_that_epoch_is_not_kept():
+    cfg, net, step, train_xy, val_xy = _parts(epochs=2)
+    kept, rows = [], []
+
+    def stop_in_second_epoch(row):
+        rows.append((row["epoch"], row["step"]))
+        return signal.SIGTERM if row["epoch"] == 1 and row["step"] == 0 else None
+
+    trainer = Trainer(net, step, cfg, train_xy, val_xy, progress=False, log=quiet)
+    with training.batch_hook(stop_in_second_epoch), pytest.raises(TrainingInterrupted) as info:
+        trainer.fit(kept.append, Path("run"))
+    assert info.value.signum == signal.SIGTERM and info.value.epochs_done == 1
+    assert [k["epoch"] for k in kept] == [1] and rows[-1] == (1, 0)
+    assert training.BATCH_HOOKS == []
+
+
+def test_a_folder_whose_first_files_cannot_be_written_is_removed(tmp_path, monkeypatch):
+    import seqmnist.recorder as recorder
+
+    def full(*_a, **_k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(recorder, "write_json", full)
+    with pytest.raises(SeqmnistError, match="No space left"):
+        Recorder.create(tmp_path, TrainConfig(model="rnn", dataset="digits").resolved(), {}, "s")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_trained_and_imported_runs_have_the_same_provenance_fields(tmp_path):
+    from seqmnist.keras_import import import_keras
+
+    trained = train(TrainConfig(model="rnn", dataset="digits", epochs=1, limit=100),
+                    out=tmp_path / "t", log=quiet, progress=False).path
+    imported = import_keras(KERAS / "gru.keras", out=tmp_path / "i",
+                            data_dir=FIXTURE_DATA / "mnist", log=quiet)
+    a = json.loads((trained / "provenance.json").read_text())
+    b = json.loads((imported / "provenance.json").read_text())
+    assert set(b) - set(a) == {"imported_from"} and set(a) - set(b) == set()
+    assert b["recipe"] is None and b["train_images"] is None and a["train_images"] == 100
+    assert b["imported_from"]["sha256"] == json.loads(
+        (imported / "config.json").read_text())["imported_from"]["sha256"]
