@@ -8,7 +8,8 @@ is checked against the code before it on the same machine at the same time.
 Each run is ``python -m seqmnist train MODEL`` with PYTHONPATH set to a tree's ``src`` (the
 compiled LSTM kernel of this checkout is copied into the other tree when it has none). The
 first epoch of each run carries warm-up; the later ones are timed. Writes
-benchmarks/out/versus-MODELS.json (copied to results/ when recorded) and prints the medians and the ratio (this checkout / base).
+benchmarks/out/versus-MODELS.json (copied to results/ when recorded) and prints the medians
+and the ratio (this checkout / base).
 """
 
 from __future__ import annotations

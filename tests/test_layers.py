@@ -18,6 +18,7 @@ LAYERS = [
     ["views"],
     ["models"],
     ["config"],
+    ["record"],
     ["lstm_kernel"],
     ["backends"],
     ["parallel"],

@@ -1,6 +1,7 @@
 """The comparison report: grouping, every section, what the verdict may say, provenance."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -152,3 +153,45 @@ def test_a_report_is_never_written_into_a_run_folder(small_runs, tmp_path, capsy
         assert "is inside the run folder" in capsys.readouterr().err
     assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
     assert not (run / "report").exists()
+
+
+def test_every_figure_the_report_prints_is_the_runs_own(two_seed_report):
+    """Each number of the report recomputed from the runs' own files: per run, the metrics agree
+    with the confusion matrix and the history; per group, the report's summaries are those of
+    its runs; and report.md prints them."""
+    import statistics
+
+    tmp, _ = two_seed_report
+    data = json.loads((tmp / "report" / "comparison.json").read_text())
+    md = (tmp / "report" / "report.md").read_text()
+    for g in data["groups"]:
+        metrics = [json.loads((Path(r) / "metrics.json").read_text()) for r in g["runs"]]
+        histories = [json.loads((Path(r) / "history.json").read_text()) for r in g["runs"]]
+        for m, h in zip(metrics, histories):
+            cm = np.array(m["confusion"])
+            assert cm.sum() == m["test_images"] == 1000
+            assert m["test_accuracy"] == pytest.approx(np.trace(cm) / cm.sum(), abs=1e-12)
+            for i, c in enumerate(m["classes"]):
+                assert m["per_class_accuracy"][c] == pytest.approx(cm[i, i] / cm[i].sum())
+            assert m["epochs"] == len(h)
+            assert m["train_seconds"] == pytest.approx(sum(r["seconds"] for r in h), abs=1e-3)
+            assert m["seconds_per_epoch"] == pytest.approx(m["train_seconds"] / len(h), abs=1e-3)
+            for w in m["misclassified"]:
+                assert w[1] != w[2] and cm[w[1], w[2]] > 0
+        assert g["confusion"] == np.sum([m["confusion"] for m in metrics], axis=0).tolist()
+        accs = [m["test_accuracy"] for m in metrics]
+        assert g["accuracy"]["mean"] == pytest.approx(statistics.mean(accs))
+        assert g["accuracy"]["std"] == pytest.approx(statistics.stdev(accs))
+        assert g["loss"]["mean"] == pytest.approx(statistics.mean(m["test_loss"] for m in metrics))
+        assert g["params"] == metrics[0]["params"]
+        assert g["seconds_per_epoch"]["mean"] == pytest.approx(
+            statistics.mean(m["seconds_per_epoch"] for m in metrics))
+        for c in g["classes"]:
+            assert g["per_class"][c]["mean"] == pytest.approx(
+                statistics.mean(m["per_class_accuracy"][c] for m in metrics))
+        row = f"| {g['name']} | 2 | {g['accuracy']['mean'] * 100:.2f}% ± " \
+              f"{g['accuracy']['std'] * 100:.2f} |"
+        assert row in md, row
+        first = g["classes"][0]
+        assert f"{g['per_class'][first]['mean'] * 100:.2f}%" in md
+        assert f"{g['params']:,}" in md

@@ -7,7 +7,7 @@ it. Nothing here trains or plots.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -17,9 +17,6 @@ from .errors import UsageError
 from .published import published
 from .storage import Run, load_predictions
 
-# Settings that say how or where a run was computed, not what was trained: runs that differ
-# only in these (and in their seed) are seeds of one recipe.
-NOT_RECIPE = ("seed", "data_dir", "threads", "replicas", "device", "deterministic", "backend")
 FLIPS_KEPT = 100
 
 
@@ -40,7 +37,7 @@ class Group:
 
 
 def recipe_key(cfg: TrainConfig) -> tuple:
-    return tuple((k, repr(v)) for k, v in sorted(asdict(cfg).items()) if k not in NOT_RECIPE)
+    return tuple((k, repr(v)) for k, v in sorted(cfg.recipe().items()))
 
 
 def group_runs(runs: list[Run]) -> list[Group]:

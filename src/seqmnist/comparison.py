@@ -17,18 +17,17 @@ from .config import TrainConfig
 from .data import load_dataset
 from .errors import CheckpointError, UsageError
 from .evaluation import evaluate
+from .record import RunMetrics
 from .storage import PREDICTIONS, Run, inside_a_run, load_run, save_predictions
 
 COMPARE_LOCK = ".compare.lock"
-REQUIRED_METRICS = ("test_accuracy", "test_loss", "params", "seconds_per_epoch",
-                    "inference_images_per_second", "per_class_accuracy", "classes", "confusion")
 
 
 def finished_run(path: str | Path, data_dir: str | Path | None = None) -> Run:
     """A finished run ready to be compared: its metrics complete, its per-image predictions on
     disk (computed from its weights and saved beside them when an older run lacks them)."""
     run = load_run(path)
-    missing = [k for k in REQUIRED_METRICS if (run.metrics or {}).get(k) is None]
+    missing = [k for k in RunMetrics.REQUIRED if (run.metrics or {}).get(k) is None]
     if missing:
         raise CheckpointError(f"{run.path}: metrics.json is missing or incomplete (no "
                               f"{', '.join(missing)}); evaluate or retrain the run")

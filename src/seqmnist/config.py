@@ -27,12 +27,16 @@ PROTOCOL_HELP = {
 }
 # The tutorial's recipe for the values no preset or model sets (Keras: batch 64, 10 epochs).
 TUTORIAL_RECIPE = dict(epochs=10, batch_size=64, schedule="constant")
-RECIPE_FIELDS = ("view", "epochs", "batch_size", "lr", "schedule")
+PRESET_FIELDS = ("view", "epochs", "batch_size", "lr", "schedule")  # what presets fill
 
 # Presets change how we train, never the architecture. "tutorial" is the Keras recipe as written;
 # every other preset's recipe for a model is in that model's registry entry (``presets``), so a
 # model brings its own fast recipe. A model without one trains with the tutorial's.
 PRESETS = ("tutorial", "fast")
+# How or where a run is computed, not what is trained: runs that differ only in these (and in
+# their seed) are seeds of one recipe. AUTO_FIELDS are chosen at training time when "auto".
+RUNTIME_FIELDS = ("data_dir", "threads", "replicas", "device", "deterministic", "backend")
+AUTO_FIELDS = ("precision", "backend", "device")
 PRESET_HELP = {"tutorial": "the Keras recipe as written",
                "fast": "same architecture, larger batches and a one-cycle schedule"}
 
@@ -67,6 +71,15 @@ class TrainConfig:
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
 
+    def recipe(self) -> dict:
+        """What is trained: every field but the seed and the runtime ones (``RUNTIME_FIELDS``).
+        Seeds of one recipe are the runs of equal ``recipe()`` (analysis groups them so)."""
+        return {k: v for k, v in asdict(self).items() if k != "seed" and k not in RUNTIME_FIELDS}
+
+    def runtime(self) -> dict:
+        """How and where the run is computed (``RUNTIME_FIELDS``)."""
+        return {k: getattr(self, k) for k in RUNTIME_FIELDS}
+
     @classmethod
     def from_dict(cls, data: dict) -> TrainConfig:
         """A config from stored JSON, checking every known field's type (UsageError if not)."""
@@ -88,7 +101,7 @@ class TrainConfig:
             raise UsageError(f"unknown preset {self.preset!r}; choose from {', '.join(PRESETS)}")
         preset = entry.presets.get(self.preset, {})
         filled = {}
-        for name in RECIPE_FIELDS:
+        for name in PRESET_FIELDS:
             value = getattr(self, name)
             if value is None:
                 value = preset.get(name, entry.defaults.get(name, TUTORIAL_RECIPE.get(name)))
@@ -96,7 +109,7 @@ class TrainConfig:
         cfg = replace(self, **filled)
         get_view(cfg.view)
         check_view(cfg.model, cfg.view)
-        for name in RECIPE_FIELDS[1:]:  # a preset or model default of the wrong type, too
+        for name in PRESET_FIELDS[1:]:  # a preset or model default of the wrong type, too
             _check_type(name, getattr(cfg, name), "float" if name == "lr" else
                         "int" if name in ("epochs", "batch_size") else "str", "setting")
         for name in ("epochs", "batch_size", "eval_batch_size"):

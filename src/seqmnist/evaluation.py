@@ -97,25 +97,23 @@ def anytime_steps(steps: int, points: int = 28) -> list[int]:
     return sorted({max(1, round(steps * k / points)) for k in range(1, points + 1)})
 
 
-@torch.inference_mode()
 def anytime_accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
-                     batch_size: int = 1000) -> dict | None:
+                     batch_size: int = 1000, precision: str = "fp32") -> dict | None:
     """Test accuracy when a causal sequence model has read only its first k steps, for the
     ``anytime_steps`` k: {"steps": [...], "accuracy": [...], "of": total steps}. None for
-    models that do not answer step by step (a CNN)."""
-    if not getattr(model, "answers_every_step", False) or x.dim() != 3:
-        return None
-    was_training = model.training
-    model.eval()
-    ks = anytime_steps(x.shape[1])
-    index = torch.tensor([k - 1 for k in ks], device=x.device)
-    correct = torch.zeros(len(ks), dtype=torch.long)
-    for i in range(0, len(x), batch_size):
-        logits = model.forward_steps(x[i:i + batch_size]).index_select(1, index)
-        correct += (logits.argmax(-1) == y[i:i + batch_size, None]).sum(0).cpu()
-    model.train(was_training)
-    n = max(len(x), 1)
-    return dict(steps=ks, accuracy=(correct.double() / n).tolist(), of=int(x.shape[1]))
+    models that do not answer step by step (a CNN). The same pass as ``evaluate_tensors``'s."""
+    return evaluate_tensors(model, x, y, batch_size, precision, anytime=True).anytime
+
+
+def torch_copy(run: Run) -> Run:
+    """The run with a private copy of its model computing with the torch backend, in eval mode
+    (gradients and per-step answers need it), leaving the run's own model as it is: a server
+    may be predicting with it in another thread."""
+    from dataclasses import replace
+
+    from .backends import install_backend
+
+    return replace(run, model=install_backend(copy.deepcopy(run.model), "torch").eval())
 
 
 def evaluate(run: Run | str | Path, data_dir: str | Path | None = None,
@@ -155,15 +153,13 @@ def dataset_view(run: Run, ds, images: int = 1000, per_class: int = 20) -> dict 
     class); and its final features of ``images`` test images projected to 2-D by PCA (numpy's
     SVD), with the basis kept so that an image's path through the map can be drawn. None for a
     model without steps (the CNN)."""
-    from .backends import install_backend
+    from .models import MODELS
     from .views import VIEWS, to_input
 
     cfg = run.config
-    from .models import MODELS
-
     if VIEWS[cfg.view].kind != "sequence" or not MODELS[cfg.model].steps:
         return None
-    model = install_backend(copy.deepcopy(run.model), "torch").eval()
+    model = torch_copy(run).model
     classes = run.metrics.get("classes") or [str(i) for i in range(run.num_classes)]
     n = min(images, len(ds.x_test))
     x = to_input(ds.x_test[:n], cfg.view, cfg.seed)

@@ -17,21 +17,30 @@ image (``saliency``). ``seqmnist explain`` writes them as ``explain.json`` and o
 
 from __future__ import annotations
 
-import copy
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from .errors import UsageError
-from .evaluation import dataset_view, step_features
+from .evaluation import dataset_view, step_features, torch_copy
 from .storage import Run, load_run
 from .views import VIEWS, permutation, to_input
 
 PATCH, STRIDE = 4, 2  # the saliency map's occluding patches
 IG_STEPS = 32  # integrated gradients: points on the path from the baseline
 ROUND = 4  # decimals kept in explain.json
+
+
+def _plain(v):
+    """Arrays as lists (floats rounded to ROUND places), inside dicts too: JSON's numbers."""
+    if isinstance(v, np.ndarray):
+        return np.round(v.astype(np.float64), ROUND).tolist() if v.dtype.kind == "f" \
+            else v.tolist()
+    if isinstance(v, dict):
+        return {k: _plain(x) for k, x in v.items()}
+    return v
 
 
 @dataclass
@@ -62,14 +71,7 @@ class Explanation:
 
     def to_dict(self) -> dict:
         """The explanation as explain.json holds it (plain lists, rounded)."""
-        def plain(v):
-            if isinstance(v, np.ndarray):
-                return np.round(v.astype(np.float64), ROUND).tolist() if v.dtype.kind == "f" \
-                    else v.tolist()
-            if isinstance(v, dict):
-                return {k: plain(x) for k, x in v.items()}
-            return v
-        return {k: plain(v) for k, v in self.__dict__.items()}
+        return {k: _plain(v) for k, v in self.__dict__.items()}
 
     def _repr_html_(self) -> str:
         from .explain_page import render
@@ -253,33 +255,41 @@ def explain(run: Run | str | Path, image: int | np.ndarray | str | Path,
             data_dir: str | Path | None = None, dataset=None) -> Explanation:
     """Explain ``run`` reading one image: a test-set index, a (H, W) uint8 array (white ink on
     black, MNIST-style), or an image file (prepared the MNIST way)."""
-    from .backends import install_backend
+    run = run if isinstance(run, Run) else load_run(run)
+    return _explain(torch_copy(run), *_image(run, image, data_dir, dataset))
+
+
+def _image(run: Run, image, data_dir, dataset) -> tuple[np.ndarray, int | None, str | None]:
+    """(pixels, test-set index or None, true label or None) of the image to explain."""
     from .data import load_dataset
     from .images import prepare_image
 
-    run = run if isinstance(run, Run) else load_run(run)
     cfg = run.config
-    classes = run.metrics.get("classes") or [str(i) for i in range(run.num_classes)]
     size = tuple(run.metrics.get("image_shape") or (28, 28))
-    index, label = None, None
     if isinstance(image, (int, np.integer)) and not isinstance(image, bool):
         ds = dataset or load_dataset(cfg.dataset, data_dir or cfg.data_dir)
         if not 0 <= image < len(ds.x_test):
             raise UsageError(f"--index {image} is outside the {cfg.dataset} test set "
                              f"(0..{len(ds.x_test) - 1})")
-        index, label = int(image), classes[int(ds.y_test[image])]
-        pixels = ds.x_test[image]
-    elif isinstance(image, np.ndarray):
+        return ds.x_test[image], int(image), _classes(run)[int(ds.y_test[image])]
+    if isinstance(image, np.ndarray):
         pixels = np.asarray(image)
         if pixels.shape != size or pixels.dtype != np.uint8:
             raise UsageError(f"an image array must be {size[0]} x {size[1]} uint8, got "
                              f"{pixels.shape} {pixels.dtype}")
-    else:
-        pixels = prepare_image(Path(image), size)
-    # a copy with the torch backend (gradients, steps): the run's own model, which a server may
-    # be using in another thread, is left as it is
-    model = install_backend(copy.deepcopy(run.model), "torch").eval()
-    run = replace(run, model=model)
+        return pixels, None, None
+    return prepare_image(Path(image), size), None, None
+
+
+def _classes(run: Run) -> list[str]:
+    return list(run.metrics.get("classes") or [str(i) for i in range(run.num_classes)])
+
+
+def _explain(run: Run, pixels: np.ndarray, index: int | None, label: str | None
+             ) -> Explanation:
+    """``explain`` for a run whose model is already a private torch copy (``torch_copy``)."""
+    cfg, model, classes = run.config, run.model, _classes(run)
+    size = tuple(pixels.shape)
     x = to_input(pixels[None], cfg.view, cfg.seed)
     probs = _probabilities(model, x)[0].numpy()
     answer = int(probs.argmax())
@@ -331,8 +341,9 @@ def default_set(runs: list[Run], per_class: int = 1, mistakes: int = 3,
 
 def explain_runs(runs: list[str | Path | Run], indices: list[int] | None = None,
                  images: list[str | Path] | None = None, data_dir: str | Path | None = None,
-                 progress: bool = True) -> list[Explanation]:
-    """Every run explained on every chosen image (the default set when none is given)."""
+                 progress: bool = True, dataset=None) -> list[Explanation]:
+    """Every run explained on every chosen image (the default set when none is given).
+    ``dataset``: the runs' dataset, when already loaded."""
     from tqdm.auto import tqdm
 
     from .data import load_dataset
@@ -342,7 +353,7 @@ def explain_runs(runs: list[str | Path | Run], indices: list[int] | None = None,
     if len(datasets) > 1:
         raise UsageError(f"runs to explain together must read the same dataset, got "
                          f"{', '.join(sorted(datasets))}")
-    ds = load_dataset(loaded[0].config.dataset, data_dir or loaded[0].config.data_dir)
+    ds = dataset or load_dataset(loaded[0].config.dataset, data_dir or loaded[0].config.data_dir)
     chosen: list[int | Path] = list(indices or []) + [Path(p) for p in images or []]
     if not chosen:
         chosen = default_set(loaded)
@@ -350,21 +361,21 @@ def explain_runs(runs: list[str | Path | Run], indices: list[int] | None = None,
         if isinstance(i, int) and not 0 <= i < len(ds.x_test):
             raise UsageError(f"--index {i} is outside the {ds.name} test set "
                              f"(0..{len(ds.x_test) - 1})")
+    private = [torch_copy(run) for run in loaded]  # one copy per run, for every image
     out = []
     with tqdm(total=len(chosen) * len(loaded), unit="image", desc="explain",
               disable=None if progress else True) as bar:
         for item in chosen:
-            for run in loaded:
-                out.append(explain(run, item, data_dir, dataset=ds))
+            for run in private:
+                out.append(_explain(run, *_image(run, item, data_dir, ds)))
                 bar.update()
     return out
 
 
 def project_path(explanation: Explanation, run: Run, view: dict) -> None:
-    """The explained image's features after every step, in its run's PCA map (``path``)."""
-    from .backends import install_backend
-
-    model = install_backend(copy.deepcopy(run.model), "torch").eval()
+    """The explained image's features after every step, in its run's PCA map (``path``);
+    ``run``'s model computes with the torch backend (a ``torch_copy``)."""
+    model = run.model
     x = to_input(explanation.image[None], run.config.view, run.config.seed)
     feats = step_features(model, x)[0].double().numpy()
     explanation.path = (feats - view["basis"]["mean"]) @ view["basis"]["axes"].T
@@ -379,14 +390,8 @@ class ExplainSet:
     datasets: dict[str, dict]
 
     def to_dict(self) -> dict:
-        def plain(v):
-            if isinstance(v, np.ndarray):
-                return np.round(v.astype(np.float64), ROUND).tolist()
-            if isinstance(v, dict):
-                return {k: plain(x) for k, x in v.items()}
-            return v
         return {"images": [e.to_dict() for e in self.explanations],
-                "datasets": {k: plain({a: b for a, b in v.items() if a != "basis"})
+                "datasets": {k: _plain({a: b for a, b in v.items() if a != "basis"})
                              for k, v in self.datasets.items()}}
 
 
@@ -398,14 +403,14 @@ def explain_set(runs: list[str | Path | Run], indices: list[int] | None = None,
     from .data import load_dataset
 
     loaded = [r if isinstance(r, Run) else load_run(r) for r in runs]
-    explanations = explain_runs(loaded, indices, images, data_dir, progress)
     ds = load_dataset(loaded[0].config.dataset, data_dir or loaded[0].config.data_dir)
+    explanations = explain_runs(loaded, indices, images, data_dir, progress, dataset=ds)
     views = {}
     for run in loaded:
         view = dataset_view(run, ds, dataset_images)
         if view is not None:
             views[str(run.path)] = view
-    by_path = {str(r.path): r for r in loaded}
+    by_path = {str(r.path): torch_copy(r) for r in loaded if str(r.path) in views}
     for e in explanations:
         if e.run in views:
             project_path(e, by_path[e.run], views[e.run])

@@ -26,6 +26,7 @@ from .evaluation import Evaluation, anytime_accuracy
 from .fileio import atomic_write, read_json, write_json
 from .models import trainable_parameters
 from .plots import plot_confusion, plot_history
+from .record import RunMetrics
 from .storage import (
     PREVIOUS_CHECKPOINT,
     load_checkpoint,
@@ -145,20 +146,20 @@ class Recorder:
         anytime = val.anytime if val.anytime is not None else \
             anytime_accuracy(model, x_test, y_test, cfg.eval_batch_size)
         seconds = sum(h["seconds"] for h in history)
-        metrics = dict(
+        metrics = RunMetrics(
             model=cfg.model, dataset=cfg.dataset, view=cfg.view, test_accuracy=val.accuracy,
             test_loss=val.loss, params=trainable_parameters(model),
             train_seconds=round(seconds, 3), epochs=len(history),
             seconds_per_epoch=round(seconds / max(len(history), 1), 3),
             inference_images_per_second=round(val.images_per_second, 1),
             per_class_accuracy=dict(zip(ds.classes, val.per_class_accuracy(ds.num_classes))),
-            classes=ds.classes, image_shape=list(ds.image_shape), confusion=cm.tolist(),
+            classes=list(ds.classes), image_shape=list(ds.image_shape), confusion=cm.tolist(),
             misclassified=val.misclassified(),
             train_images=len(ds.x_train), train_images_total=ds.train_total,
             test_images=len(ds.x_test), backend=cfg.backend, precision=cfg.precision,
             protocol=cfg.protocol, validation_images=validation_size(len(ds.x_train))
             if cfg.protocol == "research" else None, best_epoch=best_epoch(cfg, history),
-            anytime=anytime, provenance=read_json(folder / "provenance.json", {}))
+            anytime=anytime, provenance=read_json(folder / "provenance.json", {})).to_dict()
         with writing_to(folder):
             save_predictions(folder, val.predictions, val.probabilities, val.labels)
             save_weights(folder, model.to("cpu", memory_format=torch.contiguous_format), cfg,

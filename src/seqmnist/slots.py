@@ -13,16 +13,11 @@ from contextlib import contextmanager
 from dataclasses import asdict, replace
 from pathlib import Path
 
-from .config import TrainConfig
+from .config import AUTO_FIELDS, RUNTIME_FIELDS, TrainConfig
 from .errors import CheckpointError, SeqmnistError, UsageError
 from .fileio import LockHeld, exclusive, read_json
 from .storage import CHECKPOINT, PREVIOUS_CHECKPOINT, WEIGHTS
 
-# Fields that say how or where a run was computed: a finished run in a slot is the recipe's run
-# whatever they are. "auto" settings are resolved at training time and compared only when the
-# recipe names a value.
-RUNTIME = {"data_dir", "threads", "replicas"}
-AUTO = {"precision", "backend", "device"}
 LOCKS = ".locks"  # one lock file per slot, beside runs/ so that no listing of runs meets it
 
 
@@ -55,7 +50,10 @@ def recipe_differences(stored: TrainConfig, wanted: TrainConfig) -> list[str]:
     have, want = asdict(stored), asdict(wanted)
     out = []
     for key, value in want.items():
-        if key in RUNTIME or (key in AUTO and value == "auto"):
+        # how or where it was computed: the recipe's run whatever it is; an "auto" setting is
+        # resolved at training time and compared only when the spec names a value
+        if (key in RUNTIME_FIELDS and key not in AUTO_FIELDS) or \
+                (key in AUTO_FIELDS and value == "auto"):
             continue
         if have.get(key) != value:
             out.append(f"{key} {have.get(key)!r}, not {value!r}")

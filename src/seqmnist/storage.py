@@ -1,4 +1,5 @@
-"""Run folders on disk: checkpoints, weights, predictions, and reloading a finished run.
+"""Run folders on disk: checkpoints, weights, predictions, and reloading a finished run (the
+recorder, recorder.py, decides what is written when; this module knows the formats).
 
 Every file goes through ``fileio.atomic_write`` (a kill leaves the old file or the new one, never
 half of one). Weights are safetensors; checkpoints are loaded with ``torch.load(weights_only=True)``
@@ -21,6 +22,7 @@ from .config import TrainConfig
 from .errors import CheckpointError, SeqmnistError
 from .fileio import atomic_write, read_json, write_json
 from .models import create_model
+from .record import MAX_SIDE, RunMetrics
 from .views import get_view
 
 CHECKPOINT = "checkpoint.pt"
@@ -220,7 +222,6 @@ class Run:
         return self.path.name
 
 
-MAX_SIDE = 4096  # no image or sequence seqmnist reads comes near this
 MAX_CLASSES = 10_000
 
 
@@ -254,65 +255,9 @@ def _check_meta(weights: Path, meta: dict) -> tuple[TrainConfig, tuple[int, ...]
 
 
 def check_metrics(folder: Path, metrics, num_classes: int) -> dict:
-    """metrics.json as the commands read it, or a CheckpointError naming the bad field."""
-    if not isinstance(metrics, dict):
-        raise CheckpointError(f"{folder}/metrics.json: not a JSON object")
-    bad = None
-    classes = metrics.get("classes")
-    shape = metrics.get("image_shape")
-    if classes is not None and not (isinstance(classes, list) and len(classes) == num_classes
-                                    and all(isinstance(c, str) for c in classes)):
-        bad = f"classes must be {num_classes} names"
-    elif shape is not None and not (isinstance(shape, list) and len(shape) == 2 and all(
-            type(d) is int and 1 <= d <= MAX_SIDE for d in shape)):
-        bad = "image_shape must be [height, width]"
-    else:
-        for key in ("test_accuracy", "test_loss", "seconds_per_epoch", "train_seconds",
-                    "inference_images_per_second"):
-            v = metrics.get(key)
-            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float))):
-                bad = f"{key} must be a number"
-                break
-        for key in ("params", "epochs", "train_images", "train_images_total", "test_images"):
-            v = metrics.get(key)
-            if v is not None and type(v) is not int:
-                bad = f"{key} must be a whole number"
-                break
-        bad = bad or _check_tables(metrics, num_classes)
-    if bad:
-        raise CheckpointError(f"{folder}/metrics.json: {bad}")
-    return metrics
-
-
-def _number(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
-def _check_tables(m: dict, n: int) -> str | None:
-    """What is wrong with metrics.json's nested fields, or None."""
-    cm, per_class, wrong, anytime = (m.get(k) for k in ("confusion", "per_class_accuracy",
-                                                        "misclassified", "anytime"))
-    if cm is not None and not (isinstance(cm, list) and len(cm) == n and all(
-            isinstance(r, list) and len(r) == n and all(type(v) is int and v >= 0 for v in r)
-            for r in cm)):
-        return f"confusion must be {n} x {n} counts"
-    if per_class is not None and not (isinstance(per_class, dict) and all(
-            isinstance(k, str) and (v is None or _number(v)) for k, v in per_class.items())):
-        return "per_class_accuracy must map class names to numbers"
-    if wrong is not None and not (isinstance(wrong, list) and all(
-            isinstance(w, list) and len(w) == 4 and all(type(v) is int for v in w[:3])
-            and w[0] >= 0 and 0 <= w[1] < n and 0 <= w[2] < n and _number(w[3]) for w in wrong)):
-        return "misclassified must be [index, true, predicted, confidence] rows"
-    if anytime is not None and not (
-            isinstance(anytime, dict) and isinstance(anytime.get("steps"), list)
-            and isinstance(anytime.get("accuracy"), list)
-            and len(anytime["steps"]) == len(anytime["accuracy"]) > 0
-            and all(type(v) is int for v in anytime["steps"])
-            and all(_number(v) for v in anytime["accuracy"]) and type(anytime.get("of")) is int):
-        return "anytime must hold steps, accuracy and of"
-    if m.get("provenance") is not None and not isinstance(m["provenance"], dict):
-        return "provenance must be a JSON object"
-    return None
+    """metrics.json as the commands read it (``record.RunMetrics``), or a CheckpointError naming
+    the bad field."""
+    return RunMetrics.from_dict(metrics, num_classes, f"{folder}/metrics.json")
 
 
 def load_run(path: str | Path) -> Run:
