@@ -211,6 +211,7 @@ def test_a_node_that_cannot_see_the_folder_refuses_to_train(tmp_path):
 
 
 def test_ray_missing_or_misused_is_one_clear_error(monkeypatch, tmp_path, capsys):
+    monkeypatch.chdir(tmp_path)  # the default sweeps/<spec> folder lands here, not in the repo
     spec = tmp_path / "grid.toml"
     spec.write_text('models = ["rnn"]\ndatasets = ["digits"]\nseeds = [0]')
     assert main(["sweep", str(spec), "--cpus-per-run", "2"]) == 2
