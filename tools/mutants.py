@@ -24,16 +24,24 @@ ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "src" / "seqmnist"
 # file -> the tests that cover it (fast ones: the whole suite per mutant would take hours)
 TARGETS = {
-    "training.py": ["tests/test_training.py", "tests/test_reliability.py", "-m", "not slow",
-                    "-k", "not fuzz and not edited_run"],
+    "training.py": ["tests/test_trainer.py", "tests/test_recipe_defaults.py",
+                    "tests/test_training.py", "tests/test_reliability.py", "-m", "not slow",
+                    "-k", "not fuzz and not edited_run and not kill_at_every"],
+    "steps.py": ["tests/test_trainer.py", "tests/test_recipe_defaults.py",
+                 "tests/test_training.py", "-k", "not slow and (step or adam or cross or "
+                 "replicas or one_cycle or deterministic or resume)"],
+    "recorder.py": ["tests/test_trainer.py", "tests/test_record.py", "tests/test_reliability.py",
+                    "-k", "not fuzz and not kill_at_every"],
     "parallel.py": ["tests/test_models.py", "tests/test_training.py", "-k", "replicas"],
-    "config.py": ["tests/test_training.py", "tests/test_cli.py", "-k",
-                  "preset or config or explicit or bad or one_cycle"],
+    "config.py": ["tests/test_training.py", "tests/test_cli.py", "tests/test_record.py", "-k",
+                  "preset or config or explicit or bad or one_cycle or recipe or slot"],
     "backends.py": ["tests/test_kernel.py", "tests/test_models.py", "-k",
                     "backend or replicas or install or native or disabling"],
     "lstm_kernel.py": ["tests/test_kernel.py"],
-    "evaluation.py": ["tests/test_report.py", "tests/test_training.py", "-k",
-                      "predictions or anytime or section or end_to_end or learns"],
+    "evaluation.py": ["tests/test_report.py", "tests/test_training.py", "tests/test_record.py",
+                      "-k", "predictions or anytime or section or end_to_end or learns or figure "
+                      "or evaluates"],
+    "analysis.py": ["tests/test_report.py", "tests/test_verdicts.py", "tests/test_stats.py"],
 }
 SKIP = re.compile(r"^\s*(def |class |@|return\b|if |elif |else:|for |while |try:|except|finally:|"
                   r"with |#|\"\"\"|'''|raise\b|import |from |pass$|\)|\]|\}|global |nonlocal )")
