@@ -21,7 +21,14 @@ from pathlib import Path
 
 import numpy as np
 
-from .download import fetch_files, find_file, sha256_of_content
+from .download import (
+    fetch_archive,
+    fetch_files,
+    find_file,
+    recorded_sums,
+    sha256_of_content,
+    sha256_of_file,
+)
 from .errors import DataError, DataNotFoundError, DownloadError, UsageError
 
 IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
@@ -157,9 +164,21 @@ class Dataset:
                        self.classes, self.source, self.train_total)
 
 
+@dataclass(frozen=True)
+class Archive:
+    """Files a publisher ships inside one zip, with one MD5 for the whole (EMNIST)."""
+
+    name: str  # the zip's file name on the mirrors
+    md5: str  # of the whole zip, as its publisher gives it
+    most_bytes: int  # a cap on the download (the zip is smaller), not its size
+    folder: str  # where the dataset's files lie inside the zip
+
+
 @dataclass
 class DatasetSpec:
-    """A registry entry: how to find, check and load one dataset."""
+    """A registry entry: how to find, check and load one dataset. Checksums, in order of
+    preference: ``sha256`` of each file's content; else ``gz_sha256``, of each .gz as its
+    canonical mirror serves it; else the ``archive``'s MD5."""
 
     name: str
     classes: list[str]
@@ -172,10 +191,19 @@ class DatasetSpec:
     image_shape: tuple[int, int] = (28, 28)  # height, width of every image
     train_images: int = 60_000  # in the full training split
     test_images: int = 10_000
+    gz_sha256: dict[str, str] = field(default_factory=dict)  # file name -> hash of its .gz
+    archive: Archive | None = None
+    transposed: bool = False  # images stored column by column (EMNIST): transposed on loading
+    first_label: int = 0  # the files' label of the first class (EMNIST letters count from 1)
 
     @property
     def downloadable(self) -> bool:
         return bool(self.mirrors)
+
+    @property
+    def checksum_kind(self) -> str:
+        return "content" if self.sha256 else "gz" if self.gz_sha256 else \
+            "archive" if self.archive else "none"
 
 
 DATASETS: dict[str, DatasetSpec] = {}
@@ -278,6 +306,12 @@ def _load_idx_dataset(spec: DatasetSpec, data_dir: Path | None) -> Dataset:
         expect = (most, *spec.image_shape) if role.endswith("images") else (most,)
         arrays[role] = read_idx(find_file(folder, base), len(expect), expect)
     for split in ("train", "test"):
+        if spec.transposed:  # stored column by column: make rows rows
+            arrays[f"{split}_images"] = np.ascontiguousarray(
+                arrays[f"{split}_images"].transpose(0, 2, 1))
+        if spec.first_label:
+            arrays[f"{split}_labels"] = arrays[f"{split}_labels"].astype(np.int64) - \
+                spec.first_label
         images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
         check_split(str(folder), split, images, labels, len(spec.classes))
     if arrays["train_images"].shape[1:] != arrays["test_images"].shape[1:]:
@@ -343,6 +377,49 @@ register_dataset(DatasetSpec(
 ))
 
 register_dataset(DatasetSpec(
+    name="kmnist",
+    # Kuzushiji-MNIST's ten hiragana, romanised (the order of its classmap.csv)
+    classes=["o", "ki", "su", "tsu", "na", "ha", "ma", "ya", "re", "wo"],
+    description="Kuzushiji-MNIST (ROIS-DS CODH), cursive Japanese hiragana, 28x28, 60k/10k",
+    files=SPLIT_FILES,
+    # its publisher gives the hashes of the .gz files it serves (as torchvision checks them)
+    gz_sha256={
+        "train-images-idx3-ubyte": "51467d22d8cc72929e2a028a0428f2086b092bb31cfb79c69cc0a90ce135fde4",
+        "train-labels-idx1-ubyte": "e38f9ebcd0f3ebcdec7fc8eabdcdaef93bb0df8ea12bee65224341c8183d8e17",
+        "t10k-images-idx3-ubyte": "edd7a857845ad6bb1d0ba43fe7e794d164fe2dce499a1694695a792adfac43c5",
+        "t10k-labels-idx1-ubyte": "20bb9a0ef54c7db3efc55a92eef5582c109615df22683c380526788f98e42a1c",
+    },
+    sizes=MNIST_SIZES,
+    mirrors=["https://codh.rois.ac.jp/kmnist/dataset/kmnist/"],
+    loader=_load_idx_dataset,
+))
+
+# EMNIST (NIST): every split in one zip, with one MD5; images stored transposed.
+EMNIST_ARCHIVE = Archive(name="gzip.zip", md5="58c8d27c78d21e728a6bc7b3cc06412e",
+                         most_bytes=800_000_000, folder="gzip")
+EMNIST_MIRRORS = ["https://biometrics.nist.gov/cs_links/EMNIST/"]
+
+
+def _emnist(split: str, classes: list[str], train: int, test: int, description: str,
+            first_label: int = 0) -> DatasetSpec:
+    files = {role: f"emnist-{split}-{base.replace('t10k', 'test')}"
+             for role, base in SPLIT_FILES.items()}
+    sizes = {files["train_images"]: 16 + train * 784, files["train_labels"]: 8 + train,
+             files["test_images"]: 16 + test * 784, files["test_labels"]: 8 + test}
+    return DatasetSpec(name=f"emnist-{split}", classes=classes, description=description,
+                       files=files, sizes=sizes, mirrors=EMNIST_MIRRORS, archive=EMNIST_ARCHIVE,
+                       loader=_load_idx_dataset, train_images=train, test_images=test,
+                       transposed=True, first_label=first_label)
+
+
+register_dataset(_emnist("digits", DIGITS, 240_000, 40_000,
+                         "EMNIST digits (NIST Special Database 19), 28x28, 240k/40k"))
+# 26 classes, upper and lower case of a letter together; the files count them from 1
+register_dataset(_emnist("letters", [chr(ord("A") + i) for i in range(26)], 124_800, 20_800,
+                         "EMNIST letters (NIST SD 19), A-Z with cases merged, 28x28, 124.8k/20.8k",
+                         first_label=1))
+
+register_dataset(DatasetSpec(
     name="digits", classes=DIGITS,
     description="UCI 8x8 digits shipped with scikit-learn, 1437/360 (no download)",
     loader=_load_digits, image_shape=(8, 8), train_images=1437,
@@ -367,10 +444,20 @@ def fetch(name: str, dest: str | Path | None = None, mirrors: list[str] | None =
     folder = Path(dest) if dest is not None else cache_dir() / name
     if mirrors is None and os.environ.get("SEQMNIST_MIRRORS"):
         mirrors = [m.replace("{name}", name) for m in os.environ["SEQMNIST_MIRRORS"].split()]
-    files = {base: spec.sha256[base] for base in spec.files.values()}
     try:
+        if spec.checksum_kind == "archive":
+            a = spec.archive
+            members = {base: f"{a.folder}/{base}.gz" for base in spec.files.values()}
+            return fetch_archive(a.name, a.md5, a.most_bytes, members, folder,
+                                 cache_dir() / "archives" if dest is None else folder,
+                                 mirrors or spec.mirrors, sizes=spec.sizes, progress=progress,
+                                 **kwargs)
+        gz = spec.checksum_kind == "gz"
+        files = {base: (spec.gz_sha256 if gz else spec.sha256)[base]
+                 for base in spec.files.values()}
         return fetch_files(files, folder, mirrors or spec.mirrors, progress=progress,
-                           sizes=spec.sizes, **kwargs)
+                           sizes=spec.sizes, digest=sha256_of_file if gz else sha256_of_content,
+                           **kwargs)
     except DownloadError as exc:
         raise DataError(str(exc)) from None
 
@@ -388,16 +475,35 @@ class FileCheck:
 
 
 def verify(name: str, data_dir: str | Path | None = None) -> list[FileCheck]:
-    """Check each file of ``name`` found on disk (first folder holding it) against the registry."""
+    """Check each file of ``name`` found on disk (first folder holding it) against the registry:
+    its content's SHA-256; where the publisher gives only the .gz's hash, the .gz itself (a
+    decompressed copy cannot be checked); for files taken out of a checked archive, the hashes
+    recorded then (SHA256SUMS beside them)."""
     spec = get_spec(name)
     checks = []
     for base in spec.files.values():
         path = next((p for d in search_dirs(name, data_dir) if (p := find_file(d, base))), None)
+        kind = spec.checksum_kind
+        expected = spec.sha256.get(base) or spec.gz_sha256.get(base) or \
+            (recorded_sums(path.parent).get(base) if path is not None else None) or "?"
         if path is None:
-            checks.append(FileCheck(None, spec.sha256[base], None, f"{base}: not found"))
+            checks.append(FileCheck(None, expected, None, f"{base}: not found"))
             continue
         try:
-            checks.append(FileCheck(path, spec.sha256[base], sha256_of_content(path)))
+            if kind == "content":
+                checks.append(FileCheck(path, expected, sha256_of_content(path)))
+            elif kind == "gz" and path.suffix == ".gz":
+                checks.append(FileCheck(path, expected, sha256_of_file(path)))
+            elif kind == "gz":
+                checks.append(FileCheck(path, expected, None, f"{path}: the registry holds the "
+                                        "hash of the .gz file its mirror serves; a decompressed "
+                                        "copy cannot be checked (keep the .gz)"))
+            elif expected != "?":
+                checks.append(FileCheck(path, expected, sha256_of_content(path)))
+            else:
+                checks.append(FileCheck(path, expected, None, f"{path}: its publisher gives one "
+                                        "MD5 for the whole archive and none per file; fetch it "
+                                        "with `seqmnist data fetch` to have it checked"))
         except DataError as exc:
-            checks.append(FileCheck(path, spec.sha256[base], None, str(exc)))
+            checks.append(FileCheck(path, expected, None, str(exc)))
     return checks

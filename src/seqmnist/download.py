@@ -4,6 +4,8 @@
 Each file is streamed to a temporary name beside its final one, its *decompressed* bytes are checked
 against the SHA-256 in the registry (the gzip wrapper differs between mirrors, the content does not),
 and only then renamed into place. A failed mirror is retried with backoff, then the next one is tried.
+Where a publisher gives only the hash of its .gz files (``digest=sha256_of_file``) or one MD5 for
+a zip of many files (``fetch_archive``), that is what is checked.
 """
 
 from __future__ import annotations
@@ -34,6 +36,23 @@ def sha256_of_content(path: Path) -> str:
                 digest.update(chunk)
     except (EOFError, OSError, zlib.error) as exc:
         raise DataError(f"{path}: corrupt or truncated gzip data ({exc})") from None
+    return digest.hexdigest()
+
+
+def sha256_of_file(path: Path) -> str:
+    """SHA-256 of a file's bytes as they are (a .gz as its mirror serves it)."""
+    return _hash_file(path, hashlib.sha256())
+
+
+def md5_of_file(path: Path) -> str:
+    """MD5 of a file's bytes: only for checking an archive whose publisher gives no other hash."""
+    return _hash_file(path, hashlib.md5(usedforsecurity=False))
+
+
+def _hash_file(path: Path, digest) -> str:
+    with open(path, "rb") as fh:
+        while chunk := fh.read(CHUNK):
+            digest.update(chunk)
     return digest.hexdigest()
 
 
@@ -87,15 +106,17 @@ def _stream(url: str, target: Path, timeout: float, progress: bool,
 
 def download_file(base: str, expected: str, dest: Path, mirrors: list[str], retries: int = 3,
                   timeout: float = 30.0, backoff: float = 1.0, progress: bool = True,
-                  size: int | None = None) -> Path:
-    """Fetch ``base``.gz from the first mirror that serves the right content into ``dest``.
+                  size: int | None = None, digest=sha256_of_content, suffix: str = ".gz",
+                  gzip_data: bool = True) -> Path:
+    """Fetch ``base`` + ``suffix`` from the first mirror that serves the right file into
+    ``dest``: ``digest(file) == expected`` (the content's SHA-256 unless told otherwise).
     ``size`` (the content's length, when known) caps the bytes and the time of each attempt."""
     max_bytes, seconds = limits_for(size)
     dest.mkdir(parents=True, exist_ok=True)
-    final = dest / f"{base}.gz"
+    final = dest / f"{base}{suffix}"
     problems: list[str] = []
     for mirror in mirrors:
-        url = mirror.rstrip("/") + f"/{base}.gz"
+        url = mirror.rstrip("/") + f"/{base}{suffix}"
         for attempt in range(retries):
             fd, tmp_name = tempfile.mkstemp(prefix=f".{base}.", suffix=".part", dir=dest)
             os.close(fd)
@@ -103,9 +124,9 @@ def download_file(base: str, expected: str, dest: Path, mirrors: list[str], retr
             try:
                 _stream(url, tmp, timeout, progress, max_bytes, seconds)
                 with open(tmp, "rb") as fh:
-                    if fh.read(2) != b"\x1f\x8b":
+                    if gzip_data and fh.read(2) != b"\x1f\x8b":
                         raise DataError("response is not gzip data (an error page?)")
-                got = sha256_of_content(tmp)
+                got = digest(tmp)
                 if got != expected:
                     # A wrong file will not fix itself on retry: go to the next mirror.
                     problems.append(f"{url}: checksum mismatch, expected {expected}, got {got}")
@@ -128,13 +149,14 @@ def download_file(base: str, expected: str, dest: Path, mirrors: list[str], retr
                     time.sleep(backoff * 2**attempt)
             finally:
                 tmp.unlink(missing_ok=True)
-    raise DownloadError(f"could not download {base}.gz:\n  " + "\n  ".join(problems))
+    raise DownloadError(f"could not download {base}{suffix}:\n  " + "\n  ".join(problems))
 
 
 def fetch_files(files: dict[str, str], folder: Path, mirrors: list[str], progress: bool = True,
-                sizes: dict[str, int] | None = None, **kwargs) -> Path:
-    """Make ``folder`` hold every file ``base`` of ``files`` ({base: sha256 of its content};
-    ``sizes``: {base: content length}, which caps each download's bytes and time):
+                sizes: dict[str, int] | None = None, digest=sha256_of_content, **kwargs) -> Path:
+    """Make ``folder`` hold every file ``base`` of ``files`` ({base: ``digest`` of it, by default
+    the SHA-256 of its content}; ``sizes``: {base: content length}, which caps each download's
+    bytes and time):
     files already there with the right content are kept; missing, corrupt or wrong ones are
     downloaded again (a wrong file is replaced only once a good copy is on disk). Partial files
     left by a killed download are removed first. A folder this call created is removed again if
@@ -148,12 +170,12 @@ def fetch_files(files: dict[str, str], folder: Path, mirrors: list[str], progres
             existing = find_file(folder, base)
             if existing is not None:
                 try:
-                    if sha256_of_content(existing) == expected:
+                    if digest(existing) == expected:
                         continue
                 except DataError:
                     pass  # corrupt: download a good copy over it
             final = download_file(base, expected, folder, mirrors, progress=progress,
-                                  size=(sizes or {}).get(base), **kwargs)
+                                  size=(sizes or {}).get(base), digest=digest, **kwargs)
             if existing is not None and existing != final:
                 existing.unlink(missing_ok=True)  # the raw copy that was wrong
     except BaseException:
@@ -161,3 +183,84 @@ def fetch_files(files: dict[str, str], folder: Path, mirrors: list[str], progres
             folder.rmdir()
         raise
     return folder
+
+
+SUMS = "SHA256SUMS"  # beside files taken out of a checked archive: their content's hashes
+
+
+def fetch_archive(name: str, md5: str, most_bytes: int, members: dict[str, str], folder: Path,
+                  archives: Path, mirrors: list[str], sizes: dict[str, int] | None = None,
+                  progress: bool = True, **kwargs) -> Path:
+    """Make ``folder`` hold ``base``.gz for every ``base`` of ``members`` ({base: its path inside
+    the archive}), taken out of the zip ``name`` (kept in ``archives``, shared by the datasets it
+    holds) once its MD5 is ``md5``. Each member is checked before it is taken out (its size
+    against ``sizes``, so a zip bomb is refused unread; gzip data), written under a temporary
+    name and renamed; SHA256SUMS records the content hash of each, for ``data verify``."""
+    created = not folder.exists()
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        _take_out(name, md5, most_bytes, members, folder, archives, mirrors, sizes, progress,
+                  **kwargs)
+    except BaseException:
+        if created and folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
+        raise
+    return folder
+
+
+def _take_out(name, md5, most_bytes, members, folder, archives, mirrors, sizes, progress,
+              **kwargs) -> None:
+    import zipfile
+
+    archive = archives / name
+    if not (archive.is_file() and md5_of_file(archive) == md5):
+        archive = download_file(name, md5, archives, mirrors, progress=progress, size=most_bytes,
+                                digest=md5_of_file, suffix="", gzip_data=False, **kwargs)
+    sums = {}
+    try:
+        with zipfile.ZipFile(archive) as z:
+            for base, member in members.items():
+                try:
+                    info = z.getinfo(member)
+                except KeyError:
+                    raise DataError(f"{archive}: no {member} in the archive") from None
+                cap = limits_for((sizes or {}).get(base))[0]
+                if cap is not None and info.file_size > cap:
+                    raise DataError(f"{archive}: {member} claims {info.file_size:,} bytes, more "
+                                    f"than the {cap:,} it can be")
+                final = folder / f"{base}.gz"
+                fd, tmp_name = tempfile.mkstemp(prefix=f".{base}.", suffix=".part", dir=folder)
+                tmp = Path(tmp_name)
+                try:
+                    with os.fdopen(fd, "wb") as out, z.open(info) as src:
+                        while chunk := src.read(CHUNK):
+                            out.write(chunk)
+                            if cap is not None and out.tell() > cap:
+                                raise DataError(f"{archive}: {member} is larger than it said")
+                    with open(tmp, "rb") as fh:
+                        if fh.read(2) != b"\x1f\x8b":
+                            raise DataError(f"{archive}: {member} is not gzip data")
+                    sums[base] = sha256_of_content(tmp)
+                    os.replace(tmp, final)
+                finally:
+                    tmp.unlink(missing_ok=True)
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise DataError(f"{archive}: not a readable zip archive ({exc})") from None
+    lines = "".join(f"{h}  {b}\n" for b, h in sorted(sums.items()))
+    fd, tmp_name = tempfile.mkstemp(prefix=".sums.", suffix=".part", dir=folder)
+    with os.fdopen(fd, "w") as out:
+        out.write(lines)
+    os.replace(tmp_name, folder / SUMS)
+
+
+def recorded_sums(folder: Path) -> dict[str, str]:
+    """{base: content SHA-256} from ``folder``'s SHA256SUMS ({} when there is none)."""
+    path = folder / SUMS
+    if not path.is_file() or path.stat().st_size > 65536:
+        return {}
+    out = {}
+    for line in path.read_text(errors="replace").splitlines():
+        digest, _, base = line.partition("  ")
+        if len(digest) == 64 and base:
+            out[base] = digest
+    return out

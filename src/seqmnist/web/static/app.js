@@ -161,7 +161,7 @@ function beliefStrip(m) {
   const note = el("p", { class: "sure" }, sure === null
     ? "It only settles on the last rows."
     : `Sure it is ${m.prediction} from row ${sure + 1} of ${m.steps.length} on.`);
-  const strip = el("canvas", { class: "belief", width: 10, height: m.steps.length,
+  const strip = el("canvas", { class: "belief", width: m.classes.length, height: m.steps.length,
                                "aria-label": "belief per row" });
   const g = strip.getContext("2d");
   m.steps.forEach((p, r) => p.forEach((v, c) => {
@@ -170,6 +170,8 @@ function beliefStrip(m) {
     g.fillRect(c, r, 1, 1);
   }));
   const legend = el("div", { class: "legend" });
+  legend.style.gridTemplateColumns = `repeat(${m.classes.length}, 1fr)`;  // one per column
+  if (m.classes.length > 10) legend.style.fontSize = ".5rem";
   m.classes.forEach((c) => legend.append(el("span", {}, c)));
   const axis = el("div", { class: "row-axis", "aria-hidden": "true" });
   const n = m.steps.length;
