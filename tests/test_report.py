@@ -195,3 +195,29 @@ def test_every_figure_the_report_prints_is_the_runs_own(two_seed_report):
         first = g["classes"][0]
         assert f"{g['per_class'][first]['mean'] * 100:.2f}%" in md
         assert f"{g['params']:,}" in md
+
+
+def test_report_md_and_html_are_one_document(two_seed_report):
+    """The same headings in the same order, the same tables with the same cells, the same
+    figures and the same run-folder links (resolving from the report's folder), in both."""
+    import html as html_lib
+    import re
+
+    tmp, _ = two_seed_report
+    md = (tmp / "report" / "report.md").read_text()
+    page = (tmp / "report" / "report.html").read_text()
+    assert re.findall(r"^## (.+)$", md, re.M) == [
+        html_lib.unescape(h) for h in re.findall(r"<h2>(.*?)</h2>", page)]
+    md_tables = re.findall(r"((?:^\|.*\|\n)+)", md, re.M)
+    html_tables = re.findall(r"<table>(.*?)</table>", page, re.S)
+    assert len(md_tables) == len(html_tables) >= 5
+    for mt, ht in zip(md_tables, html_tables):
+        md_cells = [c.strip().replace("\\|", "|") for line in mt.splitlines()
+                    for c in re.split(r"(?<!\\)\|", line)[1:-1] if c.strip() != "---"]
+        html_cells = [html_lib.unescape(c) for c in re.findall(r"<t[hd]>(.*?)</t[hd]>", ht)]
+        assert md_cells == html_cells
+    assert len(re.findall(r"^!\[", md, re.M)) == page.count("<figure>")
+    md_links = re.findall(r"\]\(([^)]+)\)", md[md.index("## Run folders"):])
+    html_links = re.findall(r'<a href="([^"]+)"', page)
+    assert md_links == html_links and len(md_links) == 4
+    assert all((tmp / "report" / link / "metrics.json").is_file() for link in md_links)

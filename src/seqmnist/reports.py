@@ -1,5 +1,7 @@
-"""The comparison report: ``report.md``, a self-contained ``report.html`` and ``comparison.json``
-(every number in them, from analysis.py), with the figures beside them as PNG files.
+"""Reports: the comparison's ``report.md``, a self-contained ``report.html`` and
+``comparison.json`` (every number in them, from analysis.py), with the figures beside them as PNG
+files; and a sweep's ``sweep.md``. Each is built once as a list of blocks (headings, paragraphs,
+tables, figures, links) and written as Markdown and as HTML from that one list.
 """
 
 from __future__ import annotations
@@ -7,6 +9,7 @@ from __future__ import annotations
 import base64
 import html
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -240,16 +243,112 @@ def _figures(result: dict, test_images: np.ndarray | None) -> list[tuple[str, st
     return figs
 
 
-def _md_table(headers: list[str], rows: list[list[str]]) -> list[str]:
-    out = ["| " + " | ".join(headers) + " |", "|" + " --- |" * len(headers)]
-    return out + ["| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in rows]
+@dataclass(frozen=True)
+class Link:
+    text: str
+    href: str
 
 
-def _html_table(headers: list[str], rows: list[list[str]]) -> str:
+@dataclass(frozen=True)
+class Block:
+    """One part of a document: a heading, a paragraph (``kind`` "verdict" or "warning" for the
+    two that stand out), a table (cells are text or a Link), figures, or a list of links."""
+
+    kind: str  # heading | paragraph | table | figures | links
+    text: str = ""
+    style: str = ""
+    headers: tuple = ()
+    rows: tuple = ()
+    items: tuple = ()  # figures: (file, caption, Figure); links: (label, (Link, ...))
+
+
+def heading(text: str) -> Block:
+    return Block("heading", text)
+
+
+def paragraph(text: str, style: str = "") -> Block:
+    return Block("paragraph", text, style)
+
+
+def table(headers, rows) -> Block:
+    return Block("table", headers=tuple(headers), rows=tuple(tuple(r) for r in rows))
+
+
+def markdown(title: str, blocks: list[Block]) -> str:
+    """The document as Markdown (figures linked as the PNG files beside it)."""
+    def cell(c) -> str:
+        text = f"[{c.text}]({c.href})" if isinstance(c, Link) else str(c)
+        return text.replace("|", "\\|") if not isinstance(c, Link) else text
+
+    out = [f"# {title}", ""]
+    for b in blocks:
+        if b.kind == "heading":
+            out += [f"## {b.text}", ""]
+        elif b.kind == "paragraph":
+            out += [f"> **{b.text}**" if b.style == "warning" else b.text, ""]
+        elif b.kind == "table":
+            out += ["| " + " | ".join(b.headers) + " |", "|" + " --- |" * len(b.headers)]
+            out += ["| " + " | ".join(cell(c) for c in r) + " |" for r in b.rows] + [""]
+        elif b.kind == "figures":
+            out += [f"![{c}]({f})\n\n*{c}*\n" for f, c, _ in b.items]
+        elif b.kind == "links":
+            out += [f"- {label}: " + ", ".join(cell(link) for link in links)
+                    for label, links in b.items] + [""]
+    return "\n".join(out).rstrip("\n") + "\n"
+
+
+STYLE = """body { font-family: system-ui, sans-serif; max-width: 1200px; margin: 2em auto;
+       padding: 0 1em; color: #222; }
+table { border-collapse: collapse; margin: 1em 0; font-size: .92em; }
+th, td { border: 1px solid #ccc; padding: .3em .6em; text-align: right; }
+th:first-child, td:first-child { text-align: left; }
+.verdict { font-size: 1.15em; background: #f3f7ff; padding: .8em 1em; border-radius: 6px; }
+.warning { background: #fff3cd; border: 1px solid #e0b000; padding: .8em 1em; border-radius: 6px;
+           font-weight: 600; }
+figure { display: inline-block; margin: .5em; vertical-align: top; max-width: 100%; }
+figcaption { font-size: .9em; color: #444; }
+img { max-width: 100%; }"""
+
+
+def html_page(title: str, blocks: list[Block]) -> str:
+    """The same document as one self-contained HTML page (figures embedded)."""
     esc = html.escape
-    head = "".join(f"<th>{esc(h)}</th>" for h in headers)
-    body = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in r) + "</tr>" for r in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+    def cell(c) -> str:
+        return f'<a href="{esc(c.href)}">{esc(c.text)}</a>' if isinstance(c, Link) else esc(str(c))
+
+    parts = [f"<h1>{esc(title)}</h1>"]
+    for b in blocks:
+        if b.kind == "heading":
+            parts.append(f"<h2>{esc(b.text)}</h2>")
+        elif b.kind == "paragraph":
+            cls = f' class="{b.style}"' if b.style else ""
+            parts.append(f"<p{cls}>{esc(b.text)}</p>")
+        elif b.kind == "table":
+            head = "".join(f"<th>{esc(h)}</th>" for h in b.headers)
+            body = "".join("<tr>" + "".join(f"<td>{cell(c)}</td>" for c in r) + "</tr>"
+                           for r in b.rows)
+            parts.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
+        elif b.kind == "figures":
+            parts.append("".join(
+                f'<figure><img alt="{esc(c)}" src="data:image/png;base64,'
+                f'{base64.b64encode(png(fig)).decode()}"><figcaption>{esc(c)}</figcaption>'
+                "</figure>" for _, c, fig in b.items))
+        elif b.kind == "links":
+            parts.append("<ul>" + "".join(
+                f"<li>{esc(label)}: " + ", ".join(cell(link) for link in links) + "</li>"
+                for label, links in b.items) + "</ul>")
+    return (f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8"><title>{esc(title)}'
+            f"</title>\n<style>\n{STYLE}\n</style></head><body>\n" + "\n".join(parts)
+            + "\n</body></html>\n")
+
+
+def write_document(out: Path, stem: str, title: str, blocks: list[Block],
+                   html_too: bool = True) -> None:
+    """``out/stem.md`` and (``html_too``) ``out/stem.html``, both from ``blocks``."""
+    atomic_write(out / f"{stem}.md", markdown(title, blocks))
+    if html_too:
+        atomic_write(out / f"{stem}.html", html_page(title, blocks))
 
 
 def _quick_warning(result: dict) -> str | None:
@@ -324,64 +423,37 @@ def write_report(runs: list, out: str | Path, test_images: np.ndarray | None = N
     result["inside"] = inside_view(runs, result["groups"], test_images, test_labels)
     out.mkdir(parents=True, exist_ok=True)
     figs = _figures(result, test_images)
-    files = []
-    for stem, caption, fig in figs:
+    for stem, _, fig in figs:
         save_figure(fig, out / f"{stem}.png")
-        files.append((f"{stem}.png", caption))
     warning = _quick_warning(result)
     title = f"seqmnist comparison on {result['dataset']} ({result['test_images']:,} test images)"
-    md = [f"# {title}", ""]
-    if warning:
-        md += [f"> **{warning}**", ""]
-    md += [result["verdict"], "", protocol_note(result["groups"]), ""]
+    blocks = [paragraph(warning, "warning")] if warning else []
+    blocks += [paragraph(result["verdict"], "verdict"), paragraph(protocol_note(result["groups"]))]
     for name, headers, rows in _sections(result):
-        md += [f"## {name}", "", *_md_table(headers, rows), ""]
-    md += ["## Figures", ""] + [f"![{c}]({f})\n\n*{c}*\n" for f, c in files]
-    md += ["## Method", "", result["methods"], "", "## Run folders", ""]
-    md += [f"- {g['name']}: " + ", ".join(f"[{Path(r).name}]({_relative(r, out)})"
-                                           for r in g["runs"]) for g in result["groups"]]
-    atomic_write(out / "report.md", "\n".join(md) + "\n")
-    atomic_write(out / "report.html", _html(title, warning, result, figs, out))
+        blocks += [heading(name), table(headers, rows)]
+    blocks += [heading("Figures"), Block("figures", items=tuple(
+        (f"{stem}.png", caption, fig) for stem, caption, fig in figs))]
+    blocks += [heading("Method"), paragraph(result["methods"]), heading("Run folders"),
+               Block("links", items=tuple(
+                   (g["name"], tuple(Link(Path(r).name, _relative(r, out)) for r in g["runs"]))
+                   for g in result["groups"]))]
+    write_document(out, "report", title, blocks)
     write_json(out / "comparison.json", result)
     return dict(result, report=str(out / "report.html"))
 
 
-def _html(title: str, warning: str | None, result: dict, figs, out: Path) -> str:
-    esc = html.escape
-    tables = "".join(f"<h2>{esc(name)}</h2>{_html_table(headers, rows)}"
-                     for name, headers, rows in _sections(result))
-    images = "".join(
-        f'<figure><img alt="{esc(c)}" src="data:image/png;base64,'
-        f'{base64.b64encode(png(f)).decode()}"><figcaption>{esc(c)}</figcaption></figure>'
-        for _, c, f in figs)
-    folders = "".join(
-        f"<li>{esc(g['name'])}: " + ", ".join(
-            f'<a href="{esc(_relative(r, out))}">{esc(Path(r).name)}</a>' for r in g["runs"])
-        + "</li>" for g in result["groups"])
-    banner = f'<p class="quick">{esc(warning)}</p>' if warning else ""
-    return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>{esc(title)}</title>
-<style>
-body {{ font-family: system-ui, sans-serif; max-width: 1200px; margin: 2em auto; padding: 0 1em;
-       color: #222; }}
-table {{ border-collapse: collapse; margin: 1em 0; font-size: .92em; }}
-th, td {{ border: 1px solid #ccc; padding: .3em .6em; text-align: right; }}
-th:first-child, td:first-child {{ text-align: left; }}
-.verdict {{ font-size: 1.15em; background: #f3f7ff; padding: .8em 1em; border-radius: 6px; }}
-.quick {{ background: #fff3cd; border: 1px solid #e0b000; padding: .8em 1em; border-radius: 6px;
-          font-weight: 600; }}
-figure {{ display: inline-block; margin: .5em; vertical-align: top; max-width: 100%; }}
-figcaption {{ font-size: .9em; color: #444; }}
-img {{ max-width: 100%; }}
-</style></head><body>
-<h1>{esc(title)}</h1>
-{banner}
-<p class="verdict">{esc(result["verdict"])}</p>
-<p>{esc(protocol_note(result["groups"]))}</p>
-{tables}
-<h2>Figures</h2>
-{images}
-<h2>Method</h2><p>{esc(result["methods"])}</p>
-<h2>Run folders</h2><ul>{folders}</ul>
-</body></html>
-"""
+def write_sweep_summary(rows: list[dict], out: Path) -> Path:
+    """``out/sweep.md``: the grid's model x view x dataset table, each row linking its dataset's
+    comparison report (``rows`` from the sweep, paths relative to ``out``)."""
+    headers = ["model", "view", "dataset", "seeds", "test accuracy (mean ± std)",
+               "95% interval", "report"]
+    body = [[r["model"], r["view"], r["dataset"], str(len(r["seeds"])),
+             f"{r['mean'] * 100:.2f}%" + (f" ± {r['std'] * 100:.2f}" if len(r["seeds"]) > 1
+                                          else " (one seed: no spread)"),
+             _interval(r["ci"]), Link(r["dataset"], r["report"])] for r in rows]
+    blocks = [table(headers, body), paragraph(
+        "Intervals: t across seeds with two or more seeds, else bootstrap over test images. "
+        "Every run folder is under `runs/`; each dataset's report holds the pairwise tests and "
+        "the verdict.")]
+    write_document(out, "sweep", "seqmnist sweep", blocks, html_too=False)
+    return out / "sweep.md"

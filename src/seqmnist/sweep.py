@@ -34,7 +34,7 @@ else:  # Python 3.10: the same parser, from PyPI
 
 from .config import TrainConfig
 from .errors import SeqmnistError, UsageError
-from .fileio import atomic_write, write_json
+from .fileio import write_json
 from .slots import (  # noqa: F401 (LOCKS, run_state, recipe_differences: re-exported)
     LOCKS,
     holding,
@@ -273,7 +273,7 @@ def write_sweep_report(done: list[tuple[GridRun, Path]], out: Path,
     grid's table of model x view x dataset."""
     from .comparison import finished_run
     from .data import load_dataset
-    from .reports import write_report
+    from .reports import write_report, write_sweep_summary
 
     by_dataset: dict[str, list[Path]] = {}
     for grid_run, path in done:
@@ -291,17 +291,7 @@ def write_sweep_report(done: list[tuple[GridRun, Path]], out: Path,
                              seeds=g["seeds"], mean=acc["mean"], std=acc["std"], ci=ci,
                              report=str(Path(result["report"]).relative_to(out)),
                              runs=[str(Path(r).relative_to(out)) for r in g["runs"]]))
-    md = ["# seqmnist sweep", "", "| model | view | dataset | seeds | test accuracy (mean ± std) "
-          "| 95% interval | report |", "| --- | --- | --- | --- | --- | --- | --- |"]
-    md += [f"| {r['model']} | {r['view']} | {r['dataset']} | {len(r['seeds'])} | "
-           f"{r['mean'] * 100:.2f}%"
-           + (f" ± {r['std'] * 100:.2f}" if len(r["seeds"]) > 1 else " (one seed: no spread)")
-           + f" | {r['ci'][0] * 100:.2f} to {r['ci'][1] * 100:.2f} | "
-           f"[{r['dataset']}]({r['report']}) |" for r in rows]
-    md += ["", "Intervals: t across seeds with two or more seeds, else bootstrap over test "
-           "images. Every run folder is under `runs/`; each dataset's report holds the pairwise "
-           "tests and the verdict."]
-    atomic_write(out / "sweep.md", "\n".join(md) + "\n")
+    write_sweep_summary(rows, out)
     write_json(out / "sweep.json", dict(rows=rows, reports=reports))
     return dict(rows=rows, reports=reports, report=str(out / "sweep.md"))
 
