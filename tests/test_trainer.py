@@ -133,3 +133,29 @@ def test_trained_and_imported_runs_have_the_same_provenance_fields(tmp_path):
     assert b["recipe"] is None and b["train_images"] is None and a["train_images"] == 100
     assert b["imported_from"]["sha256"] == json.loads(
         (imported / "config.json").read_text())["imported_from"]["sha256"]
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_real_signal_mid_epoch_stops_after_that_batch_and_resume_says_so(tmp_path, signum):
+    """The signal is sent to this process from inside the third batch (so it arrives during
+    training by construction): the handler notes it, the epoch in progress is dropped, the run
+    keeps the previous epoch's checkpoint, and the resume says where it continues."""
+    import os
+
+    sent = []
+
+    def send(row):
+        if row["epoch"] == 1 and row["step"] == 2 and not sent:
+            sent.append(row["step"])
+            os.kill(os.getpid(), signum)
+
+    cfg = TrainConfig(model="rnn", dataset="digits", epochs=3, limit=300)
+    with training.batch_hook(send), pytest.raises(TrainingInterrupted) as info:
+        train(cfg, out=tmp_path, log=quiet, progress=False)
+    assert info.value.signum == signum and info.value.epochs_done == 1 and sent == [2]
+    assert info.value.exit_code == 128 + signum
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers put back
+    lines = []
+    done = train(resume=info.value.folder, log=lines.append, progress=False)
+    assert f"Resuming {info.value.folder} after epoch 1/3" in lines
+    assert [h["epoch"] for h in done.history] == [1, 2, 3]
