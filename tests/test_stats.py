@@ -45,6 +45,23 @@ def test_bootstrap_is_seeded_reproducible_and_covers_the_mean():
     assert a[1] - a[0] == pytest.approx(2 * 1.96 * se, rel=0.15)
 
 
+@pytest.mark.parametrize("n, p, seeds", [(400, 0.9, 1), (300, 0.6, 3), (250, 0.98, 5)])
+def test_the_bca_interval_is_scipys_own(n, p, seeds):
+    """The closed-form jackknife gives SciPy's BCa interval for the same bootstrap draws: per-image
+    values as a report has them (the fraction of seeds that read each image right)."""
+    from scipy import stats as sps
+
+    rng = np.random.default_rng(n)
+    values = (rng.random((seeds, n)) < p).mean(axis=0)
+    ours = stats.bootstrap_mean(values, seed=7, resamples=2000)
+    theirs = sps.bootstrap((values,), np.mean, n_resamples=2000, method="BCa",
+                           random_state=np.random.default_rng(7)).confidence_interval
+    assert ours == pytest.approx((theirs.low, theirs.high), abs=1e-12)
+    percentile = sps.bootstrap((values,), np.mean, n_resamples=2000, method="percentile",
+                               random_state=np.random.default_rng(7)).confidence_interval
+    assert ours != pytest.approx((percentile.low, percentile.high), abs=1e-12)  # really BCa
+
+
 def test_compare_pair_calls_a_clear_gap_and_not_noise():
     rng = np.random.default_rng(0)
     truth_a = rng.random((3, 2000)) < 0.99

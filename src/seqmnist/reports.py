@@ -24,7 +24,6 @@ from .plots import (
     gallery_figure,
     history_figure,
     png,
-    save_figure,
 )
 
 
@@ -259,7 +258,7 @@ class Block:
     style: str = ""
     headers: tuple = ()
     rows: tuple = ()
-    items: tuple = ()  # figures: (file, caption, Figure); links: (label, (Link, ...))
+    items: tuple = ()  # figures: (file, caption, PNG bytes); links: (label, (Link, ...))
 
 
 def heading(text: str) -> Block:
@@ -332,8 +331,8 @@ def html_page(title: str, blocks: list[Block]) -> str:
         elif b.kind == "figures":
             parts.append("".join(
                 f'<figure><img alt="{esc(c)}" src="data:image/png;base64,'
-                f'{base64.b64encode(png(fig)).decode()}"><figcaption>{esc(c)}</figcaption>'
-                "</figure>" for _, c, fig in b.items))
+                f'{base64.b64encode(data).decode()}"><figcaption>{esc(c)}</figcaption>'
+                "</figure>" for _, c, data in b.items))
         elif b.kind == "links":
             parts.append("<ul>" + "".join(
                 f"<li>{esc(label)}: " + ", ".join(cell(link) for link in links) + "</li>"
@@ -422,9 +421,9 @@ def write_report(runs: list, out: str | Path, test_images: np.ndarray | None = N
     result = analyse(runs, seed=seed, labels=test_labels)
     result["inside"] = inside_view(runs, result["groups"], test_images, test_labels)
     out.mkdir(parents=True, exist_ok=True)
-    figs = _figures(result, test_images)
-    for stem, _, fig in figs:
-        save_figure(fig, out / f"{stem}.png")
+    figs = [(stem, caption, png(fig)) for stem, caption, fig in _figures(result, test_images)]
+    for stem, _, data in figs:  # each figure rendered once: the file and the page share it
+        atomic_write(out / f"{stem}.png", data)
     warning = _quick_warning(result)
     title = f"seqmnist comparison on {result['dataset']} ({result['test_images']:,} test images)"
     blocks = [paragraph(warning, "warning")] if warning else []
@@ -432,7 +431,7 @@ def write_report(runs: list, out: str | Path, test_images: np.ndarray | None = N
     for name, headers, rows in _sections(result):
         blocks += [heading(name), table(headers, rows)]
     blocks += [heading("Figures"), Block("figures", items=tuple(
-        (f"{stem}.png", caption, fig) for stem, caption, fig in figs))]
+        (f"{stem}.png", caption, data) for stem, caption, data in figs))]
     blocks += [heading("Method"), paragraph(result["methods"]), heading("Run folders"),
                Block("links", items=tuple(
                    (g["name"], tuple(Link(Path(r).name, _relative(r, out)) for r in g["runs"]))

@@ -40,20 +40,43 @@ def t_interval(values, level: float = LEVEL) -> tuple[float, float] | None:
 def bootstrap_mean(per_image, seed: int = 0, level: float = LEVEL,
                    resamples: int = BOOTSTRAP_RESAMPLES) -> tuple[float, float]:
     """Bootstrap (BCa) interval of the mean of per-image values, resampling test images with a
-    seeded generator, so the same inputs always give the same interval."""
+    seeded generator, so the same inputs always give the same interval.
+
+    SciPy draws the bootstrap distribution; the BCa interval is SciPy's formula, with the
+    jackknife of the mean in closed form (each leave-one-out mean is (sum - x_i) / (n - 1)):
+    SciPy's own BCa recomputes the mean n times over n - 1 values, 7 s for 10,000 test images,
+    for the same interval (tests/test_stats.py compares the two)."""
     from scipy import stats
 
     v = np.asarray(per_image, dtype=np.float64)
     if len(v) < 2 or np.all(v == v[0]):
         return float(v.mean()), float(v.mean())
     res = stats.bootstrap((v,), np.mean, n_resamples=resamples, confidence_level=level,
-                          method="BCa", random_state=np.random.default_rng(seed))
-    lo, hi = res.confidence_interval
+                          method="percentile", random_state=np.random.default_rng(seed))
+    lo, hi = bca_of_mean(v, res.bootstrap_distribution, level)
     if not (math.isfinite(lo) and math.isfinite(hi)):  # degenerate BCa: fall back to percentile
-        res = stats.bootstrap((v,), np.mean, n_resamples=resamples, confidence_level=level,
-                              method="percentile", random_state=np.random.default_rng(seed))
         lo, hi = res.confidence_interval
     return float(lo), float(hi)
+
+
+def bca_of_mean(v: np.ndarray, theta_b: np.ndarray, level: float = LEVEL) -> tuple[float, float]:
+    """The BCa interval of ``v``'s mean from its bootstrap distribution ``theta_b``, as
+    ``scipy.stats.bootstrap(method="BCa")`` computes it (Efron & Tibshirani 14.3, 15.4)."""
+    from scipy import stats
+    from scipy.special import ndtr, ndtri
+
+    theta = np.mean(v)
+    z0 = ndtri((np.count_nonzero(theta_b < theta) + np.count_nonzero(theta_b <= theta))
+               / (2 * len(theta_b)))
+    n = len(v)
+    jackknife = (v.sum() - v) / (n - 1)
+    u = (n - 1) * (jackknife.mean() - jackknife)
+    a = (np.sum(u ** 3) / n ** 3) / (np.sum(u ** 2) / n ** 2) ** 1.5 / 6
+    z = float(ndtri((1 - level) / 2))
+    alphas = [ndtr(z0 + (z0 + zz) / (1 - a * (z0 + zz))) for zz in (z, -z)]
+    quantile = getattr(stats, "quantile", None)
+    q = quantile(theta_b, np.array(alphas)) if quantile else np.quantile(theta_b, alphas)
+    return float(q[0]), float(q[1])
 
 
 @dataclass
