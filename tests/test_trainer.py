@@ -159,3 +159,21 @@ def test_a_real_signal_mid_epoch_stops_after_that_batch_and_resume_says_so(tmp_p
     done = train(resume=info.value.folder, log=lines.append, progress=False)
     assert f"Resuming {info.value.folder} after epoch 1/3" in lines
     assert [h["epoch"] for h in done.history] == [1, 2, 3]
+
+
+def test_the_step_leaves_every_core_to_one_model_and_one_core_to_each_replica():
+    cfg = replace(TrainConfig(model="cnn", dataset="digits").resolved(), replicas=1,
+                  backend="torch", precision="fp32")
+    assert Step(create_model("cnn", (1, 8, 8), 10), cfg, 1, threads=2).threads == 2
+    two = Step(create_model("rnn", (8, 8), 10), replace(cfg, model="rnn", view="rows",
+                                                        replicas=2), 1, threads=2)
+    assert two.threads == 1
+    two.close()
+
+
+def test_a_finished_run_leaves_no_replica_threads_behind(tmp_path):
+    import threading
+
+    train(TrainConfig(model="rnn", dataset="digits", epochs=1, limit=100, replicas=2),
+          out=tmp_path, log=quiet, progress=False)
+    assert not [t for t in threading.enumerate() if t.name.startswith("replica")]
