@@ -3,6 +3,7 @@ reports, and a rerun that skips finished runs and resumes interrupted ones."""
 
 import json
 import signal
+from pathlib import Path
 
 import pytest
 
@@ -266,3 +267,56 @@ def test_compare_with_out_resumes_like_a_sweep(tmp_path, monkeypatch):
     links = re.findall(r"\]\(([^)]+)\)", (out / "report.md").read_text())
     folders = [link for link in links if "runs/" in link]
     assert len(folders) == 2 and all((out / link).is_dir() for link in folders)
+
+
+def test_seeds_side_by_side_train_exactly_as_alone_and_say_so(tmp_path):
+    """Two seeds of two models trained side by side in threads of one process: each seed's
+    weights are bit for bit those of the same seed trained alone (one thread, as each side-by-
+    side run has), and its provenance says how it was trained."""
+    import torch
+    from safetensors.torch import load_file
+
+    from seqmnist import TrainConfig, train
+
+    summary = compare(["gru", "s4d"], seeds=2, epochs=1, limit=200, dataset="digits", jobs=2,
+                      out=tmp_path / "together", progress=False, log=quiet)
+    for g in summary["groups"]:
+        for seed, path in zip(g["seeds"], g["runs"]):
+            facts = json.loads((Path(path) / "provenance.json").read_text())
+            assert facts["trained_together"] == dict(runs=4, at_once=2, threads_each=1,
+                                                     how="threads of one process")
+            alone = train(TrainConfig(model=g["model"], dataset="digits", epochs=1, limit=200,
+                                      seed=seed, threads=1), out=tmp_path / "alone",
+                          progress=False, log=quiet).path
+            a, b = load_file(Path(path) / "model.safetensors"), load_file(alone / "model.safetensors")
+            assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), g["model"]
+
+
+def test_a_signal_stops_every_run_side_by_side_and_the_rerun_finishes_them(tmp_path):
+    """SIGTERM sent from inside a run trained in a worker thread (during its second epoch, by
+    construction): the main thread's handler stops every run between batches, each keeps its
+    last complete epoch, and the same comparison again resumes them and finishes."""
+    import os
+
+    from seqmnist import training
+
+    out = tmp_path / "cmp"
+    settings = dict(dataset="digits", epochs=2, seeds=2, jobs=2, out=out, log=quiet,
+                    progress=False)
+    sent = []
+
+    def send(row):
+        if row["epoch"] == 1 and not sent:
+            sent.append(row["seed"])
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    with training.batch_hook(send), pytest.raises(training.TrainingInterrupted) as info:
+        compare(["rnn"], **settings)
+    assert info.value.signum == signal.SIGTERM and len(sent) == 1
+    assert training.SIGNALLED["signum"] is None  # cleared for whatever runs next
+    summary = compare(["rnn"], **settings)
+    (g,) = summary["groups"]
+    assert g["seeds"] == [0, 1]
+    for path in g["runs"]:
+        assert [h["epoch"] for h in json.loads((Path(path) / "history.json").read_text())] \
+            == [1, 2]

@@ -177,3 +177,25 @@ def test_a_finished_run_leaves_no_replica_threads_behind(tmp_path):
     train(TrainConfig(model="rnn", dataset="digits", epochs=1, limit=100, replicas=2),
           out=tmp_path, log=quiet, progress=False)
     assert not [t for t in threading.enumerate() if t.name.startswith("replica")]
+
+
+def test_the_first_lines_say_how_the_run_trains_and_validates(tmp_path):
+    lines = []
+    train(TrainConfig(model="rnn", dataset="digits", epochs=1, limit=300, replicas=2),
+          out=tmp_path / "a", log=lines.append, progress=False)
+    assert "validating on the 360 test images after each epoch, as the tutorial does" in lines[0]
+    assert "batch split over 2 cores" in lines[0]
+    lines.clear()
+    train(TrainConfig(model="rnn", dataset="digits", epochs=1, limit=300, replicas=1,
+                      protocol="research"), out=tmp_path / "b", log=lines.append,
+          progress=False)
+    assert "research protocol: validating on the last 30 training images held out" in lines[0]
+    assert "batch split" not in lines[0]
+
+
+def test_a_resume_takes_the_folder_as_text_too(tmp_path):
+    cfg = TrainConfig(model="rnn", dataset="digits", epochs=2, limit=100)
+    with training.epoch_hook(lambda row: True), pytest.raises(TrainingInterrupted) as info:
+        train(cfg, out=tmp_path, log=quiet, progress=False)
+    done = train(resume=str(info.value.folder), log=quiet, progress=False)
+    assert done.path == info.value.folder and len(done.history) == 2

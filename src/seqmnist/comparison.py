@@ -48,22 +48,33 @@ def choose_jobs(runs: int, seeds: int, jobs: int | None) -> int:
     return max(1, min(os.cpu_count() or 1, runs)) if seeds > 1 else 1
 
 
-def _train_in_worker(cfg: TrainConfig, runs_dir: str, data_dir: str | None, threads: int,
-                     tensorboard: bool, slots: str | None = None) -> tuple[str, float]:
+def _train_here(cfg: TrainConfig, runs_dir, data_dir, threads: int, tensorboard: bool,
+                slots: Path | None = None, dataset=None, together: dict | None = None
+                ) -> tuple[str, float]:
+    """One run of a comparison, in this process (a worker thread) or a worker process."""
     import torch
 
     from .slots import run_slot, slot_key
     from .training import train
 
-    torch.set_num_threads(threads)
+    torch.set_num_threads(threads)  # per thread: OpenMP keeps it for the calling thread
     start = time.perf_counter()
     cfg = replace(cfg, threads=threads)
+    facts = dict(trained_together=together) if together else None
     if slots is not None:  # a resumable comparison: the run's slot under --out
-        _, path = run_slot(slot_key(cfg), cfg, Path(slots), data_dir, tensorboard=tensorboard)
+        _, path = run_slot(slot_key(cfg), cfg, Path(slots), data_dir, tensorboard=tensorboard,
+                           facts=facts, dataset=dataset)
         return str(path), time.perf_counter() - start
     result = train(cfg, out=runs_dir, data_dir=data_dir, progress=False, log=lambda *_: None,
-                   tensorboard=tensorboard)
+                   tensorboard=tensorboard, dataset=dataset, facts=facts)
     return str(result.path), time.perf_counter() - start
+
+
+def _train_in_worker(cfg: TrainConfig, runs_dir: str, data_dir: str | None, threads: int,
+                     tensorboard: bool, slots: str | None = None,
+                     together: dict | None = None) -> tuple[str, float]:
+    return _train_here(cfg, runs_dir, data_dir, threads, tensorboard,
+                       None if slots is None else Path(slots), None, together)
 
 
 def seconds_per_image(configs: list[TrainConfig], image_shape: tuple[int, int],
@@ -112,27 +123,68 @@ def longest_first(configs: list[TrainConfig], ds) -> list[int]:
 
 def train_side_by_side(configs: list[TrainConfig], jobs: int, runs_dir, data_dir, tensorboard,
                        log, ds, slots: Path | None = None) -> list[Path]:
-    """Train ``configs`` in ``jobs`` worker processes (spawned, so each has its own PyTorch),
-    the most expensive first (``longest_first``); a line per finished run. Returns the run
-    folders in the order of ``configs``. A failed run stops the comparison with its error."""
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor, as_completed
+    """Train ``configs`` ``jobs`` at a time, each on its share of the cores, the most expensive
+    first (``longest_first``); a line per finished run. Returns the run folders in the order of
+    ``configs``. A failed run stops the comparison with its error.
+
+    Side by side in threads of this process where every model draws its random numbers from
+    its own generators (``models.draws_from_global_rng``): the runs share the imports, the
+    dataset in memory and the start-up, and each still trains exactly as it would alone (its
+    weights built under one lock from its seed, its own shuffle and dropout generators).
+    Otherwise (the transformer's attention dropout) in worker processes."""
+    import torch
+
+    from .models import create_model, draws_from_global_rng
+    from .views import VIEWS
 
     threads = max(1, (os.cpu_count() or 1) // jobs)
+    with torch.device("meta"):
+        shared = not any(draws_from_global_rng(create_model(
+            c.model, VIEWS[c.view].shape(*ds.image_shape), ds.num_classes, **c.model_options))
+            for c in configs)
+    together = dict(runs=len(configs), at_once=jobs, threads_each=threads,
+                    how="threads of one process" if shared else "worker processes")
+    order = longest_first(configs, ds)
     paths: list[Path] = [Path()] * len(configs)
+    if shared:
+        from concurrent.futures import ThreadPoolExecutor
+
+        from .training import stop_on_signals
+
+        with stop_on_signals(), ThreadPoolExecutor(
+                jobs, thread_name_prefix="run", initializer=torch.set_num_threads,
+                initargs=(threads,)) as pool:
+            futures = {pool.submit(_train_here, configs[i], runs_dir, data_dir, threads,
+                                   tensorboard, slots, ds, together): i for i in order}
+            _collect(futures, configs, paths, log)
+        return paths
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(jobs, mp_context=context) as pool:
         futures = {pool.submit(_train_in_worker, configs[i], str(runs_dir),
                                None if data_dir is None else str(data_dir), threads,
-                               tensorboard, None if slots is None else str(slots)): i
-                   for i in longest_first(configs, ds)}
-        for done, future in enumerate(as_completed(futures), 1):
-            i = futures[future]
-            path, seconds = future.result()
-            log(f"finished {configs[i].model}, seed {configs[i].seed} ({done} of "
-                f"{len(configs)}): {seconds:.1f} s, {path}")
-            paths[i] = Path(path)
+                               tensorboard, None if slots is None else str(slots), together): i
+                   for i in order}
+        _collect(futures, configs, paths, log)
     return paths
+
+
+def _collect(futures: dict, configs: list[TrainConfig], paths: list[Path], log) -> None:
+    from concurrent.futures import as_completed
+
+    for done, future in enumerate(as_completed(futures), 1):
+        i = futures[future]
+        try:
+            path, seconds = future.result()
+        except BaseException:  # a failed or interrupted run: start no other
+            for f in futures:
+                f.cancel()
+            raise
+        log(f"finished {configs[i].model}, seed {configs[i].seed} ({done} of "
+            f"{len(configs)}): {seconds:.1f} s, {path}")
+        paths[i] = Path(path)
 
 
 def compare(models: list[str] | None = None, *, runs: list[str | Path] | None = None,
@@ -172,9 +224,8 @@ def compare(models: list[str] | None = None, *, runs: list[str | Path] | None = 
     runs_dir = Path(runs_dir or "runs")
     with holding(slots, COMPARE_LOCK, "comparison") if slots is not None else nullcontext():
         if jobs > 1:
-            log(f"Training {len(configs)} runs, {jobs} at a time (one process per core, one "
-                "thread each: measured faster for several seeds, BENCHMARKS.md), the longest "
-                "first")
+            log(f"Training {len(configs)} runs, {jobs} at a time (one per core, one thread each: "
+                "measured faster for several seeds, BENCHMARKS.md), the longest first")
             paths = train_side_by_side(configs, jobs, runs_dir, data_dir, tensorboard, log, ds,
                                        slots)
         else:

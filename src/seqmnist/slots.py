@@ -93,10 +93,12 @@ def run_state(folder: Path, wanted: TrainConfig | None = None) -> tuple[str, Pat
 
 def run_slot(key: str, config: TrainConfig, out: Path, data_dir: str | Path | None = None,
              log: Callable[[str], None] = lambda *_: None, facts: dict | None = None,
-             tensorboard: bool = False, progress: bool = False) -> tuple[str, Path]:
+             tensorboard: bool = False, progress: bool = False,
+             dataset=None) -> tuple[str, Path]:
     """Finish the run of ``config`` in the slot ``out/runs/key``: skip it, resume it or start it.
     Returns (what was done: "skipped", "resumed" or "trained"; the run folder). Safe to call
-    again after any interruption. ``facts``: more provenance for the run (where it ran). The
+    again after any interruption. ``facts``: more provenance for the run (where it ran);
+    ``dataset``: the config's dataset, already loaded (runs side by side share it). The
     slot is held exclusively while this runs: a second caller (a retried Ray task whose first
     worker still writes) waits for it."""
     from .training import train
@@ -116,7 +118,8 @@ def run_slot(key: str, config: TrainConfig, out: Path, data_dir: str | Path | No
         if state == "resume":
             try:
                 return "resumed", train(resume=run, data_dir=data_dir, progress=progress, log=log,
-                                        facts=facts, tensorboard=tensorboard).path
+                                        facts=facts, tensorboard=tensorboard,
+                                        dataset=dataset).path
             except CheckpointError as exc:  # never deleted silently: the user decides
                 raise CheckpointError(f"{exc}\n(remove {run} to train that run "
                                       "again)") from None
@@ -124,4 +127,4 @@ def run_slot(key: str, config: TrainConfig, out: Path, data_dir: str | Path | No
             shutil.rmtree(abandoned)  # killed before its first epoch was saved: nothing to keep
         cfg = replace(config, data_dir=None)
         return "trained", train(cfg, out=folder, data_dir=data_dir, progress=progress, log=log,
-                                facts=facts, tensorboard=tensorboard).path
+                                facts=facts, tensorboard=tensorboard, dataset=dataset).path

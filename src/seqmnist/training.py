@@ -83,9 +83,19 @@ def resolve_precision(cfg: TrainConfig, device: torch.device) -> str:
     return "bf16" if native else "fp32"
 
 
+# A signal caught by the main thread, for the trainers running in other threads of the process
+# (seeds trained side by side): each checks it between batches as it checks its own flag.
+SIGNALLED: dict[str, int | None] = {"signum": None}
+# Seeding PyTorch's global generator and building a model from it happen under this lock, so
+# that runs trained side by side in threads start from the weights they would have alone.
+BUILDING = threading.Lock()
+
+
 @contextmanager
 def stop_on_signals():
-    """Turn SIGINT/SIGTERM into a flag checked between batches (main thread only)."""
+    """Turn SIGINT/SIGTERM into a flag checked between batches. In the main thread this installs
+    the handlers; in another thread it only yields a flag (the main thread's handler notes the
+    signal in SIGNALLED, which every trainer watches too)."""
     flag: dict[str, int | None] = {"signum": None}
     if threading.current_thread() is not threading.main_thread():
         yield flag
@@ -93,11 +103,13 @@ def stop_on_signals():
 
     def handler(signum, _frame):
         flag["signum"] = signum
+        SIGNALLED["signum"] = signum
 
     old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield flag
     finally:
+        SIGNALLED["signum"] = None
         for s, h in old.items():
             signal.signal(s, h)
 
@@ -223,6 +235,8 @@ class Trainer:
                                                   seed=cfg.seed)))
                     if stop and flag["signum"] is None:
                         flag["signum"] = stop
+                if flag["signum"] is None and SIGNALLED["signum"] is not None:
+                    flag["signum"] = SIGNALLED["signum"]  # caught by the main thread
                 if flag["signum"] is not None:
                     raise TrainingInterrupted(flag["signum"], folder, epoch + 1)
                 if self.best is not None and epoch + 1 - self.best["epoch"] >= cfg.patience:
@@ -259,6 +273,8 @@ class Trainer:
                                 acc=f"{correct.item() / seen:.4f}", refresh=False)
             bar.update()
             done = step + 1
+            if flag["signum"] is None and SIGNALLED["signum"] is not None:
+                flag["signum"] = SIGNALLED["signum"]  # caught by the main thread
             if flag["signum"] is not None:
                 break
         bar.close()
@@ -293,7 +309,6 @@ def train(config: TrainConfig | None = None, *, out: str | Path = "runs",
         torch.use_deterministic_algorithms(True, warn_only=True)
     device = resolve_device(cfg.device)
     cfg = replace(cfg, precision=resolve_precision(cfg, device))
-    torch.manual_seed(cfg.seed)
 
     if data_dir is not None:  # stored absolute: a resume from another folder finds the same files
         cfg = replace(cfg, data_dir=str(Path(data_dir).resolve()))
@@ -304,8 +319,11 @@ def train(config: TrainConfig | None = None, *, out: str | Path = "runs",
                     ds.num_classes)
     input_shape = VIEWS[cfg.view].shape(*ds.image_shape)
     # built only once it is known to fit in memory and to read this input: no folder before that
-    check_model(cfg.model, input_shape, ds.num_classes, cfg.model_options, cfg.batch_size)
-    model = create_model(cfg.model, input_shape, ds.num_classes, **cfg.model_options).to(device)
+    with BUILDING:
+        torch.manual_seed(cfg.seed)
+        check_model(cfg.model, input_shape, ds.num_classes, cfg.model_options, cfg.batch_size)
+        model = create_model(cfg.model, input_shape, ds.num_classes,
+                             **cfg.model_options).to(device)
     x_train = to_input(ds.x_train, cfg.view, cfg.seed, device)
     if x_train.dim() == 4:  # channels_last: oneDNN's preferred layout, 1.3x faster measured
         model = model.to(memory_format=torch.channels_last)

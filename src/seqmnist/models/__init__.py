@@ -180,6 +180,15 @@ class Dropout(nn.Dropout):
         return x * mask.mul_(1.0 / (1.0 - self.p))
 
 
+def draws_from_global_rng(model: nn.Module) -> bool:
+    """Whether training ``model`` draws random numbers from PyTorch's process-wide generator
+    (dropout other than ``Dropout``'s, attention dropout): such a model trained beside another
+    in the same process would not get the draws it gets alone."""
+    return any((isinstance(m, nn.Dropout) and not isinstance(m, Dropout) and m.p > 0)
+               or (isinstance(m, nn.MultiheadAttention) and m.dropout > 0)
+               for m in model.modules())
+
+
 def set_dropout_generator(model: nn.Module, generator: torch.Generator | None) -> None:
     for m in model.modules():
         if isinstance(m, Dropout):

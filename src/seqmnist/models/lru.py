@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from . import SEQUENCE_VIEWS, BlockStack, check_sizes, register_model
+from . import SEQUENCE_VIEWS, BlockStack, Dropout, check_sizes, register_model
 
 
 class LRULayer(nn.Module):
@@ -80,7 +80,7 @@ class LRUBlock(nn.Module):
         self.norm = nn.LayerNorm(channels)
         self.lru = LRULayer(channels, states)
         self.mix = nn.Linear(channels, 2 * channels)  # GLU
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)  # its own generator per replica: reproducible in threads
 
     def forward(self, x: torch.Tensor, recurrent: bool = False) -> torch.Tensor:
         z = self.norm(x)

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from . import SEQUENCE_VIEWS, BlockStack, check_sizes, register_model
+from . import SEQUENCE_VIEWS, BlockStack, Dropout, check_sizes, register_model
 
 
 class S4DLayer(nn.Module):
@@ -88,7 +88,7 @@ class S4DBlock(nn.Module):
         super().__init__()
         self.norm = nn.LayerNorm(channels)
         self.ssm = S4DLayer(channels, states)
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)  # its own generator per replica: reproducible in threads
         self.mix = nn.Linear(channels, channels)
 
     def forward(self, x: torch.Tensor, recurrent: bool = False) -> torch.Tensor:

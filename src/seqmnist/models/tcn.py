@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from . import SEQUENCE_VIEWS, CausalClassifier, check_sizes, register_model
+from . import SEQUENCE_VIEWS, CausalClassifier, Dropout, check_sizes, register_model
 
 
 class TemporalBlock(nn.Module):
@@ -23,7 +23,7 @@ class TemporalBlock(nn.Module):
         self.pad = (kernel - 1) * dilation
         self.conv1 = nn.Conv1d(cin, cout, kernel, dilation=dilation)
         self.conv2 = nn.Conv1d(cout, cout, kernel, dilation=dilation)
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)  # its own generator per replica: reproducible in threads
         self.down = nn.Conv1d(cin, cout, 1) if cin != cout else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (N, C, T)
