@@ -109,8 +109,8 @@ def test_explicit_data_dir_is_used_or_is_an_error(tmp_path, monkeypatch, small_m
 
 
 def test_unknown_dataset():
-    with pytest.raises(UsageError, match="unknown dataset 'kmnist'"):
-        load_dataset("kmnist")
+    with pytest.raises(UsageError, match="unknown dataset 'kuzushiji-49'"):
+        load_dataset("kuzushiji-49")
 
 
 def test_digits_is_offline_and_seeded():

@@ -97,3 +97,13 @@ def test_a_slot_ignores_how_a_run_was_computed_but_not_a_named_backend():
     assert recipe_differences(stored, replace(stored, backend="torch")) == [
         "backend 'native', not 'torch'"]
     assert recipe_differences(stored, replace(stored, epochs=3)) == ["epochs 2, not 3"]
+
+
+def test_a_finished_run_holds_every_file_the_recorder_writes(new_run):
+    names = {p.name for p in new_run.iterdir()}
+    assert names >= {"config.json", "provenance.json", "summary.txt", "history.json",
+                     "history.csv", "checkpoint.pt", "model.safetensors", "predictions.npz",
+                     "metrics.json", "loss.png", "accuracy.png", "confusion.png"}
+    assert "checkpoint.prev.pt" not in names  # the previous checkpoint goes when it finishes
+    for png in ("loss.png", "accuracy.png", "confusion.png"):
+        assert (new_run / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
