@@ -67,6 +67,8 @@ def test_an_old_and_a_new_run_compare_together(new_run, tmp_path):
     ("confusion", [[1] * 10] * 9, "confusion must be 10 x 10"),
     ("anytime", {"steps": [1], "accuracy": []}, "anytime must hold"),
     ("provenance", [], "provenance must be a JSON object"),
+    ("provenance", {"threads": "two"}, "provenance: threads must be a whole number"),
+    ("provenance", {"recipe": [1]}, "provenance: recipe must be a table"),
 ])
 def test_each_field_is_checked_by_its_definition(new_run, tmp_path, field, value, words):
     folder = tmp_path / "edited"
@@ -107,3 +109,15 @@ def test_a_finished_run_holds_every_file_the_recorder_writes(new_run):
     assert "checkpoint.prev.pt" not in names  # the previous checkpoint goes when it finishes
     for png in ("loss.png", "accuracy.png", "confusion.png"):
         assert (new_run / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_provenance_is_its_definition_with_the_machine_beside_it(new_run):
+    from seqmnist import system
+    from seqmnist.record import Provenance
+
+    facts = json.loads((new_run / "provenance.json").read_text())
+    fixed = {f.name for f in fields(Provenance)} - set(Provenance.FLAT)
+    assert set(facts) == fixed | set(system.environment())
+    assert facts["version"] == VERSION and facts["recipe"]["model"] == "rnn"
+    assert facts["train_images"] == 200 and facts["resumed"] == []
+    assert Provenance.check(facts) is facts

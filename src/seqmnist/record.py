@@ -1,8 +1,8 @@
-"""The run record's results: metrics.json, defined once.
+"""The run record, defined once: provenance.json and metrics.json.
 
 A run folder says three things about its run: what it is (config.json: ``TrainConfig``, whose
 ``recipe()`` and ``runtime()`` split it into what was trained and how or where it was computed),
-where it was made (provenance.json, built by ``recorder.provenance``), and what came out
+where and how it was made (provenance.json: ``Provenance`` here), and what came out
 (metrics.json: ``RunMetrics`` here). The recorder writes ``RunMetrics(...).to_dict()``; loading
 a run checks the file with the same fields (``RunMetrics.from_dict``): every field's type from
 its annotation, the tables (confusion, per-class accuracy, misclassified images, anytime
@@ -115,12 +115,19 @@ CHECKS = {  # a field's own check, where its type alone does not say enough
         and isinstance(v.get("accuracy"), list) and len(v["steps"]) == len(v["accuracy"]) > 0
         and all(_count(s) for s in v["steps"]) and all(_number(a) for a in v["accuracy"])
         and _count(v.get("of")) else "anytime must hold steps, accuracy and of",
-    "provenance": lambda v, n: None if isinstance(v, dict) else
-        "provenance must be a JSON object",
+    "provenance": lambda v, n: _provenance_problem(v),
 }
 KINDS = {"str": (lambda v: isinstance(v, str), "text"), "int": (_count, "a whole number"),
          "float": (_number, "a number"), "dict": (lambda v: isinstance(v, dict), "a table"),
          "list": (lambda v: isinstance(v, list), "a list")}
+
+
+def _provenance_problem(value) -> str | None:
+    try:
+        Provenance.check(value, "provenance")
+    except CheckpointError as exc:
+        return str(exc).replace("provenance: not a JSON object", "provenance must be a JSON object")
+    return None
 
 
 def _problem(name: str, annotation: str, value, n: int) -> str | None:
@@ -131,3 +138,48 @@ def _problem(name: str, annotation: str, value, n: int) -> str | None:
     kind = annotation.split("|")[0].strip()
     ok, word = KINDS[kind]
     return None if ok(value) else f"{name} must be {word}"
+
+
+@dataclass
+class Provenance:
+    """Where and how a run was made. ``environment`` (the machine and software, from
+    system.environment) and ``facts`` (a sweep's Ray node, an import's source file, how seeds
+    were trained together) are written flat beside the fields; ``resumed`` gains an entry per
+    resume."""
+
+    started: str
+    device: str
+    backend: str
+    precision: str
+    threads: int
+    replicas: int
+    train_images: int | None  # None for an imported model
+    train_images_total: int | None
+    test_images: int
+    data_source: str
+    recipe: dict | None  # the config trained with (None for an imported model)
+    resumed: list = field(default_factory=list)
+    environment: dict = field(default_factory=dict)
+    facts: dict = field(default_factory=dict)
+    version: int = VERSION
+
+    FLAT = ("environment", "facts")
+
+    def to_dict(self) -> dict:
+        fixed = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in self.FLAT}
+        return {**self.environment, **fixed, **self.facts}
+
+    @classmethod
+    def check(cls, data, where: str = "provenance.json") -> dict:
+        """``data`` checked against the fields it has (older runs lack some): the dict, or a
+        CheckpointError naming the field."""
+        if not isinstance(data, dict):
+            raise CheckpointError(f"{where}: not a JSON object")
+        for f in fields(cls):
+            if f.name in cls.FLAT or data.get(f.name) is None:
+                continue
+            kind = str(f.type).split("|")[0].strip()
+            ok, word = KINDS[kind]
+            if not ok(data[f.name]):
+                raise CheckpointError(f"{where}: {f.name} must be {word}")
+        return data

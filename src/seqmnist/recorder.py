@@ -26,7 +26,7 @@ from .evaluation import Evaluation, anytime_accuracy
 from .fileio import atomic_write, read_json, write_json
 from .models import trainable_parameters
 from .plots import plot_confusion, plot_history
-from .record import RunMetrics
+from .record import Provenance, RunMetrics
 from .storage import (
     PREVIOUS_CHECKPOINT,
     load_checkpoint,
@@ -55,14 +55,14 @@ def writing_to(folder: Path):
 
 def provenance(cfg: TrainConfig, ds: Dataset, *, device: str, threads: int,
                train_images: int | None, recipe: dict | None, facts: dict | None = None) -> dict:
-    """Where and how a run was made: the machine and software (system.environment), the device,
-    backend, precision and threads, the data it saw; ``facts``: more (a sweep on Ray gives its
-    node, an import the file it came from)."""
-    return dict(started=now(), **system.environment(), device=device, backend=cfg.backend,
-                precision=cfg.precision, threads=threads, replicas=cfg.replicas or 1,
-                train_images=train_images, train_images_total=ds.train_total,
-                test_images=len(ds.x_test), data_source=ds.source, recipe=recipe, resumed=[],
-                **(facts or {}))
+    """provenance.json of a new run (``record.Provenance``): the machine and software, the
+    device, backend, precision and threads, the data it saw; ``facts``: more (a sweep on Ray
+    gives its node, an import the file it came from, a comparison how its seeds trained)."""
+    return Provenance(started=now(), device=device, backend=cfg.backend,
+                      precision=cfg.precision, threads=threads, replicas=cfg.replicas or 1,
+                      train_images=train_images, train_images_total=ds.train_total,
+                      test_images=len(ds.x_test), data_source=ds.source, recipe=recipe,
+                      environment=system.environment(), facts=dict(facts or {})).to_dict()
 
 
 def best_epoch(cfg: TrainConfig, history: list[dict]) -> int | None:
