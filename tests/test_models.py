@@ -11,6 +11,8 @@ from seqmnist.models import (
     MODELS,
     check_view,
     create_model,
+    draws_from_global_rng,
+    get_entry,
     list_models,
     summary_text,
     trainable_parameters,
@@ -296,3 +298,19 @@ def test_a_model_registered_in_a_module_of_ones_own_runs_through_the_suite(tmp_p
     assert done.returncode == 0, done.stdout[-3000:]
     passed = int(summary.split(" passed")[0].split()[-1])
     assert passed >= 8, summary  # shapes, parameters, gradients, causal steps, explain, training
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_every_model_draws_its_randomness_from_its_own_generators(name):
+    """No dropout from PyTorch's global generator: replicas and seeds trained side by side in
+    threads then draw exactly what they draw alone (comparison.train_side_by_side)."""
+    shape = VIEWS[get_entry(name).views[0]].shape(28, 28)
+    assert not draws_from_global_rng(create_model(name, shape, 10))
+
+
+def test_the_transformers_attention_weights_are_not_dropped_by_default():
+    model = create_model("transformer", (28, 28), 10)
+    assert all(layer.self_attn.dropout == 0.0 for layer in model.encoder.layers)
+    dropping = create_model("transformer", (28, 28), 10, attention_dropout=0.2)
+    assert all(layer.self_attn.dropout == 0.2 for layer in dropping.encoder.layers)
+    assert draws_from_global_rng(dropping)  # trained in worker processes, then

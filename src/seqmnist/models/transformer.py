@@ -14,14 +14,22 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from . import SEQUENCE_VIEWS, CausalClassifier, check_sizes, register_model
+from . import SEQUENCE_VIEWS, CausalClassifier, Dropout, check_sizes, register_model
 
 
 class CausalTransformer(CausalClassifier):
+    """Dropout ``dropout`` on the residual paths and in the feed-forward block, each drawn from
+    its own generator (so replicas and side-by-side seeds stay reproducible), and
+    ``attention_dropout`` on the attention weights, 0 by default: with it, PyTorch's fused
+    causal attention cannot run on a CPU and a step at 784 steps took 7.6x as long (it draws
+    and applies a mask over every step x step score: BENCHMARKS.md section 15)."""
+
     def __init__(self, input_shape, num_classes: int, d_model: int = 64, heads: int = 4,
-                 layers: int = 2, ff: int = 128, dropout: float = 0.1):
+                 layers: int = 2, ff: int = 128, dropout: float = 0.1,
+                 attention_dropout: float = 0.0):
         check_sizes("transformer", d_model=(d_model, 1, 4096), heads=(heads, 1, 64),
-                    layers=(layers, 1, 64), ff=(ff, 1, 16384), dropout=(dropout, 0, 0.99))
+                    layers=(layers, 1, 64), ff=(ff, 1, 16384), dropout=(dropout, 0, 0.99),
+                    attention_dropout=(attention_dropout, 0, 0.99))
         if d_model % heads:
             raise ValueError(f"d_model {d_model} must be a multiple of heads {heads}")
         super().__init__(input_shape, d_model, num_classes)
@@ -30,6 +38,10 @@ class CausalTransformer(CausalClassifier):
         layer = nn.TransformerEncoderLayer(d_model, heads, ff, dropout, batch_first=True,
                                            norm_first=True)
         self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        for each in self.encoder.layers:
+            each.self_attn.dropout = float(attention_dropout)
+            for name in ("dropout", "dropout1", "dropout2"):
+                setattr(each, name, Dropout(dropout))
         self.norm = nn.LayerNorm(d_model)
 
     # Attention holds (batch x heads x steps x steps) scores: long sequences (784 pixels) are read
