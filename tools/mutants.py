@@ -39,8 +39,8 @@ TARGETS = {
                     "backend or replicas or install or native or disabling"],
     "lstm_kernel.py": ["tests/test_kernel.py"],
     "evaluation.py": ["tests/test_report.py", "tests/test_training.py", "tests/test_record.py",
-                      "-k", "predictions or anytime or section or end_to_end or learns or figure "
-                      "or evaluates"],
+                      "tests/test_explain.py", "-k", "predictions or anytime or section or "
+                      "end_to_end or learns or figure or evaluates or test_set_view"],
     "analysis.py": ["tests/test_report.py", "tests/test_verdicts.py", "tests/test_stats.py"],
 }
 SKIP = re.compile(r"^\s*(def |class |@|return\b|if |elif |else:|for |while |try:|except|finally:|"
