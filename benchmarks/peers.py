@@ -16,7 +16,7 @@ batch of pixel sequences:
 Reports milliseconds per step (median of ``--steps`` after two warm-up steps), FLOPs per step
 (PyTorch's FlopCounterMode: matrix products, convolutions and attention; the FFTs of the S4D
 models are added analytically at 5 n log2 n per real transform of length n, and the fused
-LSTM's gates, which it does not see), and the fraction
+LSTM's gates and fused attention, which it does not see), and the fraction
 of this machine's fp32 peak (cores x GHz x 64). Writes benchmarks/out/peers.json.
 """
 
@@ -150,6 +150,17 @@ def lstm_flops(model: nn.Module, batch: int, steps: int) -> float:
     return total
 
 
+def attention_flops(model: nn.Module, batch: int, steps: int, counted: dict) -> float:
+    """FlopCounterMode does not count PyTorch's fused attention on a CPU: where no attention
+    product was counted, 2 products of 2 x steps^2 x d_model per layer (the causal half skipped
+    by the fused kernel is counted too, as the plain encoder's masked product computes it),
+    forward and backward (x 3)."""
+    if any("bmm" in str(op) or "attention" in str(op) for op in counted):
+        return 0.0
+    layers = [m for m in model.modules() if isinstance(m, nn.MultiheadAttention)]
+    return sum(3 * 2 * 2 * batch * steps * steps * m.embed_dim for m in layers)
+
+
 def step_time(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int) -> tuple[float, float]:
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -169,8 +180,10 @@ def step_time(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int) ->
         start = time.perf_counter()
         step()
         times.append(time.perf_counter() - start)
+    counted = counter.get_flop_counts().get("Global", {})
     return statistics.median(times) * 1000, counter.get_total_flops() + fft_flops(
-        model, len(x), x.shape[1]) + lstm_flops(model, len(x), x.shape[1])
+        model, len(x), x.shape[1]) + lstm_flops(model, len(x), x.shape[1]) + attention_flops(
+        model, len(x), x.shape[1], counted)
 
 
 def peak_gflops() -> float:
