@@ -172,7 +172,8 @@ def build_compare(p: argparse.ArgumentParser) -> None:
                    help="train every model with N seeds (--seed, --seed + 1, ...) and report "
                    "mean, spread, intervals and paired tests (default: 1)")
     p.add_argument("--jobs", type=int_at_least(1, 256), help="runs trained at the same time, "
-                   "one process each (default: one per core with several seeds, else 1)")
+                   "side by side in this process, each on its share of the cores (default: one "
+                   "per core with several seeds, else 1)")
     add_training_options(p)
 
 

@@ -38,7 +38,7 @@ def finished_run(path: str | Path, data_dir: str | Path | None = None) -> Run:
 
 
 def choose_jobs(runs: int, seeds: int, jobs: int | None) -> int:
-    """Runs to train at once. Several seeds of a model finish sooner side by side, one process
+    """Runs to train at once. Several seeds of a model finish sooner side by side, one run
     per core with one thread each, than one after another on all cores (2 LSTM seeds, fast
     preset, 12,000 images: 15.6 s against 28.4 s; BENCHMARKS.md): the small models use one
     core well, and start-up, data loading and evaluation overlap. One seed keeps one run at a
@@ -194,11 +194,11 @@ def compare(models: list[str] | None = None, *, runs: list[str | Path] | None = 
     """Train each of ``models`` with seeds s, s+1, ... (``seeds`` of them; s is ``seed``, default
     0) and the same settings (``config`` = TrainConfig fields), add finished ``runs``, and write
     ``report.md``, ``report.html`` and ``comparison.json`` under ``out``. Returns the analysis.
-    ``jobs``: runs trained at the same time, each in its own process on its share of the cores
-    (default: one per core when there are several seeds, else one). With ``out`` and no
-    ``runs_dir``, each run has its slot under ``out/runs/`` and the same call again after a kill
-    skips the finished runs and resumes the interrupted ones (as a sweep does); else new runs go
-    under ``runs_dir`` (default ``runs/``)."""
+    ``jobs``: runs trained at the same time, side by side on their shares of the cores
+    (``train_side_by_side``; default: one per core when there are several seeds, else one).
+    With ``out`` and no ``runs_dir``, each run has its slot under ``out/runs/`` and the same call
+    again after a kill skips the finished runs and resumes the interrupted ones (as a sweep
+    does); else new runs go under ``runs_dir`` (default ``runs/``)."""
     from .reports import write_report
     from .slots import holding, run_slot, slot_key
     from .training import train
