@@ -314,3 +314,19 @@ def test_the_transformers_attention_weights_are_not_dropped_by_default():
     dropping = create_model("transformer", (28, 28), 10, attention_dropout=0.2)
     assert all(layer.self_attn.dropout == 0.2 for layer in dropping.encoder.layers)
     assert draws_from_global_rng(dropping)  # trained in worker processes, then
+
+
+def test_the_transformers_layers_compute_what_the_encoder_does():
+    """Its pre-norm layers written out (for the fused causal attention at inference too) are the
+    same function as nn.TransformerEncoder over the same layers, in training and in eval mode."""
+    from torch import nn
+
+    torch.manual_seed(0)
+    model = create_model("transformer", (28, 28), 10, dropout=0.0)
+    x = torch.rand(5, 28, 28)
+    for mode in ("train", "eval"):
+        getattr(model, mode)()
+        h = model.embed(x) + model.position
+        mask = nn.Transformer.generate_square_subsequent_mask(28)
+        expected = model.norm(model.encoder(h, mask=mask, is_causal=True))
+        torch.testing.assert_close(model.encode(x), expected, rtol=1e-5, atol=1e-5)

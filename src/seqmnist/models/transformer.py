@@ -57,7 +57,17 @@ class CausalTransformer(CausalClassifier):
         h = self.embed(x) + self.position[:, :steps]
         mask = nn.Transformer.generate_square_subsequent_mask(steps, device=x.device,
                                                                dtype=h.dtype)
-        return self.norm(self.encoder(h, mask=mask, is_causal=True))
+        # Each pre-norm layer written out with its own modules, rather than through
+        # nn.TransformerEncoder: the same function, but attention always goes through
+        # PyTorch's fused causal kernel. The encoder's inference fast path would use the mask as
+        # a mask, 3x slower at 784 steps (a test set read 10 minutes instead of 3).
+        for layer in self.encoder.layers:
+            a = layer.norm1(h)
+            h = h + layer.dropout1(layer.self_attn(a, a, a, attn_mask=mask, need_weights=False,
+                                                   is_causal=True)[0])
+            f = layer.linear1(layer.norm2(h))
+            h = h + layer.dropout2(layer.linear2(layer.dropout(layer.activation(f))))
+        return self.norm(h)
 
 
 @register_model("transformer", SEQUENCE_VIEWS, steps=True, lr=1e-3, view="rows")
