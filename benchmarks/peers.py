@@ -16,7 +16,7 @@ batch of pixel sequences:
 Reports milliseconds per step (median of ``--steps`` after two warm-up steps), FLOPs per step
 (PyTorch's FlopCounterMode: matrix products, convolutions and attention; the FFTs of the S4D
 models are added analytically at 5 n log2 n per real transform of length n, and the fused
-LSTM's gates and fused attention, which it does not see), and the fraction
+recurrent layers' gates and fused attention, which it does not see), and the fraction
 of this machine's fp32 peak (cores x GHz x 64). Writes benchmarks/out/peers.json.
 """
 
@@ -138,15 +138,17 @@ def fft_flops(model: nn.Module, batch: int, steps: int) -> float:
     return total
 
 
-def lstm_flops(model: nn.Module, batch: int, steps: int) -> float:
-    """FlopCounterMode does not see PyTorch's fused LSTM: 4 gates of (input + hidden) x hidden
-    multiply-adds per step and layer, forward and backward (x 3)."""
+def rnn_flops(model: nn.Module, batch: int, steps: int) -> float:
+    """FlopCounterMode does not see PyTorch's fused recurrent layers: per step and layer, 4 gates
+    (LSTM), 3 (GRU) or 1 (RNN) of (input + hidden) x hidden multiply-adds, forward and backward
+    (x 3)."""
     total = 0.0
     for m in model.modules():
-        if isinstance(m, nn.LSTM):
-            for layer in range(m.num_layers):
-                inputs = m.input_size if layer == 0 else m.hidden_size
-                total += 3 * 2 * 4 * m.hidden_size * (inputs + m.hidden_size) * batch * steps
+        gates = 4 if isinstance(m, nn.LSTM) else 3 if isinstance(m, nn.GRU) else \
+            1 if isinstance(m, nn.RNN) else 0
+        for layer in range(m.num_layers if gates else 0):
+            inputs = m.input_size if layer == 0 else m.hidden_size
+            total += 3 * 2 * gates * m.hidden_size * (inputs + m.hidden_size) * batch * steps
     return total
 
 
@@ -182,7 +184,7 @@ def step_time(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int) ->
         times.append(time.perf_counter() - start)
     counted = counter.get_flop_counts().get("Global", {})
     return statistics.median(times) * 1000, counter.get_total_flops() + fft_flops(
-        model, len(x), x.shape[1]) + lstm_flops(model, len(x), x.shape[1]) + attention_flops(
+        model, len(x), x.shape[1]) + rnn_flops(model, len(x), x.shape[1]) + attention_flops(
         model, len(x), x.shape[1], counted)
 
 
@@ -211,22 +213,28 @@ def main() -> None:
          "plain nn.TransformerEncoder", lambda: PlainTransformer(length)),
         ("lstm", lambda: install_backend(create_model("lstm", shape, 10), "torch"),
          "plain nn.LSTM", lambda: PlainLSTM()),
+        # no peer named for these: their own cost per step, FLOPs and share of the machine
+        ("tcn", lambda: create_model("tcn", shape, 10), None, None),
+        ("gru", lambda: create_model("gru", shape, 10), None, None),
     ]
     peak = peak_gflops()
     rows = []
     for ours, make_ours, peer, make_peer in pairs:  # measured back to back, same inputs
         ms, flops = step_time(make_ours().train(), x, y, args.steps)
-        peer_ms, peer_flops = step_time(make_peer().train(), x, y, args.steps)
         row = dict(model=ours, ms=ms, gflop=flops / 1e9,
-                   peak_fraction=flops / (ms / 1000) / (peak * 1e9), peer=peer, peer_ms=peer_ms,
-                   peer_gflop=peer_flops / 1e9,
-                   peer_peak_fraction=peer_flops / (peer_ms / 1000) / (peak * 1e9),
-                   speedup=peer_ms / ms)
+                   peak_fraction=flops / (ms / 1000) / (peak * 1e9), peer=peer)
+        line = (f"{ours}: {ms:.0f} ms/step ({row['gflop']:.2f} GFLOP, "
+                f"{100 * row['peak_fraction']:.1f}% of peak)")
+        if make_peer is not None:
+            peer_ms, peer_flops = step_time(make_peer().train(), x, y, args.steps)
+            row.update(peer_ms=peer_ms, peer_gflop=peer_flops / 1e9,
+                       peer_peak_fraction=peer_flops / (peer_ms / 1000) / (peak * 1e9),
+                       speedup=peer_ms / ms)
+            line += (f"; {peer}: {peer_ms:.0f} ms/step ({row['peer_gflop']:.2f} GFLOP, "
+                     f"{100 * row['peer_peak_fraction']:.1f}%); seqmnist {row['speedup']:.2f}x "
+                     "faster")
         rows.append(row)
-        print(f"{ours}: {ms:.0f} ms/step ({row['gflop']:.2f} GFLOP, "
-              f"{100 * row['peak_fraction']:.1f}% of peak); {peer}: {peer_ms:.0f} ms/step "
-              f"({row['peer_gflop']:.2f} GFLOP, {100 * row['peer_peak_fraction']:.1f}%); "
-              f"seqmnist {row['speedup']:.2f}x faster", flush=True)
+        print(line, flush=True)
     OUT.mkdir(exist_ok=True)
     (OUT / "peers.json").write_text(json.dumps(dict(
         args=vars(args), cores=os.cpu_count(), peak_fp32_gflops=peak,
