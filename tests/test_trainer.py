@@ -199,3 +199,21 @@ def test_a_resume_takes_the_folder_as_text_too(tmp_path):
         train(cfg, out=tmp_path, log=quiet, progress=False)
     done = train(resume=str(info.value.folder), log=quiet, progress=False)
     assert done.path == info.value.folder and len(done.history) == 2
+
+
+def test_a_model_without_steps_is_not_read_again_for_anytime_accuracy(monkeypatch):
+    """A CNN has no answer after each step: anytime accuracy is None at once, without another
+    pass over the test set."""
+    from seqmnist import evaluation
+
+    passes = []
+    real = evaluation.evaluate_tensors
+    monkeypatch.setattr(evaluation, "evaluate_tensors",
+                        lambda *a, **k: passes.append(1) or real(*a, **k))
+    cnn = create_model("cnn", (1, 8, 8), 10)
+    assert evaluation.anytime_accuracy(cnn, torch.zeros(4, 1, 8, 8), torch.zeros(4).long()) \
+        is None
+    assert passes == []
+    rnn = create_model("rnn", (8, 8), 10)
+    found = evaluation.anytime_accuracy(rnn, torch.zeros(4, 8, 8), torch.zeros(4).long())
+    assert found["steps"] == list(range(1, 9)) and passes == [1]

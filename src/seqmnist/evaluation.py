@@ -101,7 +101,10 @@ def anytime_accuracy(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor,
                      batch_size: int = 1000, precision: str = "fp32") -> dict | None:
     """Test accuracy when a causal sequence model has read only its first k steps, for the
     ``anytime_steps`` k: {"steps": [...], "accuracy": [...], "of": total steps}. None for
-    models that do not answer step by step (a CNN). The same pass as ``evaluate_tensors``'s."""
+    models that do not answer step by step (a CNN), at once. The same pass as
+    ``evaluate_tensors``'s."""
+    if not getattr(model, "answers_every_step", False) or x.dim() != 3:
+        return None  # nothing to read: no pass over the test set for it
     return evaluate_tensors(model, x, y, batch_size, precision, anytime=True).anytime
 
 

@@ -123,10 +123,12 @@ KINDS = {"str": (lambda v: isinstance(v, str), "text"), "int": (_count, "a whole
 
 
 def _provenance_problem(value) -> str | None:
+    if not isinstance(value, dict):
+        return "provenance must be a JSON object"
     try:
         Provenance.check(value, "provenance")
     except CheckpointError as exc:
-        return str(exc).replace("provenance: not a JSON object", "provenance must be a JSON object")
+        return str(exc)
     return None
 
 

@@ -149,10 +149,17 @@ def batch_hook(callback: Callable[[dict], bool | int | None]):
         BATCH_HOOKS.remove(callback)
 
 
-def _stop_signal(answer) -> int | None:
-    if not answer:
-        return None
-    return signal.SIGINT if answer is True else int(answer)
+def _ask_to_stop(flag: dict, answer) -> None:
+    """A hook's answer: true stops the run as SIGINT does, a signal number as that signal; the
+    first reason to stop is the one kept."""
+    if answer and flag["signum"] is None:
+        flag["signum"] = signal.SIGINT if answer is True else int(answer)
+
+
+def _stop_asked(flag: dict) -> bool:
+    """Whether this run is to stop: its own flag, or a signal the main thread caught."""
+    _ask_to_stop(flag, SIGNALLED["signum"])
+    return flag["signum"] is not None
 
 
 class Trainer:
@@ -231,13 +238,9 @@ class Trainer:
                          f"accuracy: {acc:.4f} - val_loss: {val.loss:.4f} - "
                          f"val_accuracy: {val.accuracy:.4f}")
                 for hook in list(EPOCH_HOOKS):
-                    stop = _stop_signal(hook(dict(row, folder=folder, model=cfg.model,
-                                                  seed=cfg.seed)))
-                    if stop and flag["signum"] is None:
-                        flag["signum"] = stop
-                if flag["signum"] is None and SIGNALLED["signum"] is not None:
-                    flag["signum"] = SIGNALLED["signum"]  # caught by the main thread
-                if flag["signum"] is not None:
+                    _ask_to_stop(flag, hook(dict(row, folder=folder, model=cfg.model,
+                                                 seed=cfg.seed)))
+                if _stop_asked(flag):
                     raise TrainingInterrupted(flag["signum"], folder, epoch + 1)
                 if self.best is not None and epoch + 1 - self.best["epoch"] >= cfg.patience:
                     self.log(f"Early stop: no better validation accuracy than epoch "
@@ -273,9 +276,7 @@ class Trainer:
                                 acc=f"{correct.item() / seen:.4f}", refresh=False)
             bar.update()
             done = step + 1
-            if flag["signum"] is None and SIGNALLED["signum"] is not None:
-                flag["signum"] = SIGNALLED["signum"]  # caught by the main thread
-            if flag["signum"] is not None:
+            if _stop_asked(flag):
                 break
         bar.close()
         return total_loss.item() / max(seen, 1), correct.item() / max(seen, 1), done == steps
@@ -284,9 +285,7 @@ class Trainer:
         for w in self.watchers:
             w.batch(row)
         for hook in list(BATCH_HOOKS):
-            stop = _stop_signal(hook(dict(row, model=self.model, seed=self.cfg.seed)))
-            if stop and flag["signum"] is None:
-                flag["signum"] = stop
+            _ask_to_stop(flag, hook(dict(row, model=self.model, seed=self.cfg.seed)))
 
 
 def train(config: TrainConfig | None = None, *, out: str | Path = "runs",
