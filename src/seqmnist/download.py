@@ -21,6 +21,7 @@ import zlib
 from pathlib import Path
 
 from .errors import DataError, DownloadError
+from .fileio import atomic_write
 
 CHUNK = 1 << 16
 
@@ -246,11 +247,7 @@ def _take_out(name, md5, most_bytes, members, folder, archives, mirrors, sizes, 
                     tmp.unlink(missing_ok=True)
     except (zipfile.BadZipFile, OSError) as exc:
         raise DataError(f"{archive}: not a readable zip archive ({exc})") from None
-    lines = "".join(f"{h}  {b}\n" for b, h in sorted(sums.items()))
-    fd, tmp_name = tempfile.mkstemp(prefix=".sums.", suffix=".part", dir=folder)
-    with os.fdopen(fd, "w") as out:
-        out.write(lines)
-    os.replace(tmp_name, folder / SUMS)
+    atomic_write(folder / SUMS, "".join(f"{h}  {b}\n" for b, h in sorted(sums.items())))
 
 
 def recorded_sums(folder: Path) -> dict[str, str]:
