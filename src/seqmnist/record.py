@@ -29,10 +29,6 @@ def _count(v) -> bool:
     return type(v) is int
 
 
-def _whole_or_none(v) -> bool:
-    return v is None or _count(v)
-
-
 def _number_or_none(v) -> bool:
     return v is None or (_number(v) and math.isfinite(v))
 
