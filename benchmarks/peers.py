@@ -9,7 +9,9 @@ batch of pixel sequences:
   decoder); written here from the paper and that description, not copied;
 - ``transformer`` against a causal ``nn.TransformerEncoder`` as a user writes it (post-norm
   layers, the causal mask passed as a mask);
-- ``lstm`` (the tutorial's 2 x LSTM(50), torch backend) against a plain ``nn.LSTM`` classifier.
+- ``lstm`` (the tutorial's 2 x LSTM(50), torch backend) against a plain ``nn.LSTM`` classifier;
+- ``tcn``, ``gru``, ``rnn`` and the tutorial's ``cnn`` (on the 28 x 28 image) alone, for their
+  cost per step, FLOPs and share of the machine beside the others.
 
     python benchmarks/peers.py --batch 32 --steps 5
 
@@ -216,11 +218,16 @@ def main() -> None:
         # no peer named for these: their own cost per step, FLOPs and share of the machine
         ("tcn", lambda: create_model("tcn", shape, 10), None, None),
         ("gru", lambda: create_model("gru", shape, 10), None, None),
+        ("rnn", lambda: create_model("rnn", shape, 10), None, None),
+        # the tutorial's CNN reads the 28 x 28 image, not 784 steps: for its cost beside them
+        ("cnn", lambda: create_model("cnn", (1, 28, 28), 10), None, None),
     ]
+    images = torch.rand(args.batch, 1, 28, 28)
     peak = peak_gflops()
     rows = []
     for ours, make_ours, peer, make_peer in pairs:  # measured back to back, same inputs
-        ms, flops = step_time(make_ours().train(), x, y, args.steps)
+        ms, flops = step_time(make_ours().train(), images if ours == "cnn" else x, y,
+                              args.steps)
         row = dict(model=ours, ms=ms, gflop=flops / 1e9,
                    peak_fraction=flops / (ms / 1000) / (peak * 1e9), peer=peer)
         line = (f"{ours}: {ms:.0f} ms/step ({row['gflop']:.2f} GFLOP, "
