@@ -330,3 +330,42 @@ def test_the_transformers_layers_compute_what_the_encoder_does():
         mask = nn.Transformer.generate_square_subsequent_mask(28)
         expected = model.norm(model.encoder(h, mask=mask, is_causal=True))
         torch.testing.assert_close(model.encode(x), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("steps", [1, 2, 3, 28, 29, 50, 784, 785])
+def test_s4d_kernel_is_the_direct_vandermonde_sum(steps):
+    """The kernel is computed in two levels (l = w m + j); it must be K_l = 2 Re(sum_n C'_n
+    exp(dt A_n l)) at every l, with D added at l = 0, whether or not steps is a square."""
+    from seqmnist.models.s4d import S4DLayer
+
+    torch.manual_seed(3)
+    layer = S4DLayer(5, 7)
+    with torch.no_grad():
+        layer.log_dt.uniform_(-3, -1)  # faster decay and turning than at init: every term counts
+        dta, c = layer._discrete()
+        lags = torch.arange(steps, dtype=torch.float64)
+        direct = 2 * (c.to(torch.complex128)[..., None]
+                      * torch.exp(dta.to(torch.complex128)[..., None] * lags)).sum(1).real
+        direct[:, 0] += layer.d.double()
+        torch.testing.assert_close(layer.kernel(steps).double(), direct, rtol=1e-5, atol=1e-5)
+
+
+def test_lru_layer_is_its_definition():
+    """The LRU's convolution and recurrence share their input and output projections, so their
+    agreement alone would not catch a wrong one: both are checked against the paper's equations
+    written out in complex float64, h_t = lambda h_{t-1} + gamma (B u_t), y_t = Re(C h_t) + D u_t."""
+    from seqmnist.models.lru import LRULayer
+
+    torch.manual_seed(4)
+    layer = LRULayer(6, 5)
+    u = torch.randn(3, 40, 6)
+    with torch.no_grad():
+        lam = torch.exp(torch.complex(-torch.exp(layer.nu_log), torch.exp(layer.theta_log))).cdouble()
+        b = torch.view_as_complex(layer.b).cdouble() * torch.exp(layer.gamma_log).double()[:, None]
+        c, h, out = torch.view_as_complex(layer.c).cdouble(), torch.zeros(3, 5, dtype=torch.cdouble), []
+        for t in range(40):
+            h = lam * h + u[:, t].cdouble() @ b.T
+            out.append((h @ c.T).real + u[:, t].double() * layer.d.double())
+        expected = torch.stack(out, 1)
+        torch.testing.assert_close(layer(u).double(), expected, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(layer.recurrent(u).double(), expected, rtol=1e-4, atol=1e-5)

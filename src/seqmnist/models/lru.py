@@ -41,37 +41,48 @@ class LRULayer(nn.Module):
         return torch.exp(torch.complex(-torch.exp(self.nu_log), torch.exp(self.theta_log)))
 
     def _inputs(self, u: torch.Tensor) -> torch.Tensor:
-        b = torch.view_as_complex(self.b) * torch.exp(self.gamma_log)[:, None]
-        return torch.einsum("ntc,sc->nts", u.to(b.dtype), b)  # (N, T, states)
+        """gamma B u_t for every step, complex (N, T, states): one real matrix product whose
+        output columns are each state's real and imaginary parts side by side, read as complex
+        numbers without a copy (a complex product would first make u complex: 4x the work)."""
+        b = self.b * torch.exp(self.gamma_log)[:, None, None]  # (states, H, 2)
+        v = u @ b.permute(0, 2, 1).reshape(-1, b.shape[1]).T  # (N, T, 2 states)
+        return torch.view_as_complex(v.unflatten(-1, (-1, 2)))
+
+    def _outputs(self, h: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        """Re(C h_t) + D u_t for complex states h (N, T, states): one real matrix product over
+        each state's real and imaginary parts, Re(c h) = Re c Re h - Im c Im h."""
+        weight = torch.stack([self.c[..., 0], -self.c[..., 1]], -1).flatten(1)  # (H, 2 states)
+        return torch.view_as_real(h).flatten(-2) @ weight.T + u * self.d
 
     def forward(self, u: torch.Tensor) -> torch.Tensor:  # (N, T, H)
+        """Each state's recurrence as a causal FFT convolution with its kernel lambda^k, over
+        the steps as the last (contiguous) dimension."""
         steps = u.shape[1]
-        powers = torch.exp(torch.log(self._lambda())[:, None]
-                           * torch.arange(steps, device=u.device))  # (states, T)
-        v = torch.fft.fft(self._inputs(u), n=2 * steps, dim=1)
-        h = torch.fft.ifft(v * torch.fft.fft(powers, n=2 * steps, dim=1).T, dim=1)[:, :steps]
-        return torch.einsum("nts,cs->ntc", h, torch.view_as_complex(self.c)).real + u * self.d
+        time = torch.arange(steps, device=u.device, dtype=u.dtype)
+        decay = torch.exp(-torch.exp(self.nu_log)[:, None] * time)  # |lambda|^k
+        angle = torch.exp(self.theta_log)[:, None] * time
+        k = torch.fft.fft(torch.complex(decay * torch.cos(angle), decay * torch.sin(angle)),
+                          n=2 * steps)  # (states, 2T)
+        v = torch.fft.fft(self._inputs(u).transpose(1, 2), n=2 * steps)  # (N, states, 2T)
+        h = torch.fft.ifft(v * k)[..., :steps].transpose(1, 2)  # (N, T, states)
+        return self._outputs(h, u)
 
-    def recurrent(self, u: torch.Tensor) -> torch.Tensor:
-        lam, v, c = self._lambda(), self._inputs(u), torch.view_as_complex(self.c)
+    def _scan(self, u: torch.Tensor):
+        """The state after each step, h_t = lambda h_{t-1} + gamma B u_t, one step at a time."""
+        lam, v = self._lambda(), self._inputs(u)
         h = torch.zeros(u.shape[0], lam.shape[0], dtype=lam.dtype, device=u.device)
-        out = []
         for t in range(u.shape[1]):
             h = lam * h + v[:, t]
-            out.append((h @ c.T).real + u[:, t] * self.d)
-        return torch.stack(out, 1)
+            yield h
 
+    def recurrent(self, u: torch.Tensor) -> torch.Tensor:
+        """The same layer as a recurrence, one step at a time (tested equal to ``forward``)."""
+        return self._outputs(torch.stack(list(self._scan(u)), 1), u)
 
     @torch.no_grad()
     def states(self, u: torch.Tensor) -> torch.Tensor:
         """The size of each state after every step: |h_t| (N, T, states), from the recurrence."""
-        lam, v = self._lambda(), self._inputs(u)
-        h = torch.zeros(u.shape[0], lam.shape[0], dtype=lam.dtype, device=u.device)
-        out = []
-        for t in range(u.shape[1]):
-            h = lam * h + v[:, t]
-            out.append(h.abs())
-        return torch.stack(out, 1)
+        return torch.stack([h.abs() for h in self._scan(u)], 1)
 
 
 class LRUBlock(nn.Module):
