@@ -6,6 +6,7 @@ platform module elsewhere), versions from the installed packages.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import platform
 import sys
@@ -60,3 +61,25 @@ def environment() -> dict:
     """Versions, CPU and GPU: what every run records about where it ran."""
     return dict(**versions(), cpu=cpu()["model"], cpu_features=cpu()["features"],
                 cpu_cores=cpu()["cores"], gpu=gpu())
+
+
+# glibc's mallopt parameters (malloc.h) and the largest mmap threshold it accepts on 64-bit
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _MMAP_THRESHOLD_MAX = -1, -3, 32 * 2**20
+
+
+@cache
+def keep_freed_memory() -> bool:
+    """Ask glibc's allocator to keep freed blocks of up to 32 MiB for reuse instead of giving
+    each back to the system: PyTorch frees and allocates an activation-sized tensor many times a
+    training step, and by default glibc maps every block over 128 KiB afresh, so each step
+    page-faults its activations in again (sys time 34-49 ms of a 32-sequence step at 784 steps,
+    none with this; BENCHMARKS.md section 19). Changes no number a model computes. Returns
+    whether it took effect (False off glibc, where nothing is changed)."""
+    if platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    return bool(mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_MAX)
+                and mallopt(_M_TRIM_THRESHOLD, 2**30))

@@ -21,6 +21,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from . import SEQUENCE_VIEWS, BlockStack, Dropout, check_sizes, register_model
+from .fftconv import causal_conv
 
 
 class LRULayer(nn.Module):
@@ -55,17 +56,13 @@ class LRULayer(nn.Module):
         return torch.view_as_real(h).flatten(-2) @ weight.T + u * self.d
 
     def forward(self, u: torch.Tensor) -> torch.Tensor:  # (N, T, H)
-        """Each state's recurrence as a causal FFT convolution with its kernel lambda^k, over
-        the steps as the last (contiguous) dimension."""
+        """Each state's recurrence as a causal FFT convolution with its kernel lambda^k."""
         steps = u.shape[1]
         time = torch.arange(steps, device=u.device, dtype=u.dtype)
         decay = torch.exp(-torch.exp(self.nu_log)[:, None] * time)  # |lambda|^k
         angle = torch.exp(self.theta_log)[:, None] * time
-        k = torch.fft.fft(torch.complex(decay * torch.cos(angle), decay * torch.sin(angle)),
-                          n=2 * steps)  # (states, 2T)
-        v = torch.fft.fft(self._inputs(u).transpose(1, 2), n=2 * steps)  # (N, states, 2T)
-        h = torch.fft.ifft(v * k)[..., :steps].transpose(1, 2)  # (N, T, states)
-        return self._outputs(h, u)
+        kernel = torch.complex(decay * torch.cos(angle), decay * torch.sin(angle))  # (states, T)
+        return self._outputs(causal_conv(self._inputs(u), kernel), u)
 
     def _scan(self, u: torch.Tensor):
         """The state after each step, h_t = lambda h_{t-1} + gamma B u_t, one step at a time."""

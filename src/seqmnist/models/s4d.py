@@ -20,6 +20,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from . import SEQUENCE_VIEWS, BlockStack, Dropout, check_sizes, register_model
+from .fftconv import causal_conv
 
 
 def _powers(dta: torch.Tensor, times: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -70,10 +71,7 @@ class S4DLayer(nn.Module):
         return torch.cat([k[:, :1] + self.d[:, None], k[:, 1:]], dim=1)
 
     def forward(self, u: torch.Tensor) -> torch.Tensor:  # (N, T, H), by FFT convolution
-        steps = u.shape[1]
-        k = torch.fft.rfft(self.kernel(steps), n=2 * steps)
-        y = torch.fft.irfft(torch.fft.rfft(u.transpose(1, 2), n=2 * steps) * k, n=2 * steps)
-        return y[..., :steps].transpose(1, 2)
+        return causal_conv(u, self.kernel(u.shape[1]))
 
     def _scan(self, u: torch.Tensor):
         """The state after each step, x_t = exp(dt A) x_{t-1} + u_t: (t, x_t) for every step."""
