@@ -17,9 +17,11 @@ batch of pixel sequences:
 
 Reports milliseconds per step (median of ``--steps`` after two warm-up steps), FLOPs per step
 (PyTorch's FlopCounterMode: matrix products, convolutions and attention; the FFTs of the S4D
-models are added analytically at 5 n log2 n per real transform of length n, and the fused
-recurrent layers' gates and fused attention, which it does not see), and the fraction
-of this machine's fp32 peak (cores x GHz x 64). Writes benchmarks/out/peers.json.
+layers and the LRU are added analytically at 5 n log2 n per complex transform of length n, half
+that per real one, and the fused recurrent layers' gates and fused attention, which it does not
+see), and the fraction of this machine's fp32 peak (cores x GHz x 64). The process keeps freed
+memory for reuse as ``seqmnist train`` does (for every model alike). Writes
+benchmarks/out/peers.json.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from torch.nn import functional as F
 
 from seqmnist.backends import install_backend
 from seqmnist.models import create_model
+from seqmnist.system import keep_freed_memory
 
 OUT = Path(__file__).resolve().parent / "out"
 
@@ -127,16 +130,22 @@ class PlainLSTM(nn.Module):
 
 
 def fft_flops(model: nn.Module, batch: int, steps: int) -> float:
-    """5 n log2 n per real FFT of length n = 2 x steps: per S4D layer, forward (input, kernel,
-    inverse) and backward (about twice that)."""
+    """5 n log2 n per complex FFT of length n = 2 x steps, half that per real one. The authors'
+    S4D layer (autograd through rfft and irfft): about 3 x (2 x batch + 1) real transforms per
+    channel, forward and backward. seqmnist's S4D and LRU layers (models/fftconv.py: forward u,
+    k and the inverse; backward the gradient and two inverses): 2 x (2 x batch + 1) per channel,
+    real for S4D, complex over the LRU's states."""
     n = 2 * steps
-    per = 5 * n * math.log2(n) / 2  # a real FFT costs about half a complex one
-    layers = [m for m in model.modules() if type(m).__name__ in ("AuthorsStyleS4D", "S4DLayer")]
+    full = 5 * n * math.log2(n)
     total = 0.0
-    for m in layers:
-        channels = m.d.numel() if hasattr(m, "d") and m.d.dim() == 1 else \
-            m.log_a_real.shape[0]
-        total += 3 * (2 * batch * channels + channels) * per
+    for m in model.modules():
+        kind = type(m).__name__
+        if kind == "AuthorsStyleS4D":
+            total += 3 * (2 * batch + 1) * m.d.numel() * full / 2
+        elif kind == "S4DLayer":
+            total += 2 * (2 * batch + 1) * m.d.numel() * full / 2
+        elif kind == "LRULayer":
+            total += 2 * (2 * batch + 1) * m.nu_log.numel() * full
     return total
 
 
@@ -201,6 +210,8 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--length", type=int, default=784)
     args = p.parse_args()
+    # as `seqmnist train` does; a process setting, so it serves the peers just the same
+    keep_freed_memory()
     torch.manual_seed(0)
     length = args.length
     x = torch.rand(args.batch, length, 1)
