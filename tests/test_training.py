@@ -284,3 +284,15 @@ def test_the_epoch_hook_sees_every_epoch_and_can_stop_a_run_resumably(tmp_path):
     assert not training.EPOCH_HOOKS  # the block removed its hook
     done = train(resume=seen[0]["folder"], progress=False, log=quiet)
     assert [h["epoch"] for h in done.history] == [1, 2, 3]
+
+
+def test_the_pmnist_preset_is_the_recipe_the_readme_measured_and_only_where_one_exists():
+    cfg = TrainConfig(model="tcn", preset="pmnist").resolved()
+    assert (cfg.view, cfg.epochs, cfg.lr, cfg.schedule, cfg.protocol, cfg.batch_size) == (
+        "permuted", 18, 3e-3, "onecycle", "research", 64)
+    assert TrainConfig(model="tcn", preset="pmnist", protocol="tutorial").resolved().protocol \
+        == "tutorial"  # explicit values still win
+    assert TrainConfig(model="tcn").resolved().protocol == "tutorial"
+    with pytest.raises(UsageError, match="model 'lstm' has no 'pmnist' recipe; models with one: "
+                                         "tcn"):
+        TrainConfig(model="lstm", preset="pmnist").resolved()

@@ -12,7 +12,7 @@ import math
 from dataclasses import asdict, dataclass, field, fields, replace
 
 from .errors import UsageError
-from .models import check_view, get_entry
+from .models import check_view, get_entry, list_models
 from .views import get_view
 
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -26,19 +26,23 @@ PROTOCOL_HELP = {
                 "evaluate the test set once at the end",
 }
 # The tutorial's recipe for the values no preset or model sets (Keras: batch 64, 10 epochs).
-TUTORIAL_RECIPE = dict(epochs=10, batch_size=64, schedule="constant")
-PRESET_FIELDS = ("view", "epochs", "batch_size", "lr", "schedule")  # what presets fill
+TUTORIAL_RECIPE = dict(epochs=10, batch_size=64, schedule="constant", protocol="tutorial")
+PRESET_FIELDS = ("view", "epochs", "batch_size", "lr", "schedule", "protocol")  # presets fill
 
 # Presets change how we train, never the architecture. "tutorial" is the Keras recipe as written;
 # every other preset's recipe for a model is in that model's registry entry (``presets``), so a
-# model brings its own fast recipe. A model without one trains with the tutorial's.
-PRESETS = ("tutorial", "fast")
+# model brings its own fast recipe. A model without one trains with the tutorial's. A task's
+# preset (pmnist) exists only for the models that registered a recipe for it.
+PRESETS = ("tutorial", "fast", "pmnist")
+EVERY_MODEL_PRESETS = ("tutorial", "fast")
 # How or where a run is computed, not what is trained: runs that differ only in these (and in
 # their seed) are seeds of one recipe. AUTO_FIELDS are chosen at training time when "auto".
 RUNTIME_FIELDS = ("data_dir", "threads", "replicas", "device", "deterministic", "backend")
 AUTO_FIELDS = ("precision", "backend", "device")
 PRESET_HELP = {"tutorial": "the Keras recipe as written",
-               "fast": "same architecture, larger batches and a one-cycle schedule"}
+               "fast": "same architecture, larger batches and a one-cycle schedule",
+               "pmnist": "permuted MNIST within 2 hours on 2 CPU cores, research protocol "
+                         "(tcn; README)"}
 
 
 @dataclass
@@ -58,7 +62,7 @@ class TrainConfig:
     schedule: str | None = None
     precision: str = "auto"  # bf16 autocast for CNNs where the hardware has bf16, else fp32
     backend: str = "auto"  # auto, torch or native (see backends.py); the resolved one is stored
-    protocol: str = "tutorial"  # or "research": see PROTOCOL_HELP and validation_size()
+    protocol: str | None = None  # tutorial or research: see PROTOCOL_HELP, validation_size()
     patience: int = 5  # research protocol: epochs without a better validation accuracy
     adam_eps: float = 1e-7  # Keras's default (PyTorch's is 1e-8)
     eval_batch_size: int = 1000
@@ -99,6 +103,10 @@ class TrainConfig:
         entry = get_entry(self.model)
         if self.preset not in PRESETS:
             raise UsageError(f"unknown preset {self.preset!r}; choose from {', '.join(PRESETS)}")
+        if self.preset not in EVERY_MODEL_PRESETS and self.preset not in entry.presets:
+            having = [m for m in list_models() if self.preset in get_entry(m).presets]
+            raise UsageError(f"model {self.model!r} has no {self.preset!r} recipe; models with "
+                             f"one: {', '.join(having) or 'none'}")
         preset = entry.presets.get(self.preset, {})
         filled = {}
         for name in PRESET_FIELDS:
