@@ -70,10 +70,11 @@ _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _MMAP_THRESHOLD_MAX = -1, -3, 32 * 2**20
 @cache
 def keep_freed_memory() -> bool:
     """Ask glibc's allocator to keep freed blocks of up to 32 MiB for reuse instead of giving
-    each back to the system: PyTorch frees and allocates an activation-sized tensor many times a
-    training step, and by default glibc maps every block over 128 KiB afresh, so each step
-    page-faults its activations in again (sys time 34-49 ms of a 32-sequence step at 784 steps,
-    none with this; BENCHMARKS.md section 19). Changes no number a model computes. Returns
+    each back to the system: PyTorch frees and allocates activation-sized tensors many times a
+    training step, and with glibc's defaults many of them are mapped afresh or trimmed away, so a
+    step page-faults its activations in again (18,000-22,000 faults and 34-49 ms of sys time per
+    S4D step at 784 steps measured, a few hundred faults at most with this; BENCHMARKS.md
+    section 19). Changes no number a model computes. Returns
     whether it took effect (False off glibc, where nothing is changed)."""
     if platform.libc_ver()[0] != "glibc":
         return False

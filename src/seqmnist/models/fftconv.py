@@ -16,6 +16,15 @@ from __future__ import annotations
 import torch
 
 
+def exp_powers(rate: torch.Tensor, times: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """exp(rate t) for complex rates (any shape) and real times, as (real, imaginary) parts of
+    shape (*rate.shape, len(times)): exp(Re) (cos Im, sin Im), which PyTorch vectorises on a CPU
+    (its complex exp it does not). The state-space layers' kernels are such powers."""
+    decay = torch.exp(rate.real[..., None] * times)
+    angle = rate.imag[..., None] * times
+    return decay * torch.cos(angle), decay * torch.sin(angle)
+
+
 def _transforms(complex_: bool):
     return (torch.fft.fft, torch.fft.ifft) if complex_ else (torch.fft.rfft, torch.fft.irfft)
 

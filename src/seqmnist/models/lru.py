@@ -21,7 +21,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from . import SEQUENCE_VIEWS, BlockStack, Dropout, check_sizes, register_model
-from .fftconv import causal_conv
+from .fftconv import causal_conv, exp_powers
 
 
 class LRULayer(nn.Module):
@@ -38,8 +38,11 @@ class LRULayer(nn.Module):
         self.c = nn.Parameter(torch.randn(channels, states, 2) / math.sqrt(states))
         self.d = nn.Parameter(torch.randn(channels))
 
+    def _log_lambda(self) -> torch.Tensor:
+        return torch.complex(-torch.exp(self.nu_log), torch.exp(self.theta_log))
+
     def _lambda(self) -> torch.Tensor:
-        return torch.exp(torch.complex(-torch.exp(self.nu_log), torch.exp(self.theta_log)))
+        return torch.exp(self._log_lambda())
 
     def _inputs(self, u: torch.Tensor) -> torch.Tensor:
         """gamma B u_t for every step, complex (N, T, states): one real matrix product whose
@@ -57,11 +60,8 @@ class LRULayer(nn.Module):
 
     def forward(self, u: torch.Tensor) -> torch.Tensor:  # (N, T, H)
         """Each state's recurrence as a causal FFT convolution with its kernel lambda^k."""
-        steps = u.shape[1]
-        time = torch.arange(steps, device=u.device, dtype=u.dtype)
-        decay = torch.exp(-torch.exp(self.nu_log)[:, None] * time)  # |lambda|^k
-        angle = torch.exp(self.theta_log)[:, None] * time
-        kernel = torch.complex(decay * torch.cos(angle), decay * torch.sin(angle))  # (states, T)
+        kernel = torch.complex(*exp_powers(self._log_lambda(), torch.arange(
+            u.shape[1], device=u.device, dtype=u.dtype)))  # lambda^k, (states, T)
         return self._outputs(causal_conv(self._inputs(u), kernel), u)
 
     def _scan(self, u: torch.Tensor):

@@ -20,15 +20,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from . import SEQUENCE_VIEWS, BlockStack, Dropout, check_sizes, register_model
-from .fftconv import causal_conv
-
-
-def _powers(dta: torch.Tensor, times: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """exp(dt A t) for every state and time as (real, imaginary) parts, (H, N, len(times)):
-    exp(Re) (cos Im, sin Im), which PyTorch vectorises on a CPU (its complex exp it does not)."""
-    decay = torch.exp(dta.real[..., None] * times)
-    angle = dta.imag[..., None] * times
-    return decay * torch.cos(angle), decay * torch.sin(angle)
+from .fftconv import causal_conv, exp_powers
 
 
 class S4DLayer(nn.Module):
@@ -60,8 +52,8 @@ class S4DLayer(nn.Module):
         dta, c = self._discrete()
         width = math.isqrt(max(steps - 1, 0)) + 1
         blocks = -(-steps // width)
-        pr, pi = _powers(dta, torch.arange(width, device=dta.device, dtype=dta.real.dtype))
-        qr, qi = _powers(dta, width * torch.arange(blocks, device=dta.device,
+        pr, pi = exp_powers(dta, torch.arange(width, device=dta.device, dtype=dta.real.dtype))
+        qr, qi = exp_powers(dta, width * torch.arange(blocks, device=dta.device,
                                                    dtype=dta.real.dtype))
         # C' exp(dt A j) as real and imaginary parts (H, N, w); Re(q a) = qr ar - qi ai
         ar = c.real[..., None] * pr - c.imag[..., None] * pi
