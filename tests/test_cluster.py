@@ -7,10 +7,12 @@ on one machine, and skip everything when run again."""
 import json
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -105,11 +107,49 @@ def start(command: list[str], env: dict) -> None:
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
 
 
+def own_processes(token: str) -> list[int]:
+    """The processes this module started: every Ray process (nodes, their workers, drivers)
+    inherits the module's own RAY_AUTH_TOKEN, which no other process on the machine holds."""
+    mark = f"RAY_AUTH_TOKEN={token}".encode()
+    found = []
+    for environ in Path("/proc").glob("[0-9]*/environ"):
+        try:
+            if mark in environ.read_bytes().split(b"\0") and int(environ.parent.name) != os.getpid():
+                found.append(int(environ.parent.name))
+        except (OSError, ValueError):
+            continue
+    return found
+
+
+def stop_own(token: str, grace: float = 10.0) -> None:
+    """Stop this module's Ray nodes and nothing else (never `ray stop`, which stops every Ray
+    process of the machine, a user's own cluster included): SIGTERM, then SIGKILL what is left."""
+    signal_all(own_processes(token), signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while own_processes(token) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    signal_all(own_processes(token), signal.SIGKILL)
+
+
 @pytest.fixture(scope="module")
-def cluster():
+def ray_temp():
+    """The module's own folder for Ray's session folders (never /tmp/ray, a user's Ray's), short
+    because it holds sockets; every process the module started is stopped before it goes."""
+    temp = tempfile.mkdtemp(prefix="seqmnist-ray-")
+    try:
+        yield temp
+    finally:
+        stop_own(BASE_ENV["RAY_AUTH_TOKEN"])
+        shutil.rmtree(temp, ignore_errors=True)  # made above, by this module
+
+
+@pytest.fixture(scope="module")
+def cluster(ray_temp):
     head_port, head_manager, second_manager = free_port(), free_port(), free_port()
     address = f"127.0.0.1:{head_port}"
-    common = ["--node-ip-address=127.0.0.1", "--num-cpus=1", "--object-store-memory=80000000"]
+    temp = ray_temp
+    common = ["--node-ip-address=127.0.0.1", "--num-cpus=1", "--object-store-memory=80000000",
+              f"--temp-dir={temp}"]
     try:
         start([RAY, "start", "--head", f"--port={head_port}", "--include-dashboard=false",
                "--disable-usage-stats", f"--node-manager-port={head_manager}",
@@ -121,7 +161,27 @@ def cluster():
         yield dict(address=address, head=ids[head_manager], second=ids[second_manager],
                    second_port=second_manager)
     finally:
-        subprocess.run([RAY, "stop", "--force"], env=NODE_ENV, capture_output=True, timeout=120)
+        stop_own(BASE_ENV["RAY_AUTH_TOKEN"])
+
+
+def test_the_clusters_processes_are_found_by_their_own_token_only():
+    """``stop_own`` stops what this module started and nothing else: a process holding another
+    token (a user's Ray) is not among them, one holding the module's token is."""
+    token = secrets.token_hex(16)  # not the cluster's: the module's nodes stay up
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"],
+                             env=dict(BASE_ENV, RAY_AUTH_TOKEN=secrets.token_hex(16)))
+    ours = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"],
+                            env=dict(BASE_ENV, RAY_AUTH_TOKEN=token))
+    try:
+        found = own_processes(token)
+        assert ours.pid in found and other.pid not in found
+        stop_own(token, grace=5)
+        assert ours.wait(10) is not None and other.poll() is None
+    finally:
+        other.kill()
+        ours.kill()
+        other.wait()
+        ours.wait()
 
 
 def provenance(run: Path) -> dict:
@@ -230,11 +290,12 @@ def test_ray_missing_or_misused_is_one_clear_error(monkeypatch, tmp_path, capsys
             connect(f"127.0.0.1:{listening.getsockname()[1]}")
 
 
-def test_ray_auto_starts_a_local_ray_and_records_its_node(tmp_path):
+def test_ray_auto_starts_a_local_ray_and_records_its_node(tmp_path, ray_temp):
     spec, out = tmp_path / "one.toml", tmp_path / "sweep"
     spec.write_text('models = ["rnn"]\ndatasets = ["digits"]\nseeds = [0]\n[recipe]\nepochs = 1')
     done = subprocess.run([sys.executable, "-m", "seqmnist", "sweep", str(spec), "--out", str(out),
-                           "--ray", "auto", "--no-progress"], env=BASE_ENV, capture_output=True,
+                           "--ray", "auto", "--no-progress"],
+                          env=dict(BASE_ENV, RAY_TMPDIR=ray_temp), capture_output=True,
                           text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     (run,) = (out / "runs" / "rnn-digits-rows-seed0").iterdir()

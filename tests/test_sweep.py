@@ -185,11 +185,11 @@ def test_a_second_sweep_on_the_same_folder_is_refused_naming_the_holder(tmp_path
     out.mkdir()
     spec = tmp_path / "s.toml"
     spec.write_text(SMALL.format(epochs=1))
-    holder = _hold(out / ".sweep.lock")
+    holder = _hold(out / ".seqmnist.lock")
     try:
         assert main(["sweep", str(spec), "--out", str(out), "--no-progress"]) == 1
         err = capsys.readouterr().err
-        assert f"another sweep (process {holder.pid}) is running on {out}" in err
+        assert f"another seqmnist command (process {holder.pid}) is writing into {out}" in err
         assert not (out / "runs").exists()  # nothing of the second sweep was written
     finally:
         holder.communicate("")

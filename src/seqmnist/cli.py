@@ -520,14 +520,13 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
-    from datetime import datetime
-
     from .explainer import explain_set, write_explanations
+    from .fileio import output_folder
 
-    explained = explain_set(args.runs, args.index, args.image, args.data_dir,
-                            progress=not args.no_progress)
-    out = args.out or Path("reports") / datetime.now().strftime("%Y%m%d-%H%M%S-explain")
-    files = write_explanations(explained, out)
+    with output_folder(args.out, "explanation", default="explain") as out:
+        explained = explain_set(args.runs, args.index, args.image, args.data_dir,
+                                progress=not args.no_progress)
+        files = write_explanations(explained, out)
     explanations = explained.explanations
     models = sorted({e.model for e in explanations})
     print(f"Explained {len(explanations) // max(len(args.runs), 1)} images with "

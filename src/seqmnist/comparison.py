@@ -8,25 +8,22 @@ from __future__ import annotations
 
 import os
 import time
-from contextlib import nullcontext
 from dataclasses import replace
-from datetime import datetime
 from pathlib import Path
 
 from .config import TrainConfig
 from .data import load_dataset
 from .errors import CheckpointError, UsageError
 from .evaluation import evaluate
+from .fileio import output_folder
 from .record import RunMetrics
 from .storage import PREDICTIONS, Run, inside_a_run, load_run, save_predictions
 
-COMPARE_LOCK = ".compare.lock"
 
-
-def finished_run(path: str | Path, data_dir: str | Path | None = None) -> Run:
+def finished_run(path: str | Path | Run, data_dir: str | Path | None = None) -> Run:
     """A finished run ready to be compared: its metrics complete, its per-image predictions on
     disk (computed from its weights and saved beside them when an older run lacks them)."""
-    run = load_run(path)
+    run = path if isinstance(path, Run) else load_run(path)
     missing = [k for k in RunMetrics.REQUIRED if (run.metrics or {}).get(k) is None]
     if missing:
         raise CheckpointError(f"{run.path}: metrics.json is missing or incomplete (no "
@@ -200,8 +197,6 @@ def compare(models: list[str] | None = None, *, runs: list[str | Path] | None = 
     again after a kill skips the finished runs and resumes the interrupted ones (as a sweep
     does); else new runs go under ``runs_dir`` (default ``runs/``)."""
     from .reports import write_report
-    from .slots import holding, run_slot, slot_key
-    from .training import train
 
     if seeds < 1:
         raise UsageError(f"seeds must be at least 1, got {seeds}")
@@ -210,43 +205,50 @@ def compare(models: list[str] | None = None, *, runs: list[str | Path] | None = 
         raise UsageError(f"--out {out} is inside the run folder {run_folder}: a report there "
                          "would replace the run's own files; give another folder")
     models = list(models) if models else ([] if runs else ["lstm", "cnn"])
-    finished = [finished_run(r, data_dir) for r in runs or []]
-    dataset_name = config.get("dataset") or (finished[0].config.dataset if finished else "mnist")
-    if any(r.config.dataset != dataset_name for r in finished):
-        raise UsageError("runs to compare must all use the same dataset")
     base = TrainConfig(**{k: v for k, v in config.items() if v is not None})
-    first = base.seed
-    configs = [replace(base, model=m, seed=first + k).resolved()  # fail fast on bad options
+    configs = [replace(base, model=m, seed=base.seed + k).resolved()  # fail fast on bad options
                for m in models for k in range(seeds)]
-    ds = load_dataset(dataset_name, data_dir)
-    jobs = choose_jobs(len(configs), seeds, jobs)
-    slots = Path(out) if out is not None and runs_dir is None and configs else None
-    runs_dir = Path(runs_dir or "runs")
-    with holding(slots, COMPARE_LOCK, "comparison") if slots is not None else nullcontext():
-        if jobs > 1:
-            log(f"Training {len(configs)} runs, {jobs} at a time (one per core, one thread each: "
-                "measured faster for several seeds, BENCHMARKS.md), the longest first")
-            paths = train_side_by_side(configs, jobs, runs_dir, data_dir, tensorboard, log, ds,
-                                       slots)
-        else:
-            paths = []
-            for i, cfg in enumerate(configs, 1):
-                log(f"\n=== {cfg.model}, seed {cfg.seed} ({i} of {len(configs)}) ===")
-                if slots is not None:
-                    what, path = run_slot(slot_key(cfg), cfg, slots, data_dir, log,
-                                          tensorboard=tensorboard, progress=progress)
-                    if what != "trained":
-                        log(f"{what} {path}")
-                    paths.append(path)
-                else:
-                    paths.append(train(cfg, out=runs_dir, data_dir=data_dir, dataset=ds,
-                                       progress=progress, log=log,
-                                       tensorboard=tensorboard).path)
-    finished += [load_run(path) for path in paths]
-    if not finished:
+    if not configs and not runs:
         raise UsageError("nothing to compare: give model names or --runs")
-    out = Path(out) if out else Path("reports") / datetime.now().strftime(
-        f"%Y%m%d-%H%M%S-{dataset_name}")
-    summary = write_report(finished, out, ds.x_test, test_labels=ds.y_test)
+    given = [load_run(r) for r in runs or []]
+    dataset_name = config.get("dataset") or (given[0].config.dataset if given else "mnist")
+    if any(r.config.dataset != dataset_name for r in given):
+        raise UsageError("runs to compare must all use the same dataset")
+    # the report's folder is made (or claimed) and held before any work, for the whole command
+    with output_folder(out, "comparison", default=dataset_name) as folder:
+        finished = [finished_run(r, data_dir) for r in given]
+        ds = load_dataset(dataset_name, data_dir)
+        slots = folder if out is not None and runs_dir is None and configs else None
+        paths = _train_all(configs, seeds, jobs, slots, Path(runs_dir or "runs"), data_dir, ds,
+                           progress, log, tensorboard)
+        finished += [load_run(path) for path in paths]
+        summary = write_report(finished, folder, ds.x_test, test_labels=ds.y_test)
     log(f"\n{summary['verdict']}\nReport: {summary['report']}")
     return summary
+
+
+def _train_all(configs: list[TrainConfig], seeds: int, jobs: int | None, slots: Path | None,
+               runs_dir: Path, data_dir, ds, progress: bool, log, tensorboard: bool
+               ) -> list[Path]:
+    """The run folders of ``configs``, trained (or, in ``slots``, skipped or resumed)."""
+    from .slots import run_slot, slot_key
+    from .training import train
+
+    jobs = choose_jobs(len(configs), seeds, jobs)
+    if jobs > 1:
+        log(f"Training {len(configs)} runs, {jobs} at a time (one per core, one thread each: "
+            "measured faster for several seeds, BENCHMARKS.md), the longest first")
+        return train_side_by_side(configs, jobs, runs_dir, data_dir, tensorboard, log, ds, slots)
+    paths = []
+    for i, cfg in enumerate(configs, 1):
+        log(f"\n=== {cfg.model}, seed {cfg.seed} ({i} of {len(configs)}) ===")
+        if slots is not None:
+            what, path = run_slot(slot_key(cfg), cfg, slots, data_dir, log,
+                                  tensorboard=tensorboard, progress=progress)
+            if what != "trained":
+                log(f"{what} {path}")
+            paths.append(path)
+        else:
+            paths.append(train(cfg, out=runs_dir, data_dir=data_dir, dataset=ds,
+                               progress=progress, log=log, tensorboard=tensorboard).path)
+    return paths

@@ -14,10 +14,10 @@ import stat
 import tempfile
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
-from .errors import CheckpointError, SeqmnistError
+from .errors import CheckpointError, SeqmnistError, UsageError
 
 
 def atomic_write(path: str | Path, data: bytes | str, backup: Path | None = None) -> None:
@@ -37,6 +37,22 @@ def atomic_write(path: str | Path, data: bytes | str, backup: Path | None = None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def claim_new_folder(parent: str | Path, base: str) -> Path:
+    """Make and return a new folder ``parent/base`` (or ``base-1``, ``base-2``, ...): made with
+    one ``mkdir``, so two processes choosing the same name at the same moment never share it.
+    ``parent`` is made if missing; OSError when nothing can be made there."""
+    parent = Path(parent)
+    parent.mkdir(parents=True, exist_ok=True)
+    for i in range(10_000):
+        folder = parent / (base if i == 0 else f"{base}-{i}")
+        try:
+            folder.mkdir()
+            return folder
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"{parent}/{base}: 10,000 folders of that name already exist")
 
 
 def json_safe(obj):
@@ -83,11 +99,17 @@ def read_regular_file(path: str | Path, max_bytes: int,
     path = Path(path)
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    except IsADirectoryError:  # a platform that refuses to open a folder for reading
+        raise error(f"{path}: not a regular file (a folder)") from None
     except OSError as exc:
         raise error(f"{path}: cannot read ({exc.strerror or exc})") from None
+    # checked on the descriptor before it becomes a Python file (which raises IsADirectoryError)
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        kind = "a folder" if stat.S_ISDIR(mode) else "a pipe or device: never read"
+        raise error(f"{path}: not a regular file ({kind})")
     with os.fdopen(fd, "rb") as fh:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise error(f"{path}: not a regular file (a pipe, device or folder is never read)")
         try:
             data = fh.read(max_bytes + 1)
         except OSError as exc:
@@ -136,7 +158,11 @@ def exclusive(path: str | Path, wait: bool = False,
         yield
         return
     path = Path(path)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise UsageError(f"cannot write into {path.parent}: {exc.strerror or exc} (making "
+                         f"its lock file {path.name})") from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -153,3 +179,50 @@ def exclusive(path: str | Path, wait: bool = False,
         yield
     finally:
         os.close(fd)
+
+
+def stamp() -> str:
+    """The local time to the second, as folder names begin with it."""
+    from datetime import datetime
+
+    return datetime.now().strftime("%Y%m%d-%H%M%S")
+
+
+OUT_LOCK = ".seqmnist.lock"  # in every folder a command writes into: one command at a time
+
+
+@contextmanager
+def output_folder(out: str | Path | None, what: str, default: str | None = None,
+                  error: type[SeqmnistError] = SeqmnistError) -> Iterator[Path]:
+    """The folder a command writes into, held for the whole command. ``out`` is made if missing
+    (and checked to be writable) before any work; without it a new folder ``reports/<time>-
+    <default>`` is claimed at once, never shared with another command finishing in the same
+    second. Another command already writing into the folder (a comparison, an explanation, a
+    sweep) is ``error``, naming its process. A folder this call made and that is still empty
+    when the block fails is removed again."""
+    made = False
+    try:
+        if out is None:
+            folder = claim_new_folder("reports", f"{stamp()}-{default or what}")
+            made = True
+        else:
+            folder = Path(out)
+            made = not os.path.lexists(folder)
+            folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        target = out if out is not None else "reports"
+        raise UsageError(f"cannot make the {what}'s folder {target}: {exc.strerror or exc}"
+                         ) from None
+    try:
+        with exclusive(folder / OUT_LOCK):
+            yield folder
+    except LockHeld as exc:
+        raise error(f"another seqmnist command (process {exc.holder or '(unknown)'}) is writing into "
+                    f"{folder}; wait for it to finish, or give this {what} another --out"
+                    ) from None
+    except BaseException:
+        if made:
+            (folder / OUT_LOCK).unlink(missing_ok=True)
+            with suppress(OSError):
+                folder.rmdir()  # only when empty: nothing written is removed
+        raise

@@ -10,6 +10,7 @@ every write is atomic (fileio.atomic_write).
 
 from __future__ import annotations
 
+import os
 import shutil
 from contextlib import contextmanager
 from dataclasses import asdict
@@ -100,8 +101,9 @@ class Recorder:
         """An interrupted run: (its recorder, the config it trains with, its newest readable
         checkpoint). The checkpoint's config is the run's; config.json must agree with it."""
         folder = Path(folder)
-        if not (folder / "config.json").is_file():
+        if not os.path.lexists(folder / "config.json"):
             raise CheckpointError(f"{folder}: not a run folder (no config.json)")
+        read_json(folder / "config.json")  # a folder or a pipe there: one line naming it
         state, warnings = load_checkpoint(folder)
         for w in warnings:
             log(f"warning: {w}; using {PREVIOUS_CHECKPOINT}")

@@ -7,36 +7,19 @@ found there; the slot is locked while it runs, so two processes never write into
 
 from __future__ import annotations
 
+import os
+import re
 import shutil
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import asdict, replace
 from pathlib import Path
 
 from .config import AUTO_FIELDS, RUNTIME_FIELDS, TrainConfig
 from .errors import CheckpointError, SeqmnistError, UsageError
-from .fileio import LockHeld, exclusive, read_json
-from .storage import CHECKPOINT, PREVIOUS_CHECKPOINT, WEIGHTS
+from .fileio import exclusive, read_json
+from .storage import CHECKPOINT, PREVIOUS_CHECKPOINT, WEIGHTS, is_run_folder
 
 LOCKS = ".locks"  # one lock file per slot, beside runs/ so that no listing of runs meets it
-
-
-@contextmanager
-def holding(folder: Path, lock: str, what: str,
-            error: type[SeqmnistError] = UsageError) -> Iterator[None]:
-    """Make ``folder`` and hold it for one ``what`` (a sweep, a comparison) at a time: another
-    one already there is ``error``, naming its process."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UsageError(f"cannot make the {what}'s folder {folder}: {exc.strerror or exc}"
-                         ) from None
-    try:
-        with exclusive(folder / lock):
-            yield
-    except LockHeld as exc:
-        raise error(f"another {what} (process {exc.holder or '(unknown)'}) is running on "
-                    f"{folder}; wait for it to finish, or give this one another --out") from None
 
 
 def slot_key(cfg: TrainConfig) -> str:
@@ -58,6 +41,44 @@ def recipe_differences(stored: TrainConfig, wanted: TrainConfig) -> list[str]:
         if have.get(key) != value:
             out.append(f"{key} {have.get(key)!r}, not {value!r}")
     return out
+
+
+# What a run folder holds when its process was killed before its first epoch was saved: the
+# files ``Recorder.create`` writes, the probe of ``new_run_dir``, an empty TensorBoard folder.
+ABANDONED_FILES = {"config.json", "provenance.json", "summary.txt", ".write-test"}
+RUN_NAME = re.compile(r"\d{8}-\d{6}-[\w.-]+")
+
+
+def _abandoned(run: Path) -> bool:
+    """Whether ``run`` is a run folder seqmnist made and left before its first epoch: named as
+    ``new_run_dir`` names them, holding nothing but what ``Recorder.create`` writes."""
+    if run.is_symlink() or not run.is_dir() or not RUN_NAME.fullmatch(run.name):
+        return False
+    for item in run.iterdir():
+        if item.is_symlink():
+            return False
+        if item.name == "tensorboard" and item.is_dir():
+            if any(item.iterdir()):
+                return False
+        elif not (item.is_file() and (item.name in ABANDONED_FILES or
+                                      (item.name.startswith(".") and item.name.endswith(".tmp")))):
+            return False
+    return True
+
+
+def check_slot(folder: Path) -> None:
+    """Refuse a slot that seqmnist did not make: a link, a file, or a folder that is itself a
+    run (a run copied to where its slot should be). Its contents are never touched."""
+    if folder.is_symlink():
+        raise UsageError(f"{folder} is a symbolic link, not a slot folder seqmnist made; "
+                         "nothing there is used or removed: give another --out, or move it away")
+    if os.path.lexists(folder) and not folder.is_dir():
+        raise UsageError(f"{folder} is a file where seqmnist keeps a slot folder; give another "
+                         "--out, or move it away")
+    if is_run_folder(folder):
+        raise UsageError(f"{folder} is itself a run folder; a slot holds its run one level down "
+                         f"({folder}/<run>): move the run into a folder inside it, or give "
+                         "another --out. Nothing was changed")
 
 
 def run_state(folder: Path, wanted: TrainConfig | None = None) -> tuple[str, Path | None]:
@@ -104,6 +125,7 @@ def run_slot(key: str, config: TrainConfig, out: Path, data_dir: str | Path | No
     from .training import train
 
     folder = out / "runs" / key
+    check_slot(folder)
     folder.mkdir(parents=True, exist_ok=True)
     (out / LOCKS).mkdir(exist_ok=True)
 
@@ -123,7 +145,14 @@ def run_slot(key: str, config: TrainConfig, out: Path, data_dir: str | Path | No
             except CheckpointError as exc:  # never deleted silently: the user decides
                 raise CheckpointError(f"{exc}\n(remove {run} to train that run "
                                       "again)") from None
-        for abandoned in (p for p in folder.glob("*") if p.is_dir()):
+        others = sorted(p for p in folder.iterdir() if p.is_dir() or p.is_symlink())
+        strangers = [p.name for p in others if not _abandoned(p)]
+        if strangers:  # never removed: seqmnist did not write them
+            raise UsageError(f"{folder} holds {', '.join(strangers[:5])}"
+                             f"{' and more' if len(strangers) > 5 else ''}, which is not a run "
+                             "of this recipe that seqmnist can finish or safely remove; nothing "
+                             "was changed: move it away or give another --out")
+        for abandoned in others:
             shutil.rmtree(abandoned)  # killed before its first epoch was saved: nothing to keep
         cfg = replace(config, data_dir=None)
         return "trained", train(cfg, out=folder, data_dir=data_dir, progress=progress, log=log,

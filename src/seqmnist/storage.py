@@ -20,7 +20,7 @@ from pathlib import Path
 from .backends import inference_backend, install_backend
 from .config import TrainConfig
 from .errors import CheckpointError, SeqmnistError
-from .fileio import atomic_write, read_json, write_json
+from .fileio import atomic_write, claim_new_folder, read_json, write_json
 from .models import create_model
 from .record import MAX_SIDE, RunMetrics
 from .views import get_view
@@ -59,16 +59,8 @@ def new_run_dir(out: str | Path, cfg: TrainConfig) -> Path:
     """Create a fresh, uniquely named run folder under ``out``, checking that it is writable."""
     out = Path(out)
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    base = f"{stamp}-{cfg.model}-{cfg.dataset}-{cfg.view}"
     try:
-        out.mkdir(parents=True, exist_ok=True)
-        for i in range(1000):
-            folder = out / (base if i == 0 else f"{base}-{i}")
-            try:
-                folder.mkdir()
-                break
-            except FileExistsError:
-                continue
+        folder = claim_new_folder(out, f"{stamp}-{cfg.model}-{cfg.dataset}-{cfg.view}")
         probe = folder / ".write-test"
         probe.write_bytes(b"ok")
         probe.unlink()
@@ -260,6 +252,40 @@ def check_metrics(folder: Path, metrics, num_classes: int) -> dict:
     return RunMetrics.from_dict(metrics, num_classes, f"{folder}/metrics.json")
 
 
+def check_config_agrees(folder: Path, cfg: TrainConfig) -> None:
+    """The configuration inside the weights (the one they were trained with) and config.json
+    beside them must agree: a run whose files disagree (a view changed in one of them) would
+    be read one way and evaluated another, so it is refused naming both and what differs."""
+    stored = read_json(folder / "config.json")
+    if stored is None:  # an older or exported folder without it: the weights' own is used
+        return
+    try:
+        beside = TrainConfig.from_dict(stored)
+    except SeqmnistError as exc:
+        raise CheckpointError(f"{folder}/config.json: {exc}") from None
+    differ = [f"{k}: {v!r} in {WEIGHTS}, {getattr(beside, k)!r} in config.json"
+              for k, v in vars(cfg).items() if getattr(beside, k) != v]
+    if differ:
+        raise CheckpointError(f"{folder}: config.json disagrees with the configuration stored in "
+                              f"{WEIGHTS} ({'; '.join(differ[:3])}); the weights' own is what "
+                              "they were trained with: restore config.json, or retrain")
+
+
+def check_finite(weights: Path, tensors: dict) -> None:
+    """A run whose weights hold NaN or infinity answers nothing meaningful (every probability
+    NaN): refused when loaded, naming the tensors, instead of printing "nan%" answers."""
+    import torch
+
+    bad = {k: int((~torch.isfinite(v)).sum()) for k, v in tensors.items()
+           if v.is_floating_point() and not bool(torch.isfinite(v).all())}
+    if bad:
+        where = ", ".join(f"{k} ({n:,})" for k, n in list(bad.items())[:3])
+        raise CheckpointError(f"{weights}: {sum(bad.values()):,} weights are not numbers (NaN or "
+                              f"infinite) in {where}{' and more' if len(bad) > 3 else ''}: the "
+                              "run is broken (its training diverged, or the file was changed); "
+                              "retrain it")
+
+
 def load_run(path: str | Path) -> Run:
     """Rebuild a run's model from ``model.safetensors`` (its configuration travels inside).
 
@@ -281,6 +307,7 @@ def load_run(path: str | Path) -> Run:
     try:
         cfg, input_shape, num_classes = _check_meta(weights, meta)
         cfg.resolved()
+        check_config_agrees(folder, cfg)
         metrics = check_metrics(folder, read_json(folder / "metrics.json", {}), num_classes)
         image = metrics.get("image_shape")
         if image is not None and get_view(cfg.view).shape(*image) != input_shape:
@@ -301,10 +328,12 @@ def load_run(path: str | Path) -> Run:
         raise CheckpointError(f"{weights}: weights do not fit the stored configuration "
                               f"({first}: file {shapes.get(first)}, model {expected.get(first)})")
     try:
+        tensors = load_file(weights)
         model = create_model(cfg.model, input_shape, num_classes, **cfg.model_options)
-        model.load_state_dict(load_file(weights))
+        model.load_state_dict(tensors)
     except (RuntimeError, SeqmnistError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{weights}: weights do not fit the model ({str(exc)[:200]})") from None
+    check_finite(weights, tensors)
     install_backend(model, inference_backend(cfg.backend, model))
     model.eval()
     history = read_json(folder / "history.json", [])

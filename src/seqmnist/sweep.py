@@ -34,10 +34,9 @@ else:  # Python 3.10: the same parser, from PyPI
 
 from .config import TrainConfig
 from .errors import SeqmnistError, UsageError
-from .fileio import write_json
+from .fileio import output_folder, write_json
 from .slots import (  # noqa: F401 (LOCKS, run_state, recipe_differences: re-exported)
     LOCKS,
-    holding,
     recipe_differences,
     run_slot,
     run_state,
@@ -47,7 +46,6 @@ from .slots import (  # noqa: F401 (LOCKS, run_state, recipe_differences: re-exp
 SPEC_KEYS = {"models", "views", "datasets", "seeds", "recipe", "overrides"}
 # TrainConfig fields a spec may not set: they are the grid's, or where and how a run is stored.
 NOT_IN_RECIPE = {"model", "view", "dataset", "seed", "data_dir", "replicas", "model_options"}
-LOCK = ".sweep.lock"
 MAX_RUNS = 10_000  # a grid larger than this is refused: split it into several specs
 CONFIRM_RUNS = 500  # a grid larger than this needs --yes, after its estimated time is shown
 
@@ -205,7 +203,7 @@ def sweep(spec: Spec | str | Path, out: str | Path | None = None,
     else:
         name = "sweep"
     out = Path(out) if out else Path("sweeps") / name
-    with holding(out, LOCK, "sweep", SweepLocked):
+    with output_folder(out, "sweep", error=SweepLocked):
         return _sweep_locked(spec, out, data_dir, progress, log, runner)
 
 
