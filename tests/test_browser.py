@@ -180,3 +180,37 @@ def test_explain_html_works_offline_from_a_file(small_runs, small_mnist_dir, tmp
     assert not errors, errors
     assert not requests, requests
     assert shot.stat().st_size > 10_000
+
+
+@pytest.mark.browser
+def test_explain_html_draws_whatever_its_runs_are_named(small_runs, small_mnist_dir, tmp_path):
+    """A run folder named `<!--<script>` (it used to make the parser swallow explain.js) and
+    one named `constructor` (it used to find Object.prototype's member): the page still draws
+    both, with no error, in a real browser."""
+    _require(server=False)
+    pytest.importorskip("captum")
+    from playwright.sync_api import expect, sync_playwright
+
+    from seqmnist.explainer import explain_set, write_explanations
+
+    hostile = tmp_path / "<!--<script>"
+    shutil.copytree(small_runs["lstm"], hostile)
+    plain = tmp_path / "constructor"
+    shutil.copytree(small_runs["cnn"], plain)
+    explained = explain_set([hostile, plain], indices=[0], data_dir=small_mnist_dir,
+                            progress=False)
+    page_file = write_explanations(explained, tmp_path / "explained")["html"]
+    errors = []
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=LAUNCH_ARGS)
+        page = browser.new_page(viewport={"width": 1300, "height": 1000})
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.goto(page_file.resolve().as_uri())
+        expect(page.locator("#x-title")).to_contain_text("lstm (rows view) reading test image 0")
+        expect(page.locator("#x-dataset-panel")).to_be_visible()
+        page.select_option("#x-pick", index=1)
+        expect(page.locator("#x-title")).to_contain_text("cnn (image view)")
+        expect(page.locator("#x-dataset-panel")).to_be_hidden()
+        browser.close()
+    assert not errors, errors

@@ -186,3 +186,46 @@ def test_a_card_folder_is_whole_or_absent_and_force_replaces_only_a_card(runs, t
     with pytest.raises(UsageError, match="No space left"):
         export.export_card(runs["cnn"], folder, force=True)
     assert load_run(folder).config.model == "lstm"  # the earlier card is untouched
+
+
+def test_a_permuted_onnx_export_says_how_to_feed_it(small_mnist, tmp_path):
+    """The view, the layout and the permutation itself travel in the ONNX file's metadata:
+    feeding the file by what its metadata says gives the run's own answers."""
+    onnx = pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    import json
+
+    from seqmnist.export import export_onnx, model_card
+
+    run = load_run(train(TrainConfig(model="rnn", view="permuted", epochs=1, limit=200, seed=3),
+                         out=tmp_path, dataset=small_mnist, log=quiet, progress=False).path)
+    path, _ = export_onnx(run, tmp_path / "p.onnx")
+    meta = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+    assert meta["seqmnist.view"] == "permuted" and "(batch, 784 steps, 1)" in meta["seqmnist.input"]
+    order = json.loads(meta["seqmnist.pixel_order"])
+    assert sorted(order) == list(range(784)) and meta["seqmnist.permutation_seed"] == "3"
+    images = small_mnist.x_test[:50]
+    x = (images.reshape(50, -1)[:, order] / 255.0).astype(np.float32)[..., None]
+    theirs = ort.InferenceSession(str(path)).run(None, {"x": x})[0]
+    ours = run.model(to_input(images, "permuted", 3)).detach().numpy()
+    assert np.abs(theirs - ours).max() < 1e-4
+    assert "seqmnist.views.permutation(28 * 28, 3)" in model_card(run)
+
+
+def test_an_older_runs_card_is_written_with_what_it_has(runs, tmp_path):
+    """metrics.json without the newer fields (test_images, train_seconds): the card says '?'
+    where it used to end in a TypeError."""
+    import json
+    import shutil
+
+    from seqmnist.export import export_card
+
+    old = tmp_path / "old"
+    shutil.copytree(runs["lstm"], old)
+    metrics = json.loads((old / "metrics.json").read_text())
+    for key in ("test_images", "train_seconds", "seconds_per_epoch", "params"):
+        metrics.pop(key, None)
+    (old / "metrics.json").write_text(json.dumps(metrics))
+    folder = export_card(old, tmp_path / "card")
+    card = (folder / "README.md").read_text()
+    assert "on ? test images" in card and "- Time: ? s of training" in card

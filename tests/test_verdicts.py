@@ -58,6 +58,17 @@ def test_unequal_seed_counts_name_the_winner_from_the_paired_evidence(tmp_path):
     assert (winner, loser) == ("gru (rows)", "lstm (rows)")
     assert d == pytest.approx(5.0) and lo <= d <= hi and lo > 0
     assert "paired seed 0; left out: lstm (rows) seeds 1, 2" in sentence
+    # one pair is two trained models: no claim about the recipes, and the means table beside
+    # the sentence (lstm ahead over all its seeds) is not contradicted without saying why
+    assert "one pair of runs: it compares these two trained models, not their recipes" in sentence
+    assert "Over all their seeds lstm (rows)'s mean is higher (90.00% against 85.00%)" in sentence
+
+
+def test_one_seed_each_says_it_compares_two_runs_not_two_recipes(tmp_path):
+    runs = [fake_run(tmp_path / "a", "lstm", 0, 100), fake_run(tmp_path / "b", "gru", 0, 300)]
+    sentence = analyse(runs)["verdict"]
+    assert sentence.startswith("lstm (rows) is more accurate than gru (rows) by 20.00")
+    assert "not their recipes" in sentence and "Over all" not in sentence
 
 
 def test_no_seed_in_common_pairs_in_order_and_says_so(tmp_path):
@@ -76,6 +87,7 @@ def test_equal_seeds_say_nothing_about_pairing(tmp_path):
             for s in (0, 1)]
     result = analyse(runs)
     assert "paired" not in result["verdict"] and "left out" not in result["verdict"]
+    assert "not their recipes" not in result["verdict"]  # two seed pairs: about the recipes
 
 
 # --- tampered prediction files, through `compare --runs` -------------------------------------

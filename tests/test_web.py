@@ -273,3 +273,84 @@ def test_the_inside_view_of_a_drawing_is_every_models_explanation(client, small_
         assert client.get(page).status_code == 200
     bad = client.post("/api/explain", content=b"hello", headers={"Content-Type": "text/plain"})
     assert bad.status_code == 400
+
+
+def test_the_queue_is_bounded_by_the_work_it_holds():
+    """Admission by expected seconds: three 25-s explanations do not fit a 60-s budget beside
+    each other, a prediction still does; a kind never measured waits for its first answer."""
+    from seqmnist.web import Workload
+
+    load = Workload(budget=60, expected={"predict": 0.1})
+    first = load.admit("explain")
+    assert first == 0.0 and load.admit("explain") is None  # not measured: one at a time
+    load.release("explain", first, seconds=25.0)
+    costs = [load.admit("explain"), load.admit("explain")]
+    assert costs == [25.0, 25.0] and load.admit("explain") is None
+    assert load.admit("predict") == 0.1
+    load.release("explain", costs[0])  # a request given up: its work leaves the queue
+    assert load.admit("explain") == 25.0
+
+
+def test_an_abandoned_explanation_stops_its_work(live_server, monkeypatch):
+    """A client that sends its request and closes the connection at once: the work for it stops
+    at its next check instead of running to the end. The fake work below runs until told to stop
+    (up to 60 s), so the test does not depend on how fast the machine is."""
+    import json
+    import socket
+    import threading
+    import time
+
+    from seqmnist import explainer, web
+
+    started, stopped, finished = threading.Event(), threading.Event(), threading.Event()
+
+    def endless(runs, image):
+        started.set()
+        try:
+            for _ in range(600):
+                explainer._check()
+                time.sleep(0.1)
+        except explainer.Cancelled:
+            stopped.set()
+            raise
+        finished.set()
+        return {"images": []}
+
+    monkeypatch.setattr(web, "explain_all", endless)
+    body = json.dumps({"pixels": np.pad(np.full((20, 20), 255), 4).tolist()}).encode()
+    with socket.create_connection(("127.0.0.1", live_server), timeout=30) as sock:
+        sock.sendall(b"POST /api/explain HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: "
+                     b"application/json\r\nContent-Length: " + str(len(body)).encode() +
+                     b"\r\n\r\n" + body)
+        assert started.wait(30)
+    assert stopped.wait(30) and not finished.is_set()
+
+
+def test_the_real_explainer_stops_when_asked(small_runs, small_mnist):
+    from seqmnist.explainer import Cancelled, explain, stop_when
+
+    checks = []
+
+    def stop_after_three():
+        checks.append(1)
+        return len(checks) > 3
+
+    with stop_when(stop_after_three), pytest.raises(Cancelled):
+        explain(small_runs["lstm"], 0, dataset=small_mnist)
+    assert len(checks) == 4
+    assert explain(small_runs["lstm"], 0, dataset=small_mnist).belief is not None  # scoped
+
+
+@pytest.mark.parametrize("body, ctype", [
+    (b"--x\r\nContent-Disposition: form-data; name=\"image\"; filename=\"a.png\"\r\n\r\nabc\r\n"
+     b"--x--\r\n", "multipart/form-data"),  # no boundary in the header
+    (b"".join(b"--x\r\nContent-Disposition: form-data; name=\"f%d\"; filename=\"a.png\"\r\n\r\n"
+              b"abc\r\n" % i for i in range(2)) + b"--x--\r\n",
+     "multipart/form-data; boundary=x"),  # two files
+    (b"".join(b"--x\r\nContent-Disposition: form-data; name=\"f%d\"\r\n\r\nv\r\n" % i
+              for i in range(9)) + b"--x--\r\n", "multipart/form-data; boundary=x"),  # fields
+])
+def test_malformed_multipart_is_a_400_naming_the_problem(client, body, ctype):
+    for api in ("/api/predict", "/api/explain"):
+        resp = client.post(api, content=body, headers={"Content-Type": ctype})
+        assert resp.status_code == 400 and "multipart" in resp.json()["error"], resp.text

@@ -198,6 +198,22 @@ def _pairing_note(pair: dict) -> str:
     return text
 
 
+def _evidence_caveat(pair: dict, first: str, second: str, groups: dict[str, dict]) -> str:
+    """What a pair's sentence cannot claim. One seed pair is two trained models, not two
+    recipes; and when the paired runs favour the model whose mean over all its seeds is lower,
+    the sentence says so rather than contradict the means table beside it."""
+    out = ""
+    if pair["pairs"] < 2:
+        out = (" That is one pair of runs: it compares these two trained models, not their "
+               "recipes (train two or more seeds of each, --seeds, for a claim about them).")
+    mean_first = groups[first]["accuracy"]["mean"]
+    mean_second = groups[second]["accuracy"]["mean"]
+    if mean_second > mean_first and pair["difference"] != 0:
+        out += (f" Over all their seeds {second}'s mean is higher ({mean_second:.2%} against "
+                f"{mean_first:.2%}): the pairing leaves seeds out.")
+    return out
+
+
 def verdict(groups: list[dict], pairs: dict[tuple[str, str], dict]) -> str:
     """What the evidence supports, in one or two sentences. Each pair's sentence names its
     winner from the pair's own evidence (the paired seeds its interval is computed from), never
@@ -209,6 +225,7 @@ def verdict(groups: list[dict], pairs: dict[tuple[str, str], dict]) -> str:
             " (one seed)"
         return f"{g['name']} reached {acc['mean']:.2%} test accuracy{spread}."
     ranked = sorted(groups, key=lambda g: -g["accuracy"]["mean"])
+    by_name = {g["name"]: g for g in groups}
     best = ranked[0]
     sentences = []
     for other in ranked[1:]:
@@ -227,12 +244,13 @@ def verdict(groups: list[dict], pairs: dict[tuple[str, str], dict]) -> str:
         note = _pairing_note(pair)
         note = f"; {note}" if note else ""
         if pair["significant"]:
-            sentences.append(f"{first} is more accurate than {second} by {d:.2f} points (95% CI "
-                             f"{lo:.2f} to {hi:.2f}; {test}{note}).")
+            text = (f"{first} is more accurate than {second} by {d:.2f} points (95% CI "
+                    f"{lo:.2f} to {hi:.2f}; {test}{note}).")
         else:
-            sentences.append(f"No significant difference between {first} and {second} at these "
-                             f"settings ({d:+.2f} points, 95% CI {lo:.2f} to {hi:.2f}; {test}"
-                             f"{'' if k else f', largest p {worst_p:.2g}'}{note}).")
+            text = (f"No significant difference between {first} and {second} at these "
+                    f"settings ({d:+.2f} points, 95% CI {lo:.2f} to {hi:.2f}; {test}"
+                    f"{'' if k else f', largest p {worst_p:.2g}'}{note}).")
+        sentences.append(text + _evidence_caveat(pair, first, second, by_name))
         if len(sentences) == 3 and len(ranked) > 4:
             sentences.append(f"({len(ranked) - 4} more pairs in the table below.)")
             break

@@ -18,13 +18,22 @@ def _asset(name: str) -> str:
     return resources.files("seqmnist").joinpath(STATIC, name).read_text()
 
 
+def embed_json(obj) -> str:
+    """``obj`` as JSON that no string inside it can end or change the script element holding
+    it: every ``<``, ``>`` and ``&`` is written as its JSON escape (``\\u003c``...), so neither
+    ``</script>`` nor ``<!--`` can appear; JSON.parse reads back the same strings. Numbers
+    that are not numbers (NaN) become null."""
+    from .fileio import json_safe
+
+    text = json.dumps(json_safe(obj), allow_nan=False, separators=(",", ":"))
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+
+
 def render(images: list[dict], datasets: dict | None = None, inline: bool = False,
            title: str = "seqmnist explain") -> str:
     """The page for explain.json's ``images``; ``inline``: for a notebook cell, the same page in
     an iframe of its own (so that several explanations in one notebook do not mix)."""
-    data = json.dumps({"images": images, "datasets": datasets or {}}, allow_nan=False,
-                      separators=(",", ":"))
-    data = data.replace("</", "<\\/")  # the JSON cannot close its script element
+    data = embed_json({"images": images, "datasets": datasets or {}})
     body = (f"<style>{_asset('explain.css')}</style>{_asset('explain-body.html')}"
             f"<script id=\"explain-data\" "
             f"type=\"application/json\">{data}</script><script>{_asset('explain.js')}</script>")

@@ -17,13 +17,16 @@ image (``saliency``). ``seqmnist explain`` writes them as ``explain.json`` and o
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .errors import UsageError
+from .errors import SeqmnistError, UsageError
 from .evaluation import dataset_view, step_features, torch_copy
 from .storage import Run, load_run
 from .views import VIEWS, permutation, to_input
@@ -79,9 +82,37 @@ class Explanation:
         return render([self.to_dict()], inline=True)
 
 
+class Cancelled(SeqmnistError):
+    """The caller gave up on the explanation (the page's client went away): the work stops."""
+
+
+_STOP: ContextVar[Callable[[], bool] | None] = ContextVar("seqmnist_explain_stop", default=None)
+
+
+@contextmanager
+def stop_when(stop: Callable[[], bool]) -> Iterator[None]:
+    """Within the block (in this thread or task), explanations check ``stop()`` between batches
+    and raise ``Cancelled`` once it is true, so no CPU is spent on an answer nobody reads."""
+    token = _STOP.set(stop)
+    try:
+        yield
+    finally:
+        _STOP.reset(token)
+
+
+def _check() -> None:
+    stop = _STOP.get()
+    if stop is not None and stop():
+        raise Cancelled("the explanation was no longer wanted")
+
+
 def _probabilities(model, x: torch.Tensor, batch: int = 256) -> torch.Tensor:
+    out = []
     with torch.inference_mode():
-        return torch.cat([model(part).softmax(-1) for part in x.split(batch)])
+        for part in x.split(batch):
+            _check()
+            out.append(model(part).softmax(-1))
+    return torch.cat(out)
 
 
 def decided_at(belief: np.ndarray, answer: int) -> int:
@@ -256,6 +287,10 @@ def explain(run: Run | str | Path, image: int | np.ndarray | str | Path,
     """Explain ``run`` reading one image: a test-set index, a (H, W) uint8 array (white ink on
     black, MNIST-style), or an image file (prepared the MNIST way)."""
     run = run if isinstance(run, Run) else load_run(run)
+    if isinstance(image, (bool, float)) or image is None or \
+            not isinstance(image, (int, np.integer, np.ndarray, str, Path)):
+        raise UsageError(f"explain's image is a test-set index (int), a (H, W) uint8 array or an "
+                         f"image file's path; got {type(image).__name__} {image!r:.40}")
     return _explain(torch_copy(run), *_image(run, image, data_dir, dataset))
 
 
@@ -266,6 +301,9 @@ def _image(run: Run, image, data_dir, dataset) -> tuple[np.ndarray, int | None, 
 
     cfg = run.config
     size = tuple(run.metrics.get("image_shape") or (28, 28))
+    if dataset is not None and dataset.name != cfg.dataset:
+        raise UsageError(f"{run.path} was trained on {cfg.dataset}, not {dataset.name}: its "
+                         f"answers are {cfg.dataset}'s classes; explain it on {cfg.dataset}")
     if isinstance(image, (int, np.integer)) and not isinstance(image, bool):
         ds = dataset or load_dataset(cfg.dataset, data_dir or cfg.data_dir)
         if not 0 <= image < len(ds.x_test):
@@ -301,6 +339,7 @@ def _explain(run: Run, pixels: np.ndarray, index: int | None, label: str | None
     from .models import MODELS
 
     if VIEWS[cfg.view].kind == "sequence" and MODELS[cfg.model].steps:
+        _check()
         with torch.inference_mode():
             belief = model.forward_steps(x).softmax(-1)[0].numpy()
         out.steps = int(x.shape[1])
@@ -308,7 +347,9 @@ def _explain(run: Run, pixels: np.ndarray, index: int | None, label: str | None
         out.belief = belief
         out.decided_at = decided_at(belief, answer)
         out.occlusion = _occlude_steps(model, x, answer, float(probs[answer]))
+        _check()
         out.attribution, out.attribution_delta = integrated_gradients(model, x.clone(), answer)
+        _check()
         out.state = inside(run, x)
         out.unit_order = unit_order(run, out.state)
     return out
@@ -354,6 +395,9 @@ def explain_runs(runs: list[str | Path | Run], indices: list[int] | None = None,
         raise UsageError(f"runs to explain together must read the same dataset, got "
                          f"{', '.join(sorted(datasets))}")
     ds = dataset or load_dataset(loaded[0].config.dataset, data_dir or loaded[0].config.data_dir)
+    if ds.name != loaded[0].config.dataset:
+        raise UsageError(f"the runs were trained on {loaded[0].config.dataset}, not {ds.name}; "
+                         f"explain them on {loaded[0].config.dataset}")
     chosen: list[int | Path] = list(indices or []) + [Path(p) for p in images or []]
     if not chosen:
         chosen = default_set(loaded)
@@ -428,10 +472,12 @@ def write_explanations(explained: ExplainSet | list[Explanation],
         explained = ExplainSet(list(explained), {})
     out = Path(out)
     data = explained.to_dict()
+    # both made before either is written: a failure leaves neither file, never one of the two
+    text, page = dumps(data, indent=None) + "\n", render(data["images"], data["datasets"])
     try:
         out.mkdir(parents=True, exist_ok=True)
-        atomic_write(out / "explain.json", dumps(data, indent=None) + "\n")
-        atomic_write(out / "explain.html", render(data["images"], data["datasets"]))
+        atomic_write(out / "explain.json", text)
+        atomic_write(out / "explain.html", page)
     except OSError as exc:
         raise UsageError(f"cannot write under {out}: {exc.strerror or exc}") from None
     return {"json": out / "explain.json", "html": out / "explain.html"}

@@ -8,6 +8,7 @@ folder with a model card, in the layout model hubs accept.
 from __future__ import annotations
 
 import io
+import json
 import os
 import shutil
 import tempfile
@@ -111,9 +112,50 @@ def export_onnx(run: Run | str | Path, out: str | Path | None = None, force: boo
     except ImportError as exc:
         raise SeqmnistError(f"ONNX export needs its extra: pip install 'seqmnist[export]' "
                             f"({exc})") from None
-    worst = check_onnx(buf.getvalue(), run, check, name=str(out)) if check is not None else None
-    _write_out(out, buf.getvalue())
+    data = with_metadata(buf.getvalue(), input_description(run))
+    worst = check_onnx(data, run, check, name=str(out)) if check is not None else None
+    _write_out(out, data)
     return out, worst
+
+
+def input_description(run: Run) -> dict[str, str]:
+    """How to feed ``run``'s model, written into the ONNX file's metadata and the model card:
+    the view, the input's layout and scaling, the pixel order (the permutation itself for the
+    permuted view), the image size and the classes."""
+    from .views import VIEWS, permutation
+
+    cfg = run.config
+    h, w = run.metrics.get("image_shape") or (28, 28)
+    layout = {"rows": f"(batch, {h} steps, {w} features): row t of the image at step t",
+              "columns": f"(batch, {w} steps, {h} features): column t, top to bottom, at step t",
+              "pixels": f"(batch, {h * w} steps, 1): pixel t in row-major order at step t",
+              "permuted": f"(batch, {h * w} steps, 1): pixel order[t] (row-major index) at step t",
+              "image": f"(batch, 1, {h}, {w}): the image with one channel"}
+    out = {"seqmnist.view": cfg.view,
+           "seqmnist.view_description": VIEWS[cfg.view].description,
+           "seqmnist.input": "x, float32 " + layout.get(cfg.view, str(tuple(run.input_shape))) +
+           f"; each pixel is its grey value / 255, white ink on black, of a {h} x {w} image "
+           "prepared the MNIST way",
+           "seqmnist.image_shape": json.dumps([h, w]),
+           "seqmnist.dataset": cfg.dataset,
+           "seqmnist.classes": json.dumps(run.metrics.get("classes") or
+                                          [str(i) for i in range(run.num_classes)]),
+           "seqmnist.output": "logits, float32 (batch, classes): softmax gives the probabilities"}
+    if cfg.view == "permuted":
+        out["seqmnist.pixel_order"] = json.dumps(permutation(h * w, cfg.seed).tolist())
+        out["seqmnist.permutation_seed"] = str(cfg.seed)
+    return out
+
+
+def with_metadata(model: bytes, props: dict[str, str]) -> bytes:
+    """The ONNX model's bytes with ``props`` in its metadata (metadata_props)."""
+    import onnx
+
+    proto = onnx.load_from_string(model)
+    for key, value in props.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    return proto.SerializeToString()
 
 
 def check_onnx(model: str | Path | bytes, run: Run, x: np.ndarray, name: str = "") -> float:
@@ -161,6 +203,15 @@ def _seed_siblings(run: Run) -> list[dict]:
     return found
 
 
+def _number(value, spec: str) -> str:
+    """A recorded number as the card prints it; '?' where an older run did not record it."""
+    return format(value, spec) if isinstance(value, (int, float)) else "?"
+
+
+def _count(value) -> str:
+    return _number(value, ",")
+
+
 def model_card(run: Run) -> str:
     """A model card (README.md with the YAML front matter model hubs read)."""
     from . import stats
@@ -170,7 +221,7 @@ def model_card(run: Run) -> str:
     acc = m.get("test_accuracy")
     lines_acc = []
     if acc is not None:
-        text = f"- Test accuracy: **{acc:.2%}** on {m.get('test_images', '?'):,} test images"
+        text = f"- Test accuracy: **{acc:.2%}** on {_count(m.get('test_images'))} test images"
         if (run.path / PREDICTIONS).is_file():
             p = load_predictions(run.path, run.num_classes)
             lo, hi = stats.bootstrap_mean(p["predictions"] == p["labels"])
@@ -191,6 +242,15 @@ def model_card(run: Run) -> str:
         f"{cfg.epochs} epochs, batch {cfg.batch_size}, Adam lr {cfg.lr:g} ({cfg.schedule}), "
         f"preset {cfg.preset}, {cfg.precision}, backend {cfg.backend}, seed {cfg.seed}")
     quick = used and total and used < total
+    how = input_description(run)
+    feeding = [f"- View: `{cfg.view}` ({how['seqmnist.view_description']})",
+               f"- Input: {how['seqmnist.input']}"]
+    if "seqmnist.pixel_order" in how:
+        feeding.append(f"- Pixel order: the permutation `seqmnist.views.permutation("
+                       f"{' * '.join(map(str, json.loads(how['seqmnist.image_shape'])))}, "
+                       f"{cfg.seed})`; an ONNX export carries it as `seqmnist.pixel_order`")
+    feeding.append("- An ONNX export (`seqmnist export RUN`) carries all of this in its metadata "
+                   "(`seqmnist.*` keys)")
     return "\n".join([
         "---",
         "library_name: seqmnist",
@@ -209,18 +269,22 @@ def model_card(run: Run) -> str:
         "## Results",
         "",
         *(lines_acc or ["- (no test metrics recorded)"]),
-        f"- Parameters: {m.get('params', 0):,}",
+        f"- Parameters: {_count(m.get('params'))}",
         "",
         "## Training",
         "",
         f"- Data: {cfg.dataset}, {used if used else '?'} of {total if total else '?'} training "
         "images" + (" (a quick run below the recipe: not a result)" if quick else ""),
         f"- Recipe: {recipe}",
-        f"- Time: {m.get('train_seconds', 0):.1f} s of training, "
-        f"{m.get('seconds_per_epoch', 0):.3g} s per epoch",
+        f"- Time: {_number(m.get('train_seconds'), '.1f')} s of training, "
+        f"{_number(m.get('seconds_per_epoch'), '.3g')} s per epoch",
         f"- Hardware and software: {prov.get('cpu') or '?'}"
         f"{' + ' + prov['gpu'] if prov.get('gpu') else ''}, {prov.get('device', '?')}, "
         f"PyTorch {prov.get('torch', '?')}, seqmnist {prov.get('seqmnist', '?')}",
+        "",
+        "## How to feed it",
+        "",
+        *feeding,
         "",
         "## Intended use and limits",
         "",

@@ -16,12 +16,16 @@ from __future__ import annotations
 import errno
 import json
 import logging
+import threading
+import time
 from importlib import resources
 from pathlib import Path
 
 import numpy as np
 
-from ..errors import ImageError, SeqmnistError, UsageError
+from ..errors import CheckpointError, ImageError, SeqmnistError, UsageError
+from ..explainer import Cancelled
+from ..fileio import dumps
 from ..images import decode_image, ink, predict_arrays, prepare_array
 from ..models import get_entry
 from ..storage import Run, latest_runs, load_run
@@ -35,6 +39,10 @@ MAX_PIXELS = 2_000_000
 WORKERS = 2
 QUEUE = 16
 RETRY_AFTER = "1"
+# The queue is bounded by the work it holds as well: the expected seconds of every request
+# admitted and not yet answered stay under WORK_SECONDS (a pixel-view explanation can take 20 s,
+# a prediction milliseconds). A kind of request never measured yet is admitted one at a time.
+WORK_SECONDS = 60.0
 # A request body must arrive within this many seconds (slow clients cannot hold a connection).
 BODY_SECONDS = 10.0
 CONNECTIONS = 64
@@ -59,6 +67,39 @@ STATIC = {"/": ("index.html", "text/html; charset=utf-8"),
 
 class BodyTooLarge(Exception):
     pass
+
+
+class Workload:
+    """The work the server holds: the expected seconds of each request admitted and not yet
+    answered. Each kind's expectation is the mean of its last measured times; a kind not yet
+    measured is admitted only when no other request of its kind is pending."""
+
+    def __init__(self, budget: float = WORK_SECONDS, expected: dict[str, float] | None = None):
+        self.budget, self.pending = budget, 0.0
+        self.expected: dict[str, float] = dict(expected or {})
+        self.unmeasured: dict[str, int] = {}
+
+    def admit(self, kind: str) -> float | None:
+        """The cost booked for a new request of ``kind``, or None: refuse it (503)."""
+        cost = self.expected.get(kind)
+        if cost is None:
+            if self.unmeasured.get(kind):
+                return None
+            self.unmeasured[kind] = 1
+            return 0.0
+        if self.pending > 0 and self.pending + cost > self.budget:
+            return None
+        self.pending += cost
+        return cost
+
+    def release(self, kind: str, cost: float, seconds: float | None = None) -> None:
+        """A request answered (``seconds``: the work it took) or given up."""
+        self.pending = max(0.0, self.pending - cost)
+        if kind not in self.expected:
+            self.unmeasured[kind] = 0
+        if seconds is not None:
+            old = self.expected.get(kind)
+            self.expected[kind] = seconds if old is None else (old + seconds) / 2
 
 
 class BodyLimit:
@@ -126,13 +167,28 @@ async def _drain(receive) -> None:
             return
 
 
-def resolve_runs(runs: list[str | Path] | None, runs_dir: str | Path = "runs") -> list[Run]:
-    """The runs to serve: those given, else the latest finished run of each model."""
+def resolve_runs(runs: list[str | Path] | None, runs_dir: str | Path = "runs",
+                 log=print) -> list[Run]:
+    """The runs to serve: those given, else the latest finished run of each model. A run that
+    cannot be loaded (its weights NaN, its files disagreeing) is left out with one line saying
+    why, and the others are served; none left is an error."""
     paths = [Path(r) for r in runs] if runs else list(latest_runs(runs_dir).values())
     if not paths:
         raise SeqmnistError(f"no finished runs found under {runs_dir}/; make some with:\n"
                             "  seqmnist compare --epochs 1\nthen run `seqmnist serve` again")
-    return [load_run(p) for p in paths]
+    loaded, broken = [], []
+    for path in paths:
+        try:
+            loaded.append(load_run(path))
+        except CheckpointError as exc:
+            broken.append(str(exc))
+            log(f"warning: not served: {exc}")
+    if not loaded:
+        raise CheckpointError("no run can be served:\n" + "\n".join(broken))
+    return loaded
+
+
+NOT_A_NUMBER = "this model's output is not a number (NaN): its weights are broken; retrain it"
 
 
 def model_info(run: Run) -> dict:
@@ -156,8 +212,7 @@ def predict_all(runs: list[Run], image: np.ndarray) -> dict:
             results.append({**info, "error": str(exc)})
             continue
         if not np.isfinite(pred["probabilities"]).all():
-            results.append({**info, "error": "this model's output is not a number (NaN): its "
-                                             "weights are broken; retrain it"})
+            results.append({**info, "error": NOT_A_NUMBER})
             continue
         results.append({**info, **pred})
     return {"image": image.tolist(), "models": results}
@@ -173,9 +228,14 @@ def explain_all(runs: list[Run], image: np.ndarray) -> dict:
         shape = tuple(run.metrics.get("image_shape") or (28, 28))
         try:
             img = image if image.shape == shape else prepare_array(image / 255.0, shape)
-            images.append(explain(run, img).to_dict())
+            explained = explain(run, img)
         except (ImageError, UsageError) as exc:
             images.append({**model_info(run), "error": str(exc)})
+            continue
+        if not np.isfinite(explained.probabilities).all():
+            images.append({**model_info(run), "error": NOT_A_NUMBER})
+            continue
+        images.append(explained.to_dict())
     return {"images": images}
 
 
@@ -199,14 +259,52 @@ async def _read_body(request) -> tuple[str, object]:
             raise ImageError(f"pixels must be 28 x 28 numbers in 0-255, got shape {pixels.shape}")
         return "pixels", np.rint(pixels).astype(np.uint8)
     if ctype == "multipart/form-data":
-        async with request.form(max_files=1, max_fields=4) as form:
-            upload = form.get("image") or form.get("file")
-            if upload is None or isinstance(upload, str):
-                raise ImageError('multipart upload needs a file field named "image"')
-            return "image", await upload.read()
+        from starlette.exceptions import HTTPException
+        from starlette.formparsers import MultiPartException
+
+        try:
+            async with request.form(max_files=1, max_fields=4) as form:
+                upload = form.get("image") or form.get("file")
+                if upload is None or isinstance(upload, str):
+                    raise ImageError('multipart upload needs a file field named "image"')
+                return "image", await upload.read()
+        except (HTTPException, MultiPartException) as exc:
+            reason = getattr(exc, "detail", None) or getattr(exc, "message", None) or exc
+            raise ImageError(f"malformed multipart upload: {reason} (send one file field "
+                             'named "image")') from None
+        except (KeyError, ValueError, UnicodeError) as exc:
+            raise ImageError(f"malformed multipart upload ({type(exc).__name__}: "
+                             f"{str(exc)[:100]})") from None
     if ctype.startswith("image/"):
         return "image", await request.body()
     raise ImageError("send image/png, image/jpeg, multipart/form-data or application/json")
+
+
+async def _while_connected(request, work):
+    """``await work(gone)`` while watching the client: ``gone`` (a threading.Event) is set when
+    the client closes its connection (after its body, the only message left to receive is the
+    disconnect), so the work can stop. Returns its result or raises its own exception."""
+    import anyio
+
+    gone = threading.Event()
+    outcome: dict = {}
+
+    async def watch() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+        gone.set()
+
+    async with anyio.create_task_group() as watchers:
+        watchers.start_soon(watch)
+        try:
+            outcome["result"] = await work(gone)
+        except Exception as exc:  # noqa: BLE001 - raised again below, outside the task group
+            outcome["error"] = exc
+        finally:
+            watchers.cancel_scope.cancel()
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["result"]
 
 
 def _prepare(kind: str, payload) -> np.ndarray:
@@ -242,6 +340,7 @@ def create_app(runs: list[Run], allowed_hosts: list[str] | None = None):
 
     limiter = anyio.CapacityLimiter(WORKERS)
     state = {"pending": 0}
+    load = Workload(expected={"predict": 0.1})  # every model's answer to one image: cheap
     logged: set[str] = set()
 
     def failed(request, exc: Exception) -> Response:
@@ -253,37 +352,51 @@ def create_app(runs: list[Run], allowed_hosts: list[str] | None = None):
                       "this client are not logged)", client, type(exc).__name__, str(exc)[:200])
         return JSONResponse({"error": f"internal error ({type(exc).__name__})"}, 500)
 
-    def work(kind: str, payload) -> dict:
+    def work(kind: str, payload, stop) -> dict:
         return predict_all(runs, _prepare(kind, payload))
 
-    def look_inside(kind: str, payload) -> dict:
-        return explain_all(runs, _prepare(kind, payload))
+    def look_inside(kind: str, payload, stop) -> dict:
+        from ..explainer import stop_when
+
+        with stop_when(stop):  # in the worker thread: explanations stop once the client left
+            return explain_all(runs, _prepare(kind, payload))
 
     async def predict(request):
-        return await answer(request, work)
+        return await answer(request, "predict", work)
 
     async def inside(request):
-        return await answer(request, look_inside)
+        return await answer(request, "explain", look_inside)
 
-    async def answer(request, job):
+    def timed(job, kind, payload, stop, took):
+        if stop():  # given up while it waited for a worker
+            raise Cancelled("the client went away")
+        start = time.perf_counter()
+        result = job(kind, payload, stop)
+        took.append(time.perf_counter() - start)
+        return result
+
+    async def answer(request, name: str, job):
         origin = request.headers.get("origin")
         if origin is not None and origin.split("://", 1)[-1] != request.headers.get("host") \
                 or request.headers.get("sec-fetch-site") == "cross-site":
             return JSONResponse({"error": "cross-origin requests are refused"}, 403)
-        if state["pending"] >= WORKERS + QUEUE:
-            return JSONResponse({"error": "busy: too many requests at once; try again"}, 503,
+        cost = load.admit(name) if state["pending"] < WORKERS + QUEUE else None
+        if cost is None:
+            return JSONResponse({"error": "busy: too much work waiting; try again"}, 503,
                                 headers={"Retry-After": RETRY_AFTER})
         state["pending"] += 1
+        took: list[float] = []
         try:
             with anyio.fail_after(BODY_SECONDS):
                 kind, payload = await _read_body(request)
-            result = await anyio.to_thread.run_sync(job, kind, payload, limiter=limiter)
+            result = await _while_connected(request, lambda gone: anyio.to_thread.run_sync(
+                timed, job, kind, payload, gone.is_set, took, limiter=limiter))
         except ImageError as exc:
             return JSONResponse({"error": str(exc)}, 400)
         except TimeoutError:
             return JSONResponse({"error": f"request body not received within {BODY_SECONDS:g} s"},
                                 408, headers={"Connection": "close"})
-        except ClientDisconnect:
+        except (ClientDisconnect, Cancelled):
             return Response(status_code=400)  # the client is gone; nothing to log
         except BodyTooLarge:
             raise  # the BodyLimit middleware answers 413
@@ -291,7 +404,9 @@ def create_app(runs: list[Run], allowed_hosts: list[str] | None = None):
             return failed(request, exc)
         finally:
             state["pending"] -= 1
-        return JSONResponse(result)
+            load.release(name, cost, took[0] if took else None)
+        # strict JSON: a number that is not one becomes null instead of failing the answer
+        return Response(dumps(result, indent=None), media_type="application/json")
 
     routes = [Route(path, page) for path in pages]
     routes += [Route("/api/models", models), Route("/api/predict", predict, methods=["POST"]),

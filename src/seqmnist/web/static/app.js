@@ -226,7 +226,12 @@ async function lookInside(body, type) {
   const opts = { method: "POST", body };
   if (type) opts.headers = { "Content-Type": type };
   try {
-    const resp = await fetch("/api/explain", opts);
+    let resp = await fetch("/api/explain", opts);
+    while (resp.status === 503 && mine === insideRequest) {  // busy: ask again when it says
+      await new Promise((r) => setTimeout(r, 1000 * (Number(resp.headers.get("Retry-After")) || 1)));
+      if (mine !== insideRequest) return;
+      resp = await fetch("/api/explain", opts);
+    }
     const data = await resp.json();
     if (!resp.ok || mine !== insideRequest) return;  // a newer drawing is on its way
     const box = document.getElementById("inside-body");

@@ -4,6 +4,9 @@
 "use strict";
 const $ = (id) => document.getElementById('x-' + id);
 let items = [], current = 0, step = 1, timer = null, wired = false;
+// A key from the data (a run folder, a state's name) is looked up as the object's own member
+// only: a run named "constructor" or "__proto__" must not find Object.prototype's.
+const own = (obj, key) => (obj != null && Object.prototype.hasOwnProperty.call(obj, key)) ? obj[key] : undefined;
 
 function heat(v, lo, hi) {           // white -> dark blue
   const t = hi > lo ? Math.min(1, Math.max(0, (v - lo) / (hi - lo))) : 0;
@@ -106,7 +109,7 @@ function drawStates(it) {
       title.textContent = `${name}: where step ${step} looks (steps read so far)`;
       continue;
     }
-    const order = (it.unit_order && it.unit_order[name]) || [...Array(U).keys()];
+    const order = own(it.unit_order, name) || [...Array(U).keys()];
     const sx = Math.max(1, Math.floor(420 / T)), sy = Math.max(2, Math.floor(160 / U));
     const ctx = canvas(cv, T, U, sx, sy), m = absmax(values);
     const gate = name.endsWith('_gate') || name.endsWith('.state');
@@ -126,7 +129,7 @@ const PALETTE = ['#1f77b4', '#ff7f0e', '#2ca02c', '#d62728', '#9467bd', '#8c564b
 let datasets = {};
 
 function drawDataset(it) {
-  const d = datasets[it.run];
+  const d = own(datasets, it.run);
   $('dataset-panel').style.display = d ? '' : 'none';
   if (!d) return;
   const pts = d.pca.points, size = 300;
