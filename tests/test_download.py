@@ -21,9 +21,11 @@ EXPECTED = hashlib.sha256(CONTENT).hexdigest()
 
 class Handler(BaseHTTPRequestHandler):
     routes: dict = {}
+    hits: dict = {}  # requests per kind of mirror
 
     def do_GET(self):  # noqa: N802 (http.server's naming)
         kind = self.path.split("/")[1]
+        Handler.hits[kind] = Handler.hits.get(kind, 0) + 1
         if kind == "missing":
             self.send_error(404)
             return
@@ -170,6 +172,30 @@ def test_a_dripping_mirror_meets_the_overall_deadline(server, tmp_path, monkeypa
     monkeypatch.setattr(download, "limits_for", lambda size: (10_000_000, 1.0))
     with pytest.raises(DownloadError, match="too slow"):
         _fetch(server, tmp_path, "drip", size=len(CONTENT), retries=1, timeout=5)
+
+
+def test_a_dripping_mirror_is_given_up_once_and_the_next_one_tried(server, tmp_path,
+                                                                    monkeypatch):
+    """Under the rate the deadline allows, a mirror is not tried again (each try would wait the
+    whole deadline: half an hour for MNIST's training images): the next mirror serves the file."""
+    monkeypatch.setattr(download, "limits_for", lambda size: (10_000_000, 1.0))
+    Handler.hits.pop("drip", None)
+    path = _fetch(server, tmp_path, "drip", "good", size=len(CONTENT), retries=3, timeout=5)
+    assert sha256_of_content(path) == EXPECTED and Handler.hits["drip"] == 1
+
+
+def test_a_killed_archive_download_is_cleared_by_the_next_fetch(server, tmp_path):
+    """A download killed mid-way leaves its .part (724 MB for EMNIST's archive) under archives/:
+    the next download of that file removes it, even when it fails; other files are kept."""
+    archives = tmp_path / "archives"
+    archives.mkdir()
+    stale = archives / ".gzip.zip.k3j9x.part"
+    stale.write_bytes(b"\0" * 1000)
+    (archives / "notes.txt").write_text("mine")
+    with pytest.raises(DownloadError):
+        download_file("gzip.zip", "0" * 32, archives, [f"{server}/missing"], progress=False,
+                      suffix="", gzip_data=False)
+    assert sorted(p.name for p in archives.iterdir()) == ["notes.txt"]
 
 
 def test_a_corrupt_cached_file_and_stale_partial_files_are_repaired(server, tmp_path):

@@ -143,3 +143,25 @@ def test_only_regular_files_are_read_and_only_up_to_the_cap(tmp_path):
     worker.join(10)
     assert not worker.is_alive(), "reading a FIFO hung"
     assert "not a regular file" in done[zero] and "not a regular file" in done[fifo]
+
+
+def test_a_line_of_pixels_is_refused_from_its_header():
+    """16,000,000 x 1 pixels in a PNG of a few KB: within the pixel limit, but no picture of a
+    digit; it used to take 23 s and 1.2 GB to become an all-zero 28 x 28."""
+    line = encode(Image.new("L", (16_000_000, 1), 255))
+    assert len(line) < 100_000
+    with pytest.raises(ImageError, match=r"16000000x1 pixels, 16,000,000 times longer than wide"):
+        decode_image(line)
+    assert decode_image(encode(Image.new("L", (40, 400), 255))).shape == (400, 40)  # 10:1 is fine
+
+
+def test_ink_that_vanishes_when_shrunk_is_said_not_explained():
+    """A one-pixel diagonal across 16,000 x 800 pixels shrinks to nothing at 28 x 28: an error
+    naming that, not an all-zero image given to the models."""
+    from seqmnist.images import prepare_array
+
+    gray = np.zeros((800, 16_000), dtype=np.float32)
+    xs = np.arange(16_000)
+    gray[xs * 800 // 16_000, xs] = 1.0
+    with pytest.raises(ImageError, match="the ink vanishes"):
+        prepare_array(gray)

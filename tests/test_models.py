@@ -385,3 +385,27 @@ def test_the_causal_fft_convolution_and_its_own_backward(dtype):
     assert torch.autograd.gradcheck(causal_conv, (u, k))
     with pytest.raises(ValueError, match="both real or both complex"):
         causal_conv(u.real.detach() if dtype.is_complex else u, k.to(torch.complex128))
+
+
+def test_a_model_far_too_big_is_refused_from_its_shapes_alone(monkeypatch):
+    """s4d with d_model=4096 and 64 layers: its 1.1e9 parameters pass the parameter check, its
+    activations do not; they are counted on the meta device, so the model is never built in
+    real memory (it used to take 75 s and 4.9 GB before the refusal)."""
+    import torch
+
+    from seqmnist import models
+    from seqmnist.models import check_model
+
+    built_on = []
+    real_create = models.create_model
+
+    def recording(*args, **kwargs):
+        built_on.append(torch.get_default_device().type)
+        return real_create(*args, **kwargs)
+
+    monkeypatch.setattr(models, "machine_memory", lambda: 24 * 2**30)
+    monkeypatch.setattr(models, "create_model", recording)
+    with pytest.raises(UsageError, match=r"needs about [\d.]+ GiB to train \(1,108,774,922 "
+                                         r"parameters, [\d,]+ activations per batch of 64\)"):
+        check_model("s4d", (28, 28), 10, {"d_model": 4096, "layers": 64})
+    assert built_on == ["meta"]

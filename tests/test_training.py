@@ -147,7 +147,7 @@ def test_bad_config_rejected(change, message):
 def test_unwritable_output_fails_before_training(tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
-    with pytest.raises(SeqmnistError, match="cannot write run folder"):
+    with pytest.raises(SeqmnistError, match="cannot make the folder .*a-file is not a folder"):
         train(TrainConfig(model="lstm", dataset="digits", epochs=1), out=blocker / "runs",
               log=quiet, progress=False)
 

@@ -313,3 +313,93 @@ def test_a_runs_files_that_disagree_are_an_error_naming_both(small_runs, small_m
     err = capsys.readouterr().err
     assert "config.json disagrees with the configuration stored in model.safetensors" in err
     assert "view: 'columns' in model.safetensors, 'rows' in config.json" in err
+
+
+# --- 8. Messages -------------------------------------------------------------------------------
+
+def test_a_prediction_file_of_the_wrong_length_is_named_not_blamed_on_index(small_runs,
+                                                                            small_mnist_dir,
+                                                                            tmp_path, capsys):
+    from seqmnist.storage import load_predictions, save_predictions
+
+    run = tmp_path / "run"
+    shutil.copytree(small_runs["lstm"], run)
+    p = load_predictions(run)
+    save_predictions(run, *(np.concatenate([p[k], p[k]]) for k in ("predictions",
+                                                                    "probabilities", "labels")))
+    assert main(["explain", str(run), "--out", str(tmp_path / "e"), "--data-dir",
+                 str(small_mnist_dir)]) == 2
+    err = capsys.readouterr().err
+    assert "predictions.npz: holds 2,000 test predictions, the test set has 1,000 images" in err
+    assert "--index" not in err
+
+
+def test_messages_advise_only_what_works(small_runs, tmp_path):
+    """A missing prediction file names the command that rebuilds it (`evaluate` does not); a
+    refused pickle never repeats PyTorch's advice to load it with weights_only=False."""
+    import io
+    import os
+
+    import torch
+
+    from seqmnist.errors import CheckpointError
+    from seqmnist.storage import load_predictions, safe_torch_load
+
+    run = tmp_path / "run"
+    shutil.copytree(small_runs["lstm"], run)
+    (run / "predictions.npz").unlink()
+    with pytest.raises(CheckpointError, match=r"`seqmnist compare --runs .*` computes it") as e:
+        load_predictions(run)
+    assert "evaluate" not in str(e.value)
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("true",))
+
+    buf = io.BytesIO()
+    torch.save({"model": Evil(), "epoch": 1}, buf)
+    (tmp_path / "evil.pt").write_bytes(buf.getvalue())
+    with pytest.raises(CheckpointError, match="posix.system") as e:
+        safe_torch_load(tmp_path / "evil.pt")
+    assert "weights_only" not in str(e.value) and "trusted source" not in str(e.value)
+
+
+def test_options_that_used_to_end_in_tracebacks_or_false_refusals(small_mnist_dir, tmp_path,
+                                                                  capsys):
+    nested = "[" * 5000 + "]" * 5000
+    assert main(["train", "lstm", "--model-option", f"hidden={nested}"]) == 2
+    err = capsys.readouterr().err
+    assert "nested too deeply" in err and "Traceback" not in err
+    # a batch larger than the data is the data: 300 images are one batch of 300, not 6,772 GiB
+    assert main(["train", "cnn", "--batch-size", "10000000", "--limit", "300", "--epochs", "1",
+                 "--out", str(tmp_path / "runs"), "--data-dir", str(small_mnist_dir),
+                 "--no-progress"]) == 0
+
+
+def test_a_bad_train_out_is_found_before_the_data_is_read(tmp_path, monkeypatch, capsys):
+    from seqmnist import training
+
+    def never(*_args, **_kwargs):
+        raise AssertionError("the data was read before --out was checked")
+
+    monkeypatch.setattr(training, "load_dataset", never)
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert main(["train", "lstm", "--out", str(blocker / "runs")]) == 2
+    assert "cannot make the folder" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_files_follow_the_umask(tmp_path, umask, mode):
+    """mkstemp makes every file 0600: a run's files now get what the user's umask allows."""
+    import os
+    import stat
+
+    from seqmnist.fileio import atomic_write
+
+    old = os.umask(umask)
+    try:
+        atomic_write(tmp_path / "f.json", "{}")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "f.json").stat().st_mode) == mode

@@ -274,14 +274,16 @@ def checked_predictions(run: Run, labels: np.ndarray | None = None) -> dict:
     where = run.path / "predictions.npz"
     if labels is not None and not np.array_equal(preds["labels"], labels):
         raise UsageError(f"{where}: its labels are not the {run.config.dataset} test set's: it "
-                         "was not made on this test set (or was edited); evaluate the run again")
+                         "was not made on this test set (or was edited); remove it, and `seqmnist compare "
+                         "--runs` computes it again from the weights")
     n = len(preds["labels"])
     right = int((preds["predictions"] == preds["labels"]).sum())
     recorded = run.metrics.get("test_accuracy")
     if recorded is not None and abs(right - recorded * n) > 2:
         raise UsageError(f"{where}: its predictions are {right / n:.2%} correct, but the run's "
                          f"metrics.json says {recorded:.2%}: one of the two was changed; "
-                         "evaluate the run again (seqmnist evaluate) or retrain it")
+                         "`seqmnist evaluate` shows what the weights score; retrain the run "
+                         "to have both again")
     return preds
 
 

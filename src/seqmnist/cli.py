@@ -61,6 +61,9 @@ def key_value(text: str) -> tuple[str, object]:
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
     try:
         return key, json.loads(value)
+    except RecursionError:
+        raise argparse.ArgumentTypeError(f"{key}: the value is nested too deeply to be a model "
+                                         "option") from None
     except ValueError:
         return key, value
 

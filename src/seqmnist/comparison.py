@@ -27,7 +27,7 @@ def finished_run(path: str | Path | Run, data_dir: str | Path | None = None) -> 
     missing = [k for k in RunMetrics.REQUIRED if (run.metrics or {}).get(k) is None]
     if missing:
         raise CheckpointError(f"{run.path}: metrics.json is missing or incomplete (no "
-                              f"{', '.join(missing)}); evaluate or retrain the run")
+                              f"{', '.join(missing)}); retrain the run")
     if not (run.path / PREDICTIONS).is_file():
         ev = evaluate(run, data_dir)
         save_predictions(run.path, ev.predictions, ev.probabilities, ev.labels)
@@ -126,8 +126,9 @@ def train_side_by_side(configs: list[TrainConfig], jobs: int, runs_dir, data_dir
 
     Side by side in threads of this process where every model draws its random numbers from
     its own generators (``models.draws_from_global_rng``): the runs share the imports, the
-    dataset in memory and the start-up, and each still trains exactly as it would alone (its
-    weights built under one lock from its seed, its own shuffle and dropout generators).
+    dataset in memory and the start-up, and each still trains exactly as it would alone on one
+    thread, ``train --threads 1`` (tested bit for bit in test_sweep.py): its weights built
+    under one lock from its seed, its own shuffle and dropout generators.
     Otherwise (the transformer's attention dropout) in worker processes."""
     import torch
 

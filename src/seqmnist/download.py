@@ -18,10 +18,12 @@ import time
 import urllib.error
 import urllib.request
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import DataError, DownloadError
-from .fileio import atomic_write
+from .fileio import atomic_write, follow_umask
 
 CHUNK = 1 << 16
 
@@ -69,6 +71,11 @@ class TooBig(DataError):
     """The mirror sends more than the file can be: a wrong file, not worth retrying."""
 
 
+class TooSlow(DataError):
+    """The mirror drips: under the overall deadline's rate. Given up once, not retried (each try
+    would wait the whole deadline again); the next mirror is tried."""
+
+
 def limits_for(size: int | None) -> tuple[int | None, float | None]:
     """(most bytes, most seconds) to download a gzip whose content is ``size`` bytes: gzip adds
     little even to incompressible data; a transfer slower than about 100 kB/s (after two minutes
@@ -98,7 +105,7 @@ def _stream(url: str, target: Path, timeout: float, progress: bool,
                     raise TooBig(f"the mirror sent more than the {max_bytes:,} bytes this file "
                                  "can be")
                 if deadline is not None and time.monotonic() > deadline:
-                    raise DataError(f"too slow: {out.tell():,} bytes in {seconds:.0f} s")
+                    raise TooSlow(f"too slow: {out.tell():,} bytes in {seconds:.0f} s")
         if total is not None and out.tell() != total:
             raise DataError(f"connection closed after {out.tell()} of {total} bytes")
         out.flush()
@@ -114,12 +121,23 @@ def download_file(base: str, expected: str, dest: Path, mirrors: list[str], retr
     ``size`` (the content's length, when known) caps the bytes and the time of each attempt."""
     max_bytes, seconds = limits_for(size)
     dest.mkdir(parents=True, exist_ok=True)
+    with _downloading_into(dest) as alone:
+        if alone:  # no other download into this folder runs: its partial files are a killed one's
+            for stale in dest.glob(f".{base}{suffix}.*.part"):
+                stale.unlink(missing_ok=True)
+        return _download(base, expected, dest, mirrors, retries, timeout, backoff, progress,
+                         max_bytes, seconds, digest, suffix, gzip_data)
+
+
+def _download(base, expected, dest, mirrors, retries, timeout, backoff, progress, max_bytes,
+              seconds, digest, suffix, gzip_data) -> Path:
     final = dest / f"{base}{suffix}"
     problems: list[str] = []
     for mirror in mirrors:
         url = mirror.rstrip("/") + f"/{base}{suffix}"
         for attempt in range(retries):
-            fd, tmp_name = tempfile.mkstemp(prefix=f".{base}.", suffix=".part", dir=dest)
+            fd, tmp_name = tempfile.mkstemp(prefix=f".{base}{suffix}.", suffix=".part", dir=dest)
+            follow_umask(fd)
             os.close(fd)
             tmp = Path(tmp_name)
             try:
@@ -134,9 +152,9 @@ def download_file(base: str, expected: str, dest: Path, mirrors: list[str], retr
                     break
                 os.replace(tmp, final)
                 return final
-            except TooBig as exc:
+            except (TooBig, TooSlow) as exc:
                 problems.append(f"{url}: {exc}")
-                break  # a wrong file will not fix itself on retry
+                break  # a wrong file will not fix itself on retry; a dripping mirror is slow
             except urllib.error.HTTPError as exc:
                 problems.append(f"{url} (try {attempt + 1}/{retries}): HTTP {exc.code} {exc.reason}")
                 if 400 <= exc.code < 500:
@@ -180,10 +198,33 @@ def fetch_files(files: dict[str, str], folder: Path, mirrors: list[str], progres
             if existing is not None and existing != final:
                 existing.unlink(missing_ok=True)  # the raw copy that was wrong
     except BaseException:
-        if created and folder.is_dir() and not any(folder.iterdir()):
-            folder.rmdir()
+        if created:
+            _remove_if_empty(folder)
         raise
     return folder
+
+
+def _remove_if_empty(folder: Path) -> None:
+    """Remove ``folder`` (which this fetch made) if nothing was put in it."""
+    if folder.is_dir() and not any(folder.iterdir()):
+        folder.rmdir()
+
+
+@contextmanager
+def _downloading_into(folder: Path) -> Iterator[bool]:
+    """Hold ``folder`` for one download at a time (an flock on the folder itself: no lock file
+    is left among the data). Yields whether it is held; where the system has no flock, False."""
+    try:
+        import fcntl
+    except ImportError:
+        yield False
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield True
+    finally:
+        os.close(fd)
 
 
 SUMS = "SHA256SUMS"  # beside files taken out of a checked archive: their content's hashes
@@ -203,8 +244,8 @@ def fetch_archive(name: str, md5: str, most_bytes: int, members: dict[str, str],
         _take_out(name, md5, most_bytes, members, folder, archives, mirrors, sizes, progress,
                   **kwargs)
     except BaseException:
-        if created and folder.is_dir() and not any(folder.iterdir()):
-            folder.rmdir()
+        if created:
+            _remove_if_empty(folder)
         raise
     return folder
 
@@ -231,6 +272,7 @@ def _take_out(name, md5, most_bytes, members, folder, archives, mirrors, sizes, 
                                     f"than the {cap:,} it can be")
                 final = folder / f"{base}.gz"
                 fd, tmp_name = tempfile.mkstemp(prefix=f".{base}.", suffix=".part", dir=folder)
+                follow_umask(fd)
                 tmp = Path(tmp_name)
                 try:
                     with os.fdopen(fd, "wb") as out, z.open(info) as src:

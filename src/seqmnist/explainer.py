@@ -356,13 +356,14 @@ def _explain(run: Run, pixels: np.ndarray, index: int | None, label: str | None
 
 
 def default_set(runs: list[Run], per_class: int = 1, mistakes: int = 3,
-                disagreements: int = 3) -> list[int]:
+                disagreements: int = 3, images: int | None = None) -> list[int]:
     """A small, telling set of test images: one correctly read image per class (by the first
     run), its most confident mistakes, and with several runs the images they disagree on most
     clearly. From the runs' stored predictions: nothing is recomputed."""
     from .storage import load_predictions
 
-    preds = [load_predictions(r.path, r.num_classes) for r in runs]
+    # ``images``: the test set's size; a prediction file of another length is refused by name
+    preds = [load_predictions(r.path, r.num_classes, images) for r in runs]
     first = preds[0]
     labels, guess, prob = first["labels"], first["predictions"], first["probabilities"]
     chosen: list[int] = []
@@ -400,7 +401,7 @@ def explain_runs(runs: list[str | Path | Run], indices: list[int] | None = None,
                          f"explain them on {loaded[0].config.dataset}")
     chosen: list[int | Path] = list(indices or []) + [Path(p) for p in images or []]
     if not chosen:
-        chosen = default_set(loaded)
+        chosen = default_set(loaded, images=len(ds.x_test))
     for i in chosen:
         if isinstance(i, int) and not 0 <= i < len(ds.x_test):
             raise UsageError(f"--index {i} is outside the {ds.name} test set "

@@ -20,13 +20,37 @@ from pathlib import Path
 from .errors import CheckpointError, SeqmnistError, UsageError
 
 
+def _umask() -> int:
+    """The process's umask, read without changing it where the system shows it (Linux), since
+    setting it to read it back would race with threads creating files."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def follow_umask(fd: int) -> None:
+    """Give a file made by ``tempfile.mkstemp`` (always 0600) the permissions an ordinary
+    ``open`` would: 0666 less the umask, so run files are as shareable as the user's own."""
+    if hasattr(os, "fchmod"):
+        os.fchmod(fd, 0o666 & ~_umask())
+
+
 def atomic_write(path: str | Path, data: bytes | str, backup: Path | None = None) -> None:
     """Write ``data`` to ``path`` so that no reader ever sees a partial file; with ``backup``,
-    the file it replaces is kept under that name (renamed only once the new one is on disk)."""
+    the file it replaces is kept under that name (renamed only once the new one is on disk).
+    The file gets the permissions the umask allows, as with ``open``."""
     path = Path(path)
     payload = data.encode() if isinstance(data, str) else data
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        follow_umask(fd)
         with os.fdopen(fd, "wb") as fh:
             fh.write(payload)
             fh.flush()
@@ -37,6 +61,21 @@ def atomic_write(path: str | Path, data: bytes | str, backup: Path | None = None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def writable_folder(folder: str | Path) -> Path:
+    """``folder``, checked (without making anything) to be a folder that can be written into
+    or made: its nearest existing ancestor must be a writable folder. UsageError naming the
+    problem otherwise, so that a bad --out is found before any work."""
+    folder = Path(folder)
+    probe = folder
+    while not os.path.lexists(probe) and probe.parent != probe:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise UsageError(f"cannot make the folder {folder}: {probe} is not a folder")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise UsageError(f"cannot make the folder {folder}: {probe} is not writable")
+    return folder
 
 
 def claim_new_folder(parent: str | Path, base: str) -> Path:

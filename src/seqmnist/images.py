@@ -18,6 +18,9 @@ from .errors import ImageError
 ALLOWED_FORMATS = ("PNG", "JPEG", "BMP", "GIF", "WEBP")
 MAX_PIXELS = 16_000_000  # far below Pillow's default bomb limit (~89 MP)
 MAX_BYTES = 20 * 1024 * 1024
+# A picture of a digit is not a line: longer sides over this many times the shorter are refused
+# from the header (a 16,000,000 x 1 PNG of 15 KB took 23 s and 1.2 GB to become an empty image).
+MAX_ASPECT = 20
 # Ink spanning less than this share of the image's longer side is a dot, not a digit (an MNIST
 # digit spans about 70%; a single touch of the page's brush about 6%).
 MIN_INK_EXTENT = 0.12
@@ -42,6 +45,10 @@ def decode_image(data: bytes, name: str = "image", max_pixels: int = MAX_PIXELS)
                                  "a digit needs far fewer: resize the image")
             if w < 1 or h < 1:
                 raise ImageError(f"{name}: image has no pixels")
+            if max(w, h) > MAX_ASPECT * min(w, h) and max(w, h) > 64:
+                raise ImageError(f"{name}: {w}x{h} pixels, {max(w, h) / min(w, h):,.0f} times "
+                                 f"longer than wide: not a picture of a digit (at most "
+                                 f"{MAX_ASPECT}:1); crop the image to the digit")
             img.seek(0)
             img.load()
     except ImageError:
@@ -117,6 +124,10 @@ def prepare_array(gray: np.ndarray, size: tuple[int, int] = (28, 28)) -> np.ndar
     field = np.zeros(size, dtype=np.float32)
     top, left = (height - new_h) // 2, (width - new_w) // 2
     field[top:top + new_h, left:left + new_w] = small
+    if np.rint(field * 255).max() == 0:
+        raise ImageError(f"the ink vanishes when the image is brought to {height} x {width}: "
+                         "its strokes are too thin or faint for their size; crop the image "
+                         "closer to the digit or draw thicker strokes")
     # Shift so that the centre of mass sits in the middle, as MNIST did.
     ys, xs = np.indices(field.shape)
     mass = field.sum()

@@ -191,11 +191,12 @@ def import_keras(path: str | Path, out: str | Path = "runs", dataset: str = "mni
     from .config import TrainConfig
     from .data import load_dataset
     from .evaluation import evaluate_tensors
-    from .fileio import terminate_as_interrupt
+    from .fileio import terminate_as_interrupt, writable_folder
     from .models import create_model, summary_text
     from .recorder import Recorder, provenance
     from .views import get_view, to_input
 
+    writable_folder(out)  # a bad --out is found before the file is read and evaluated
     source = Path(path)
     keras_model = read_keras(source)
     mapping = map_model(keras_model)

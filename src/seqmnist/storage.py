@@ -12,6 +12,7 @@ import csv
 import io
 import json
 import pickle
+import re
 import zipfile
 from dataclasses import dataclass
 from datetime import datetime
@@ -85,9 +86,12 @@ def safe_torch_load(path: Path) -> dict:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
+        # only the object PyTorch names: never its advice to load the file unsafely
+        found = re.search(r"((Unsupported|unsupported) [^\n]*?)\.?(\n|$)", str(exc))
         raise CheckpointError(f"{path}: refused to load: the file holds Python objects other than "
-                              f"tensors and plain data, which could run code ({str(exc)[:200]})"
-                              ) from None
+                              "tensors and plain data, which could run code"
+                              f"{' (' + found[1].strip() + ')' if found else ''}; a checkpoint "
+                              "from a stranger is never loaded in full") from None
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile, ValueError, KeyError) as exc:
         raise CheckpointError(f"{path}: corrupt or truncated checkpoint ({str(exc)[:200]})") from None
 
@@ -165,8 +169,9 @@ def load_predictions(folder: Path, num_classes: int | None = None,
 
     path = Path(folder) / PREDICTIONS
     if not path.is_file():
-        raise CheckpointError(f"{folder}: no {PREDICTIONS} (a run from an older seqmnist? "
-                              "evaluate it again or retrain)")
+        raise CheckpointError(f"{folder}: no {PREDICTIONS} (a run from an older seqmnist?); "
+                              f"`seqmnist compare --runs {folder}` computes it from the weights "
+                              "and saves it beside them")
     try:
         with zipfile.ZipFile(path) as z:
             shapes = {k: _npy_header(z, k, path)[0] for k in PREDICTION_KINDS}

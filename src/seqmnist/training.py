@@ -33,6 +33,7 @@ from .config import TrainConfig, validation_size
 from .data import Dataset, check_split, load_dataset
 from .errors import SeqmnistError, UsageError
 from .evaluation import Evaluation, evaluate_tensors
+from .fileio import writable_folder
 from .models import check_model, create_model, summary_text
 from .recorder import Recorder, TensorBoard, provenance
 from .steps import Step
@@ -301,6 +302,7 @@ def train(config: TrainConfig | None = None, *, out: str | Path = "runs",
     if resume is None:
         recorder, state = None, None
         cfg = (config or TrainConfig()).resolved()
+        writable_folder(out)  # before any work: a bad --out is found at once
     else:
         recorder, cfg, state = Recorder.reopen(resume, log)
     if cfg.threads:
@@ -322,7 +324,9 @@ def train(config: TrainConfig | None = None, *, out: str | Path = "runs",
     # built only once it is known to fit in memory and to read this input: no folder before that
     with BUILDING:
         torch.manual_seed(cfg.seed)
-        check_model(cfg.model, input_shape, ds.num_classes, cfg.model_options, cfg.batch_size)
+        # a batch holds at most every training image: 10,000,000 asked of 300 images is 300
+        check_model(cfg.model, input_shape, ds.num_classes, cfg.model_options,
+                    min(cfg.batch_size, len(ds.x_train)))
         model = create_model(cfg.model, input_shape, ds.num_classes,
                              **cfg.model_options).to(device)
     x_train = to_input(ds.x_train, cfg.view, cfg.seed, device)

@@ -123,29 +123,27 @@ def check_model(name: str, input_shape: tuple[int, ...], num_classes: int, optio
         raise UsageError(f"model {name!r}: {', '.join(reserved)} come from the dataset and the "
                          "view, not from a model option")
     what = f"model {name!r}" + (f" with {options}" if options else "")
-    activations = 0
 
-    def count(_module, _inputs, output):
-        nonlocal activations
-        for out in output if isinstance(output, (tuple, list)) else (output,):
-            if isinstance(out, torch.Tensor):
-                activations += out.numel()
+    def fits(params: int, activations: int) -> None:
+        # activations kept for the backward pass and their gradients, 4 bytes each
+        per_batch = activations * batch_size // 2
+        _too_big(what, 16 * params + 8 * per_batch,
+                 f"{params:,} parameters, {per_batch:,} activations per batch of {batch_size}")
 
     try:
         with torch.device("meta"):
             layout = create_model(name, input_shape, num_classes, **options)
         params = sum(p.numel() for p in layout.parameters())
         _too_big(what, 16 * params, f"{params:,} parameters")
+        try:  # shapes alone, on the meta device: nothing is allocated for a model far too big
+            fits(params, _activations(layout, torch.zeros(2, *input_shape, device="meta")))
+        except UsageError:
+            raise
+        except Exception:  # noqa: BLE001 - an operation meta tensors cannot run: counted below
+            pass
         with torch.random.fork_rng(devices=[]):
             model = create_model(name, input_shape, num_classes, **options)
-            hooks = [m.register_forward_hook(count) for m in model.modules()
-                     if not list(m.children())]
-            try:
-                with torch.no_grad():
-                    model(torch.zeros(2, *input_shape))
-            finally:
-                for h in hooks:
-                    h.remove()
+            activations = _activations(model, torch.zeros(2, *input_shape))
     except UsageError:
         raise
     except (AssertionError, TypeError, ValueError, RuntimeError, IndexError, ZeroDivisionError,
@@ -153,11 +151,28 @@ def check_model(name: str, input_shape: tuple[int, ...], num_classes: int, optio
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
         raise UsageError(f"{what} cannot be built for {list(input_shape)} inputs: {reason}"
                          ) from None
-    # activations kept for the backward pass and their gradients, 4 bytes each
-    per_batch = activations * batch_size // 2
-    _too_big(what, 16 * params + 8 * per_batch,
-             f"{params:,} parameters, {per_batch:,} activations per batch of {batch_size}")
+    fits(params, activations)
     return params
+
+
+def _activations(model: nn.Module, x: torch.Tensor) -> int:
+    """Numbers in the outputs of ``model``'s leaf modules for the input ``x`` (no gradients)."""
+    total = 0
+
+    def count(_module, _inputs, output):
+        nonlocal total
+        for out in output if isinstance(output, (tuple, list)) else (output,):
+            if isinstance(out, torch.Tensor):
+                total += out.numel()
+
+    hooks = [m.register_forward_hook(count) for m in model.modules() if not list(m.children())]
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    return total
 
 
 def trainable_parameters(model: nn.Module) -> int:
