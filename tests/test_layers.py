@@ -12,7 +12,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "seqmnist"
 # above; a helper two layers need goes below both.
 LAYERS = [
     ["_version", "errors"],
-    ["fileio", "system", "stats", "published"],
+    ["fileio", "system", "stats", "published", "registry"],
     ["download"],
     ["data"],
     ["views"],

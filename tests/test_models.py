@@ -409,3 +409,34 @@ def test_a_model_far_too_big_is_refused_from_its_shapes_alone(monkeypatch):
                                          r"parameters, [\d,]+ activations per batch of 64\)"):
         check_model("s4d", (28, 28), 10, {"d_model": 4096, "layers": 64})
     assert built_on == ["meta"]
+
+
+def test_a_second_registration_of_a_name_is_an_error_naming_both_places(monkeypatch):
+    """Other people's code registers models: a clash is never a silent overwrite."""
+    from torch import nn
+
+    from seqmnist import data, models, views
+    from seqmnist.data import DATASETS, register_dataset
+    from seqmnist.views import register_view
+
+    monkeypatch.setattr(models, "MODELS", dict(models.MODELS))
+
+    def lstm(input_shape, num_classes, **options):
+        return nn.Linear(1, num_classes)
+
+    with pytest.raises(UsageError, match=r"model 'lstm' is already registered by "
+                                         r"seqmnist\.models\.recurrent\..* \(.*recurrent\.py:\d+\)"
+                                         r"; test_models\..*lstm .* registers it again"):
+        models.register_model("lstm", ("rows",))(lstm)
+    assert models.MODELS["lstm"].build is not lstm  # the built-in is still there
+    models.register_model("lstm", ("rows",), replace=True)(lstm)
+    assert models.MODELS["lstm"].build is lstm
+    monkeypatch.setattr(data, "DATASETS", dict(DATASETS))
+    with pytest.raises(UsageError, match="dataset 'mnist' is already registered by "
+                                         "seqmnist.data"):
+        data.register_dataset(DATASETS["mnist"])
+    assert register_dataset is not None
+    monkeypatch.setattr(views, "VIEWS", dict(views.VIEWS))
+    with pytest.raises(UsageError, match="view 'rows' is already registered by seqmnist.views"):
+        views.register_view("rows", "sequence", "again", lambda h, w: (h, w))(lambda x, s: x)
+    assert register_view is not None

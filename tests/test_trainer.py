@@ -126,8 +126,6 @@ def test_a_folder_whose_first_files_cannot_be_written_is_removed(tmp_path, monke
 def test_trained_and_imported_runs_have_the_same_provenance_fields(tmp_path, monkeypatch):
     from seqmnist.keras_import import import_keras
 
-    asked = []  # train also keeps freed memory for reuse (tested below)
-    monkeypatch.setattr(training, "keep_freed_memory", lambda: asked.append(1))
     trained = train(TrainConfig(model="rnn", dataset="digits", epochs=1, limit=100),
                     out=tmp_path / "t", log=quiet, progress=False).path
     imported = import_keras(KERAS / "gru.keras", out=tmp_path / "i",
@@ -135,7 +133,6 @@ def test_trained_and_imported_runs_have_the_same_provenance_fields(tmp_path, mon
     a = json.loads((trained / "provenance.json").read_text())
     b = json.loads((imported / "provenance.json").read_text())
     assert set(b) - set(a) == {"imported_from"} and set(a) - set(b) == set()
-    assert asked == [1]
     assert b["recipe"] is None and b["train_images"] is None and a["train_images"] == 100
     assert b["imported_from"]["sha256"] == json.loads(
         (imported / "config.json").read_text())["imported_from"]["sha256"]
@@ -243,10 +240,36 @@ print(default, took, faults())
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's allocator only")
 def test_training_memory_is_reused_not_faulted_in_again():
-    """keep_freed_memory (called by train) makes a step reuse its freed activations: measured
+    """keep_freed_memory (set by the training commands) makes a step reuse its freed activations: measured
     in a fresh process as page faults over three forward and backward passes at 784 steps,
     before and after (about 20,000 before, a few hundred at most after)."""
     out = subprocess.run([sys.executable, "-c", FAULTS], capture_output=True, text=True,
                          check=True).stdout.split()
     default, took, after = int(out[0]), out[1], int(out[2])
     assert took == "True" and default > 2000 and after < default / 10, out
+
+
+def test_train_leaves_the_callers_process_as_it_found_it(tmp_path, monkeypatch):
+    """A notebook calls seqmnist.train with threads and determinism of its own, then runs its
+    own PyTorch code: the thread count, the deterministic flag, the hook lists and the C
+    allocator are as they were. The command line, whose process it is, keeps freed memory."""
+    from seqmnist import system
+    from seqmnist.cli import main
+
+    asked = []
+    monkeypatch.setattr(system, "keep_freed_memory", lambda: asked.append(1))
+    before = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(),
+              list(training.EPOCH_HOOKS), list(training.BATCH_HOOKS))
+    seen = []
+    with training.epoch_hook(lambda row: seen.append(
+            (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()))):
+        train(TrainConfig(model="rnn", dataset="digits", epochs=1, limit=100,
+                          threads=before[0] + 1, deterministic=True),
+              out=tmp_path, log=quiet, progress=False)
+    assert seen == [(before[0] + 1, True)]  # the run itself trained as it was asked
+    after = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(),
+             list(training.EPOCH_HOOKS), list(training.BATCH_HOOKS))
+    assert after == before and asked == []
+    assert main(["train", "rnn", "--dataset", "digits", "--epochs", "1", "--limit", "100",
+                 "--out", str(tmp_path / "cli"), "--no-progress"]) == 0
+    assert asked == [1]

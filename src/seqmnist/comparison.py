@@ -70,6 +70,9 @@ def _train_here(cfg: TrainConfig, runs_dir, data_dir, threads: int, tensorboard:
 def _train_in_worker(cfg: TrainConfig, runs_dir: str, data_dir: str | None, threads: int,
                      tensorboard: bool, slots: str | None = None,
                      together: dict | None = None) -> tuple[str, float]:
+    from .system import keep_freed_memory
+
+    keep_freed_memory()  # a worker process of this comparison's own: set as the command line does
     return _train_here(cfg, runs_dir, data_dir, threads, tensorboard,
                        None if slots is None else Path(slots), None, together)
 

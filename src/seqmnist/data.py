@@ -30,6 +30,7 @@ from .download import (
     sha256_of_file,
 )
 from .errors import DataError, DataNotFoundError, DownloadError, UsageError
+from .registry import add, origin_of
 
 IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 SPLIT_FILES = {
@@ -209,8 +210,10 @@ class DatasetSpec:
 DATASETS: dict[str, DatasetSpec] = {}
 
 
-def register_dataset(spec: DatasetSpec) -> DatasetSpec:
-    DATASETS[spec.name] = spec
+def register_dataset(spec: DatasetSpec, replace: bool = False) -> DatasetSpec:
+    """Add ``spec`` to the datasets; a name already there is an error naming both places,
+    unless ``replace=True``."""
+    add(DATASETS, spec.name, spec, "dataset", origin_of(), replace)
     return spec
 
 

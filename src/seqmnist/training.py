@@ -37,7 +37,6 @@ from .fileio import writable_folder
 from .models import check_model, create_model, summary_text
 from .recorder import Recorder, TensorBoard, provenance
 from .steps import Step
-from .system import keep_freed_memory
 from .views import VIEWS, to_input
 
 
@@ -305,11 +304,34 @@ def train(config: TrainConfig | None = None, *, out: str | Path = "runs",
         writable_folder(out)  # before any work: a bad --out is found at once
     else:
         recorder, cfg, state = Recorder.reopen(resume, log)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    keep_freed_memory()  # speed only: activations reuse freed memory instead of page-faulting
-    if cfg.deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)
+    with torch_settings(cfg):
+        return _train(cfg, recorder, state, out, data_dir, dataset, progress, log, tensorboard,
+                      facts)
+
+
+@contextmanager
+def torch_settings(cfg: TrainConfig):
+    """PyTorch's thread count and deterministic-algorithms flag as ``cfg`` asks, for the block
+    only: a caller's own PyTorch code after ``train()`` runs with its own settings again.
+    (Process-wide settings that cannot be undone, such as the allocator's, belong to the
+    command line: ``cli.main``.)"""
+    threads = torch.get_num_threads()
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
+    try:
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        if cfg.deterministic:
+            torch.use_deterministic_algorithms(True, warn_only=True)
+        yield
+    finally:
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
+
+
+def _train(cfg: TrainConfig, recorder: Recorder | None, state: dict | None, out, data_dir,
+           dataset: Dataset | None, progress: bool, log, tensorboard: bool,
+           facts: dict | None) -> TrainResult:
     device = resolve_device(cfg.device)
     cfg = replace(cfg, precision=resolve_precision(cfg, device))
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from .errors import UsageError
+from .registry import add, origin_of
 
 
 @dataclass(frozen=True)
@@ -32,10 +33,12 @@ VIEWS: dict[str, View] = {}
 
 
 def register_view(name: str, kind: str, description: str,
-                  input_shape: Callable[[int, int], tuple[int, ...]]):
-    """Decorator: register ``transform(images, seed)`` as the view ``name``."""
+                  input_shape: Callable[[int, int], tuple[int, ...]], replace: bool = False):
+    """Decorator: register ``transform(images, seed)`` as the view ``name`` (a name already
+    registered is an error naming both places, unless ``replace=True``)."""
     def wrap(transform):
-        VIEWS[name] = View(name, kind, description, input_shape, transform)
+        add(VIEWS, name, View(name, kind, description, input_shape, transform), "view",
+            origin_of(transform), replace)
         return transform
     return wrap
 

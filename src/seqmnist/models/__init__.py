@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from ..errors import UsageError
+from ..registry import add, origin_of
 from ..views import sequence_views
 
 
@@ -50,14 +51,16 @@ SEQUENCE_VIEWS = sequence_views()
 
 def register_model(name: str, views: tuple[str, ...], description: str = "", *,
                    steps: bool = False, onnx: bool = False,
-                   presets: dict[str, dict] | None = None, **defaults):
+                   presets: dict[str, dict] | None = None, replace: bool = False, **defaults):
     """Register ``fn(input_shape, num_classes, **options) -> nn.Module`` as model ``name``:
     the views it reads, whether it answers after every step (``steps``: it then has
     ``forward_steps``), whether it exports to ONNX, its recipe under each preset (``presets``,
-    e.g. ``{"fast": dict(batch_size=256, epochs=6)}``), and training defaults (lr, view)."""
+    e.g. ``{"fast": dict(batch_size=256, epochs=6)}``), and training defaults (lr, view). A name
+    already registered is an error naming both places, unless ``replace=True``."""
     def wrap(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        MODELS[name] = ModelEntry(name, fn, views, defaults, description or (fn.__doc__ or ""),
-                                  steps, onnx, dict(presets or {}))
+        add(MODELS, name, ModelEntry(name, fn, views, defaults, description or (fn.__doc__ or ""),
+                                     steps, onnx, dict(presets or {})),
+            "model", origin_of(fn), replace)
         return fn
     return wrap
 
