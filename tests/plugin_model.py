@@ -17,8 +17,12 @@ class PluginGRU(CausalClassifier):
     def encode(self, x):
         return self.rnn(x)[0]
 
+    def forward_states(self, x):
+        """Its one state: the GRU's hidden state after every step."""
+        return {"hidden": self.rnn(x)[0]}
 
-@register_model("plugin", SEQUENCE_VIEWS, steps=True, lr=1e-3, view="rows")
+
+@register_model("plugin", SEQUENCE_VIEWS, steps=True, states=True, lr=1e-3, view="rows")
 def plugin(input_shape, num_classes, **options) -> nn.Module:
     """A one-layer GRU registered outside seqmnist."""
     return PluginGRU(input_shape, num_classes, **options)

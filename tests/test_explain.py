@@ -260,3 +260,63 @@ def test_the_test_set_view_agrees_with_the_explanations(trained, small_mnist):
     json.dumps(data, allow_nan=False)
     assert set(data["datasets"][str(trained["lstm"])]) >= {"median_decided_at", "importance",
                                                            "pca", "block"}
+
+
+STATEFUL = [(m, v) for m, entry in MODELS.items() if entry.states for v in entry.views]
+
+
+@pytest.mark.parametrize("model, view", STATEFUL)
+def test_every_model_that_declares_states_returns_them_step_by_step(model, view):
+    """The registry's contract for ``states`` (as timm tests forward_intermediates over its
+    registry): ``forward_states`` gives, for a batch, one (N, T, units) tensor per name, or
+    (N, T, T) for attention; each step's value depends on the steps read so far only."""
+    input_shape = VIEWS[view].shape(8, 8)
+    torch.manual_seed(0)
+    net = create_model(model, input_shape, 10).eval()
+    x = torch.rand(3, *input_shape)
+    states = net.forward_states(x)
+    steps = input_shape[0]
+    assert states and all(v.shape[:2] == (3, steps) for v in states.values()), \
+        {k: tuple(v.shape) for k, v in states.items()}
+    later = x.clone()
+    later[:, steps // 2:] = torch.rand_like(later[:, steps // 2:])  # change the later steps
+    changed = net.forward_states(later)
+    for name, value in states.items():  # bidirectional stacks are not registered by default
+        torch.testing.assert_close(changed[name][:, :steps // 2], value[:, :steps // 2],
+                                   atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_a_model_from_outside_the_package_shows_its_own_states(monkeypatch):
+    """A model registered here, in a test module, that declares one state of its own: the
+    explainer draws belief, occlusion, attributions and that state, with no edit anywhere in
+    seqmnist; and its explain.html carries the state for the page to draw."""
+
+    from seqmnist import models
+    from seqmnist.explain_page import render
+
+    monkeypatch.setattr(models, "MODELS", dict(models.MODELS))
+
+    class Running(models.CausalClassifier):
+        """A running mean of the steps: its 'memory' is the mean so far."""
+
+        def __init__(self, input_shape, num_classes):
+            super().__init__(input_shape, input_shape[1], num_classes)
+
+        def encode(self, x):
+            return x.cumsum(1) / torch.arange(1, x.shape[1] + 1).view(1, -1, 1)
+
+        def forward_states(self, x):
+            return {"memory": self.encode(x)}
+
+    @models.register_model("running", models.SEQUENCE_VIEWS, steps=True, states=True,
+                           lr=1e-3, view="rows")
+    def running(input_shape, num_classes, **options):
+        return Running(input_shape, num_classes)
+
+    image = np.zeros((8, 8), np.uint8)
+    image[1:7, 3:5] = 255
+    e = explain(_fresh_run("running", "rows"), image)
+    assert set(e.state) == {"memory"} and e.state["memory"].shape == (8, 8)
+    np.testing.assert_allclose(e.state["memory"][-1], image.mean(0) / 255, atol=1e-6)
+    assert e.belief.shape == (8, 10) and e.occlusion.shape == (8,) and e.attribution.shape == (8,)
+    assert '"memory":' in render([e.to_dict()])

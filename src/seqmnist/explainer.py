@@ -28,8 +28,9 @@ import torch
 
 from .errors import SeqmnistError, UsageError
 from .evaluation import dataset_view, step_features, torch_copy
+from .models import get_entry
 from .storage import Run, load_run
-from .views import VIEWS, permutation, to_input
+from .views import VIEWS, to_input
 
 PATCH, STRIDE = 4, 2  # the saliency map's occluding patches
 IG_STEPS = 32  # integrated gradients: points on the path from the baseline
@@ -62,7 +63,8 @@ class Explanation:
     probabilities: np.ndarray  # (classes,)
     saliency: np.ndarray  # (H, W): drop of the answer's probability when a patch is zeroed
     steps: int | None = None  # T, for sequence models
-    order: list[int] | None = None  # pixel read at each step (pixels/permuted views)
+    order: list[int] | None = None  # pixel read at each step (views of one pixel per step)
+    reading: dict | None = None  # how the view reads the image (``reading``), for the pages
     belief: np.ndarray | None = None  # (T, classes)
     decided_at: int | None = None
     occlusion: np.ndarray | None = None  # (T,)
@@ -166,89 +168,15 @@ def integrated_gradients(model, x: torch.Tensor, answer: int) -> tuple[np.ndarra
     return per_step, float(delta.abs().max())
 
 
-def _gates(kind: str, cell, x: torch.Tensor) -> dict[str, np.ndarray]:
-    """A one-layer nn.LSTM / nn.GRU / nn.RNN run step by step on its own weights: its hidden
-    state (and cell state, and gates) after every step, for one sequence x (T, F). Forward
-    direction only for a bidirectional layer."""
-    w_ih, w_hh = cell.weight_ih_l0, cell.weight_hh_l0
-    b_ih, b_hh = cell.bias_ih_l0, cell.bias_hh_l0
-    hidden = cell.hidden_size
-    h = torch.zeros(hidden)
-    c = torch.zeros(hidden)
-    out: dict[str, list] = {}
-
-    def keep(name, value):
-        out.setdefault(name, []).append(value)
-
-    with torch.no_grad():
-        for t in range(x.shape[0]):
-            gi = w_ih @ x[t] + b_ih
-            gh = w_hh @ h + b_hh
-            if kind == "lstm":  # PyTorch's gate order: input, forget, cell, output
-                i, f, g, o = (gi + gh).chunk(4)
-                i, f, g, o = i.sigmoid(), f.sigmoid(), g.tanh(), o.sigmoid()
-                c = f * c + i * g
-                h = o * c.tanh()
-                keep("input_gate", i), keep("forget_gate", f), keep("output_gate", o)
-                keep("c", c)
-            elif kind == "gru":  # reset, update, new
-                ri, zi, ni = gi.chunk(3)
-                rh, zh, nh = gh.chunk(3)
-                r, z = (ri + rh).sigmoid(), (zi + zh).sigmoid()
-                n = (ni + r * nh).tanh()
-                h = (1 - z) * n + z * h
-                keep("reset_gate", r), keep("update_gate", z)
-            else:
-                h = (gi + gh).tanh()
-            keep("h", h)
-    return {k: torch.stack(v).numpy() for k, v in out.items()}
-
-
 def inside(run: Run, x: torch.Tensor) -> dict[str, np.ndarray]:
-    """What the model holds after each step for one input x (1, T, F): a map from names such as
-    ``layer1.h`` to (T, units) arrays. Empty for models without a step-by-step inside (TCN)."""
-    from .models import RecurrentClassifier
-
-    model = run.model
-    state: dict[str, np.ndarray] = {}
-    if isinstance(model, RecurrentClassifier):
-        seq = x[0]
-        shown = ("h", "c", "input_gate", "forget_gate", "output_gate", "reset_gate",
-                 "update_gate")
-        for k, layer in enumerate(model.recurrent_layers, 1):
-            found = _gates(layer.cell, layer.rnn, seq)
-            state.update({f"layer{k}.{name}": found[name] for name in shown if name in found})
-            with torch.no_grad():  # the next layer reads the whole output (both directions)
-                seq = layer.rnn(seq[None])[0][0]
-        return state
-    captured: dict[str, torch.Tensor] = {}
-    hooks = []
-    encoder = getattr(model, "encoder", None)
-    if encoder is not None and hasattr(encoder, "layers"):  # the causal Transformer
-        last = encoder.layers[-1]
-        hooks.append(last.norm1.register_forward_hook(
-            lambda _m, _i, out: captured.__setitem__("attention_input", out)))
-    for k, block in enumerate(getattr(model, "blocks", []), 1):  # S4D / LRU blocks
-        layer = getattr(block, "ssm", None) or getattr(block, "lru", None)
-        if layer is not None and hasattr(layer, "states"):
-            hooks.append(layer.register_forward_hook(
-                lambda m, inp, _out, k=k: captured.__setitem__(f"layer{k}.state", m.states(inp[0]))))
-    try:
-        with torch.no_grad():
-            model(x)
-            if "attention_input" in captured:
-                z = captured.pop("attention_input")
-                steps = z.shape[1]
-                mask = torch.nn.Transformer.generate_square_subsequent_mask(steps, dtype=z.dtype)
-                _, weights = encoder.layers[-1].self_attn(z, z, z, attn_mask=mask,
-                                                          need_weights=True,
-                                                          average_attn_weights=True)
-                state[f"layer{len(encoder.layers)}.attention"] = weights[0].numpy()
-    finally:
-        for h in hooks:
-            h.remove()
-    state.update({k: v[0].numpy() for k, v in captured.items()})
-    return state
+    """What the model holds after each step for one input x (1, T, F), as the model itself says
+    (``forward_states``, declared by ``states`` in its registry entry): names such as
+    ``layer1.h`` to (T, units) arrays. Empty for a model that declares none (the TCN)."""
+    if not get_entry(run.config.model).states:
+        return {}
+    with torch.no_grad():
+        found = run.model.forward_states(x)
+    return {name: value[0].detach().float().cpu().numpy() for name, value in found.items()}
 
 
 def unit_order(run: Run, state: dict[str, np.ndarray]) -> dict[str, list[int]]:
@@ -273,13 +201,15 @@ def unit_order(run: Run, state: dict[str, np.ndarray]) -> dict[str, list[int]]:
     return out
 
 
-def _reading_order(view: str, seed: int, shape: tuple[int, int]) -> list[int] | None:
-    n = shape[0] * shape[1]
-    if view == "pixels":
-        return list(range(n))
-    if view == "permuted":
-        return permutation(n, seed).tolist()
-    return None
+def reading(view: str, seed: int, shape: tuple[int, int]) -> dict | None:
+    """How the view reads the image, for the pages: what one step reads (``unit``), the step
+    at which each pixel is read (``read_at``, H x W), and whether that order is not the
+    picture's own (``scrambled``: the pages also lay the pixels out in reading order)."""
+    v = VIEWS[view]
+    read_at = v.read_at(*shape, seed)
+    if read_at is None:
+        return None
+    return {"unit": v.unit or "step", "read_at": read_at.tolist(), "scrambled": v.scrambled}
 
 
 def explain(run: Run | str | Path, image: int | np.ndarray | str | Path,
@@ -336,14 +266,15 @@ def _explain(run: Run, pixels: np.ndarray, index: int | None, label: str | None
                       prediction=classes[answer], probabilities=probs,
                       saliency=saliency(model, pixels, cfg.view, cfg.seed, answer,
                                         float(probs[answer])))
-    from .models import MODELS
-
-    if VIEWS[cfg.view].kind == "sequence" and MODELS[cfg.model].steps:
+    if VIEWS[cfg.view].kind == "sequence" and get_entry(cfg.model).steps:
         _check()
         with torch.inference_mode():
             belief = model.forward_steps(x).softmax(-1)[0].numpy()
         out.steps = int(x.shape[1])
-        out.order = _reading_order(cfg.view, cfg.seed, size)
+        out.reading = reading(cfg.view, cfg.seed, size)
+        if out.steps == size[0] * size[1]:  # one pixel per step: which one, step by step
+            out.order = np.argsort(np.asarray(out.reading["read_at"]).ravel(),
+                                   kind="stable").tolist()
         out.belief = belief
         out.decided_at = decided_at(belief, answer)
         out.occlusion = _occlude_steps(model, x, answer, float(probs[answer]))

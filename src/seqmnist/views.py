@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from .errors import UsageError
@@ -23,22 +24,40 @@ class View:
     description: str
     input_shape: Callable[[int, int], tuple[int, ...]]  # (height, width) -> per-sample shape
     transform: Callable[[torch.Tensor, int], torch.Tensor]  # (images (N, H, W), seed) -> input
+    unit: str | None = None  # what one step reads, for people: "row", "pixel" (None: no steps)
+    scrambled: bool = False  # the reading order is not the picture's own (show it laid out)
 
     def shape(self, height: int, width: int) -> tuple[int, ...]:
         """Per-sample input shape for an image of ``height`` x ``width``."""
         return self.input_shape(height, width)
+
+    def read_at(self, height: int, width: int, seed: int = 0) -> np.ndarray | None:
+        """The reading order, for the pages: an (H, W) array holding the step (from 0) at which
+        each pixel is read, found by passing the pixels' own indices through the view (so it is
+        the transform's order by construction). None for the image view (no steps)."""
+        if self.kind != "sequence":
+            return None
+        index = torch.arange(height * width, dtype=torch.float64).reshape(1, height, width)
+        seq = self.transform(index, seed)[0]  # (steps, features): which pixel is where
+        at = np.empty(height * width, dtype=np.int64)
+        steps = torch.arange(seq.shape[0]).unsqueeze(1).expand_as(seq)
+        at[seq.reshape(-1).long().numpy()] = steps.reshape(-1).numpy()
+        return at.reshape(height, width)
 
 
 VIEWS: dict[str, View] = {}
 
 
 def register_view(name: str, kind: str, description: str,
-                  input_shape: Callable[[int, int], tuple[int, ...]], replace: bool = False):
-    """Decorator: register ``transform(images, seed)`` as the view ``name`` (a name already
-    registered is an error naming both places, unless ``replace=True``)."""
+                  input_shape: Callable[[int, int], tuple[int, ...]], unit: str | None = None,
+                  scrambled: bool = False, replace: bool = False):
+    """Decorator: register ``transform(images, seed)`` as the view ``name``; ``unit``: what
+    one step reads, as the pages name it; ``scrambled``: its order is not the picture's (the
+    pages also lay the pixels out in reading order). A name already registered is an error
+    naming both places, unless ``replace=True``."""
     def wrap(transform):
-        add(VIEWS, name, View(name, kind, description, input_shape, transform), "view",
-            origin_of(transform), replace)
+        add(VIEWS, name, View(name, kind, description, input_shape, transform, unit, scrambled),
+            "view", origin_of(transform), replace)
         return transform
     return wrap
 
@@ -61,24 +80,25 @@ def permutation(num_pixels: int, seed: int) -> torch.Tensor:
 
 
 @register_view("rows", "sequence", "one step per row, the row's pixels as features (the tutorial)",
-               lambda h, w: (h, w))
+               lambda h, w: (h, w), unit="row")
 def _rows(images: torch.Tensor, seed: int) -> torch.Tensor:
     return images
 
 
-@register_view("columns", "sequence", "one step per column, left to right", lambda h, w: (w, h))
+@register_view("columns", "sequence", "one step per column, left to right", lambda h, w: (w, h),
+               unit="column")
 def _columns(images: torch.Tensor, seed: int) -> torch.Tensor:
     return images.transpose(1, 2)
 
 
 @register_view("pixels", "sequence", "one pixel per step in reading order (sequential MNIST)",
-               lambda h, w: (h * w, 1))
+               lambda h, w: (h * w, 1), unit="pixel")
 def _pixels(images: torch.Tensor, seed: int) -> torch.Tensor:
     return images.reshape(len(images), -1, 1)
 
 
 @register_view("permuted", "sequence", "one pixel per step under a fixed order drawn from the seed",
-               lambda h, w: (h * w, 1))
+               lambda h, w: (h * w, 1), unit="pixel", scrambled=True)
 def _permuted(images: torch.Tensor, seed: int) -> torch.Tensor:
     flat = images.reshape(len(images), -1)
     return flat[:, permutation(flat.shape[1], seed).to(images.device)].unsqueeze(-1)

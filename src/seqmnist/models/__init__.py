@@ -41,6 +41,7 @@ class ModelEntry:
     defaults: dict = field(default_factory=dict)  # training defaults: lr, view
     description: str = ""
     steps: bool = False  # answers after every step (forward_steps): belief, anytime, explain
+    states: bool = False  # says what it holds after every step (forward_states): the explainer
     onnx: bool = False  # exports to ONNX (checked with onnxruntime)
     presets: dict[str, dict] = field(default_factory=dict)  # preset name -> its recipe here
 
@@ -50,16 +51,19 @@ SEQUENCE_VIEWS = sequence_views()
 
 
 def register_model(name: str, views: tuple[str, ...], description: str = "", *,
-                   steps: bool = False, onnx: bool = False,
+                   steps: bool = False, states: bool = False, onnx: bool = False,
                    presets: dict[str, dict] | None = None, replace: bool = False, **defaults):
     """Register ``fn(input_shape, num_classes, **options) -> nn.Module`` as model ``name``:
-    the views it reads, whether it answers after every step (``steps``: it then has
-    ``forward_steps``), whether it exports to ONNX, its recipe under each preset (``presets``,
-    e.g. ``{"fast": dict(batch_size=256, epochs=6)}``), and training defaults (lr, view). A name
-    already registered is an error naming both places, unless ``replace=True``."""
+    the views it reads; whether it answers after every step (``steps``: it then has
+    ``forward_steps(x) -> (N, T, classes)``); whether it says what it holds after every step
+    (``states``: it then has ``forward_states(x) -> {name: (N, T, units)}``, a name ending in
+    ``.attention`` holding (N, T, T) weights over the steps read so far: the explainer and the
+    page draw whatever it returns); whether it exports to ONNX; its recipe under each preset
+    (``presets``, e.g. ``{"fast": dict(batch_size=256, epochs=6)}``); training defaults (lr,
+    view). A name already registered is an error naming both places, unless ``replace=True``."""
     def wrap(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         add(MODELS, name, ModelEntry(name, fn, views, defaults, description or (fn.__doc__ or ""),
-                                     steps, onnx, dict(presets or {})),
+                                     steps, states, onnx, dict(presets or {})),
             "model", origin_of(fn), replace)
         return fn
     return wrap
@@ -248,8 +252,9 @@ class CausalClassifier(nn.Module):
 
 class BlockStack(CausalClassifier):
     """Steps projected to ``d_model``, ``layers`` residual blocks made by ``make_block`` (each
-    ``block(x, recurrent)``: a convolution for training, a step-by-step recurrence when asked),
-    a final LayerNorm. The convolution is causal, so its output at step t is already the answer
+    ``block(x, recurrent)``: a convolution for training, a step-by-step recurrence when asked;
+    ``block.states(x)``: the size of its state after every step), a final LayerNorm. The
+    convolution is causal, so its output at step t is already the answer
     after t steps: ``forward_steps`` uses it (one pass over the sequence); the recurrence, the
     same numbers one step at a time, is there for streaming (``recurrent=True``)."""
 
@@ -271,6 +276,16 @@ class BlockStack(CausalClassifier):
         """Logits after every step (N, steps, classes): by the causal convolution in one pass,
         or with ``recurrent`` by the step-by-step recurrence (equal up to rounding)."""
         return self.head(self.encode(x, recurrent=recurrent))
+
+    @torch.no_grad()
+    def forward_states(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Each block's state after every step, ``layerK.state`` (N, T, units): what its
+        ``states(x)`` says of the input it reads (the registry's ``states``)."""
+        h, out = self.embed(x), {}
+        for k, block in enumerate(self.blocks, 1):
+            out[f"layer{k}.state"] = block.states(h)
+            h = block(h)
+        return out
 
 
 def check_sizes(name: str, **sizes) -> None:

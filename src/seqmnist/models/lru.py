@@ -95,6 +95,9 @@ class LRUBlock(nn.Module):
         z = self.lru.recurrent(z) if recurrent else self.lru(z)
         return x + self.drop(F.glu(self.mix(F.gelu(z)), dim=-1))
 
+    def states(self, x: torch.Tensor) -> torch.Tensor:
+        return self.lru.states(self.norm(x))
+
 
 class LRU(BlockStack):
     def __init__(self, input_shape, num_classes: int, d_model: int = 64, layers: int = 4,
@@ -105,7 +108,7 @@ class LRU(BlockStack):
                          lambda: LRUBlock(d_model, states, dropout))
 
 
-@register_model("lru", SEQUENCE_VIEWS, steps=True, lr=2e-3, view="rows")
+@register_model("lru", SEQUENCE_VIEWS, steps=True, states=True, lr=2e-3, view="rows")
 def lru(input_shape, num_classes, **options) -> nn.Module:
     """Linear recurrent unit (Orvieto et al. 2023): 4 layers, d_model 64, 64 states."""
     return LRU(input_shape, num_classes, **options)

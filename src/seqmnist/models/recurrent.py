@@ -110,6 +110,59 @@ class RecurrentClassifier(nn.Module):
             h = m.sequence(h) if i == self.last_index else m(h)
         return h
 
+    SHOWN = ("h", "c", "input_gate", "forget_gate", "output_gate", "reset_gate", "update_gate")
+
+    @torch.no_grad()
+    def forward_states(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """What each layer holds after every step (the registry's ``states``): its hidden state
+        ``layerK.h``, and the cell state and gates where the cell has them, each (N, T, units),
+        computed on the layer's own weights one step at a time (forward direction only for a
+        bidirectional layer). The next layer reads the whole output, both directions."""
+        out: dict[str, list[torch.Tensor]] = {}
+        for seq in x:
+            for k, layer in enumerate(self.recurrent_layers, 1):
+                found = stepwise(layer.cell, layer.rnn, seq)
+                for name in self.SHOWN:
+                    if name in found:
+                        out.setdefault(f"layer{k}.{name}", []).append(found[name])
+                seq = layer.rnn(seq[None])[0][0]
+        return {k: torch.stack(v) for k, v in out.items()}
+
+
+def stepwise(kind: str, rnn: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """A one-layer nn.LSTM / nn.GRU / nn.RNN run one step at a time on its own weights: its
+    hidden state (and cell state, and gates) after every step, for one sequence x (T, F)."""
+    w_ih, w_hh = rnn.weight_ih_l0, rnn.weight_hh_l0
+    b_ih, b_hh = rnn.bias_ih_l0, rnn.bias_hh_l0
+    h = torch.zeros(rnn.hidden_size)
+    c = torch.zeros(rnn.hidden_size)
+    out: dict[str, list] = {}
+
+    def keep(name, value):
+        out.setdefault(name, []).append(value)
+
+    for t in range(x.shape[0]):
+        gi = w_ih @ x[t] + b_ih
+        gh = w_hh @ h + b_hh
+        if kind == "lstm":  # PyTorch's gate order: input, forget, cell, output
+            i, f, g, o = (gi + gh).chunk(4)
+            i, f, g, o = i.sigmoid(), f.sigmoid(), g.tanh(), o.sigmoid()
+            c = f * c + i * g
+            h = o * c.tanh()
+            keep("input_gate", i), keep("forget_gate", f), keep("output_gate", o)
+            keep("c", c)
+        elif kind == "gru":  # reset, update, new
+            ri, zi, ni = gi.chunk(3)
+            rh, zh, nh = gh.chunk(3)
+            r, z = (ri + rh).sigmoid(), (zi + zh).sigmoid()
+            n = (ni + r * nh).tanh()
+            h = (1 - z) * n + z * h
+            keep("reset_gate", r), keep("update_gate", z)
+        else:
+            h = (gi + gh).tanh()
+        keep("h", h)
+    return {k: torch.stack(v) for k, v in out.items()}
+
 
 def _recurrent(cell: str):
     def build(input_shape, num_classes, **options):
@@ -122,7 +175,7 @@ def _recurrent(cell: str):
 # borrows the lstm's, the rnn a lower peak learning rate.
 FAST = dict(batch_size=256, epochs=6, lr=8e-3, schedule="onecycle")
 for _cell, _fast in (("lstm", FAST), ("gru", FAST), ("rnn", dict(FAST, lr=2e-3))):
-    register_model(_cell, SEQUENCE_VIEWS, steps=True, onnx=True, presets={"fast": _fast},
-                   lr=1e-3, view="rows")(_recurrent(_cell))
+    register_model(_cell, SEQUENCE_VIEWS, steps=True, states=True, onnx=True,
+                   presets={"fast": _fast}, lr=1e-3, view="rows")(_recurrent(_cell))
 
 

@@ -100,6 +100,9 @@ class S4DBlock(nn.Module):
         z = self.ssm.recurrent(z) if recurrent else self.ssm(z)
         return x + self.mix(self.drop(F.gelu(z)))
 
+    def states(self, x: torch.Tensor) -> torch.Tensor:
+        return self.ssm.states(self.norm(x))
+
 
 class S4D(BlockStack):
     def __init__(self, input_shape, num_classes: int, d_model: int = 64, layers: int = 4,
@@ -110,7 +113,7 @@ class S4D(BlockStack):
                          lambda: S4DBlock(d_model, states, dropout))
 
 
-@register_model("s4d", SEQUENCE_VIEWS, steps=True, lr=2e-3, view="rows")
+@register_model("s4d", SEQUENCE_VIEWS, steps=True, states=True, lr=2e-3, view="rows")
 def s4d(input_shape, num_classes, **options) -> nn.Module:
     """Diagonal state-space model S4D (Gu et al. 2022): 4 layers, d_model 64."""
     return S4D(input_shape, num_classes, **options)

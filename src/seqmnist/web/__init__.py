@@ -29,6 +29,7 @@ from ..fileio import dumps
 from ..images import decode_image, ink, predict_arrays, prepare_array
 from ..models import get_entry
 from ..storage import Run, latest_runs, load_run
+from ..views import VIEWS
 
 MAX_BODY = 2 * 1024 * 1024
 # A digit needs far fewer pixels than a photo has: larger uploads are refused from the header,
@@ -191,10 +192,16 @@ def resolve_runs(runs: list[str | Path] | None, runs_dir: str | Path = "runs",
 NOT_A_NUMBER = "this model's output is not a number (NaN): its weights are broken; retrain it"
 
 
+def answers_each_step(run: Run) -> bool:
+    """Whether the model answers after every step it reads (the registry and the view say)."""
+    return get_entry(run.config.model).steps and VIEWS[run.config.view].kind == "sequence"
+
+
 def model_info(run: Run) -> dict:
     return dict(name=run.name, model=run.config.model, dataset=run.config.dataset,
                 view=run.config.view, test_accuracy=run.metrics.get("test_accuracy"),
-                classes=run.metrics.get("classes"), recurrent=get_entry(run.config.model).steps)
+                classes=run.metrics.get("classes"), recurrent=answers_each_step(run),
+                unit=VIEWS[run.config.view].unit)
 
 
 def predict_all(runs: list[Run], image: np.ndarray) -> dict:
@@ -207,7 +214,9 @@ def predict_all(runs: list[Run], image: np.ndarray) -> dict:
         shape = tuple(run.metrics.get("image_shape") or (28, 28))
         try:
             img = image if image.shape == shape else prepare_array(image / 255.0, shape)
-            (pred,) = predict_arrays(run, img[None], steps=run.config.view == "rows")
+            (pred,) = predict_arrays(run, img[None], steps=answers_each_step(run))
+            if "steps" in pred:  # the step at which each pixel is read, for the preview
+                pred["read_at"] = VIEWS[run.config.view].read_at(*shape, run.config.seed).tolist()
         except ImageError as exc:
             results.append({**info, "error": str(exc)})
             continue

@@ -9,7 +9,7 @@ const seenCtx = seen.getContext("2d");
 const statusLine = document.getElementById("status");
 const modelsPanel = document.getElementById("models");
 let lastImage = null;     // the 28 x 28 image the models saw
-let highlightRow = null;  // row highlighted on the preview
+let highlight = null;  // {readAt, step}: the pixels a step reads, marked on the preview
 let drawing = false;
 let timer = null;
 let hasInk = false;
@@ -116,10 +116,12 @@ function drawSeen() {
       seenCtx.fillRect(c * cell, r * cell, cell + 0.5, cell + 0.5);
     }
   }
-  if (highlightRow !== null) {
-    seenCtx.strokeStyle = "#ff4d4f";
-    seenCtx.lineWidth = 2;
-    seenCtx.strokeRect(1, highlightRow * cell, seen.width - 2, cell);
+  if (highlight !== null && highlight.readAt && highlight.readAt.length === n) {
+    // the view says which pixels each step reads (read_at); the page knows no view by name
+    seenCtx.fillStyle = "rgba(255,77,79,0.45)";
+    for (let r = 0; r < n; r++) for (let c = 0; c < n; c++) {
+      if (highlight.readAt[r][c] === highlight.step) seenCtx.fillRect(c * cell, r * cell, cell + 0.5, cell + 0.5);
+    }
   }
 }
 
@@ -156,13 +158,14 @@ function sureFrom(steps, answer) {
 
 function beliefStrip(m) {
   const wrap = el("div", { class: "rows" });
-  wrap.append(el("h4", {}, "Belief after each row it reads"));
+  const unit = m.unit || "step";  // what one step reads, as the view names it: row, column, pixel
+  wrap.append(el("h4", {}, `Belief after each ${unit} it reads`));
   const sure = sureFrom(m.steps, m.index);
   const note = el("p", { class: "sure" }, sure === null
-    ? "It only settles on the last rows."
-    : `Sure it is ${m.prediction} from row ${sure + 1} of ${m.steps.length} on.`);
+    ? `It only settles on the last ${unit}s.`
+    : `Sure it is ${m.prediction} from ${unit} ${sure + 1} of ${m.steps.length} on.`);
   const strip = el("canvas", { class: "belief", width: m.classes.length, height: m.steps.length,
-                               "aria-label": "belief per row" });
+                               "aria-label": `belief per ${unit}` });
   const g = strip.getContext("2d");
   m.steps.forEach((p, r) => p.forEach((v, c) => {
     const shade = Math.round(255 * (1 - v));
@@ -176,7 +179,7 @@ function beliefStrip(m) {
   const axis = el("div", { class: "row-axis", "aria-hidden": "true" });
   const n = m.steps.length;
   for (const r of [1, Math.round(n / 4), Math.round(n / 2), Math.round(3 * n / 4), n]) {
-    const label = el("span", {}, `row ${r}`);
+    const label = el("span", {}, `${unit} ${r}`);
     label.style.top = `${(100 * (r - 0.5)) / n}%`;
     axis.append(label);
   }
@@ -184,15 +187,15 @@ function beliefStrip(m) {
   plot.append(axis, strip);
   const scale = el("div", { class: "scale" });
   scale.append(el("span", {}, "0%"), el("span", { class: "gradient" }), el("span", {}, "100% belief"));
-  const detail = el("p", { class: "row-detail" }, "Point at a row to see what it believed there.");
+  const detail = el("p", { class: "row-detail" }, `Point at a ${unit} to see what it believed there.`);
   strip.addEventListener("pointermove", (e) => {
     const r = Math.min(m.steps.length - 1, Math.floor(e.offsetY / strip.clientHeight * m.steps.length));
     const p = m.steps[r], best = p.indexOf(Math.max(...p));
-    detail.textContent = `After row ${r + 1}: ${m.classes[best]} (${(100 * p[best]).toFixed(0)}%)`;
-    highlightRow = r;
+    detail.textContent = `After ${unit} ${r + 1}: ${m.classes[best]} (${(100 * p[best]).toFixed(0)}%)`;
+    highlight = { readAt: m.read_at, step: r };
     drawSeen();
   });
-  strip.addEventListener("pointerleave", () => { highlightRow = null; drawSeen(); });
+  strip.addEventListener("pointerleave", () => { highlight = null; drawSeen(); });
   wrap.append(note, legend, plot, scale, detail);
   return wrap;
 }

@@ -25,13 +25,12 @@ function canvas(el, w, h, scaleX, scaleY) {
 }
 function absmax(a) { let m = 0; for (const v of a.flat()) m = Math.max(m, Math.abs(v)); return m; }
 
+// The view says how it reads the image (it.reading.read_at: the step at which each pixel is
+// read); the page knows no view by name.
 function readMask(it) {               // which pixels have been read after `step` steps
   const H = it.image.length, W = it.image[0].length, read = [];
-  for (let y = 0; y < H; y++) { read.push(new Array(W).fill(it.steps == null)); }
-  if (it.steps == null) return read;
-  if (it.view === 'rows') { for (let y = 0; y < Math.min(step, H); y++) read[y].fill(true); }
-  else if (it.view === 'columns') { for (let y = 0; y < H; y++) for (let x = 0; x < Math.min(step, W); x++) read[y][x] = true; }
-  else if (it.order) { for (let k = 0; k < step; k++) { const p = it.order[k]; read[Math.floor(p / W)][p % W] = true; } }
+  const at = it.reading && it.reading.read_at;
+  for (let y = 0; y < H; y++) read.push(at ? at[y].map((s) => s < step) : new Array(W).fill(true));
   return read;
 }
 
@@ -43,15 +42,16 @@ function drawInput(it) {
     ctx.fillStyle = read[y][x] ? `rgb(${v},${v},${v})` : `rgb(${40 + v * 0.25},${30 + v * 0.2},${30 + v * 0.2})`;
     ctx.fillRect(x, y, 1, 1);
   }
-  ctx.fillStyle = 'rgba(255,200,0,0.9)';
-  if (it.steps != null) {
-    if (it.view === 'rows') ctx.fillRect(0, step - 1, W, 1 / 8 * 2);
-    else if (it.view === 'columns') ctx.fillRect(step - 1, 0, 2 / 8, H);
-    else if (it.order) { const p = it.order[step - 1]; ctx.fillRect(p % W, Math.floor(p / W), 1, 1); }
+  // the pixels this step reads, marked (lightly where a step reads many: a row, a column)
+  ctx.fillStyle = it.order ? 'rgba(255,200,0,0.9)' : 'rgba(255,200,0,0.4)';
+  if (it.reading) {
+    const at = it.reading.read_at;
+    for (let y = 0; y < H; y++) for (let x = 0; x < W; x++) if (at[y][x] === step - 1) ctx.fillRect(x, y, 1, 1);
   }
   const ro = $('reading');
-  ro.parentElement.style.display = it.view === 'permuted' ? '' : 'none';
-  if (it.view === 'permuted') {          // the same pixels laid out in the order they are read
+  const scrambled = !!(it.reading && it.reading.scrambled && it.order);
+  ro.parentElement.style.display = scrambled ? '' : 'none';
+  if (scrambled) {                       // the same pixels laid out in the order they are read
     const c2 = canvas(ro, W, H, 8, 8);
     for (let k = 0; k < H * W; k++) {
       const p = it.order[k], v = it.image[Math.floor(p / W)][p % W];
