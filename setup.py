@@ -1,7 +1,7 @@
-"""The one compiled part: seqmnist's LSTM kernel (``src/seqmnist/csrc/lstm.c``), plain C built as
-a plain shared library, ``seqmnist/libseqmnist_lstm.so``, which ``lstm_kernel.py`` loads with
-ctypes. It is not a Python extension module (it has no ``PyInit_`` function and cannot be
-imported), so it is built without Python's ABI tag. It is optional: where it cannot be built (no C
+"""The one compiled part: seqmnist's LSTM kernel (``src/seqmnist/kernels/csrc/lstm.c``), plain C
+built as a plain shared library, ``seqmnist/kernels/libseqmnist_lstm.so``, which
+``kernels/lstm_kernel.py`` loads with ctypes. It is not a Python extension module (it has no
+``PyInit_`` function and cannot be imported), so it is built without Python's ABI tag. It is optional: where it cannot be built (no C
 compiler, a CPU other than x86-64) the package installs without it, says so, and trains with the
 ``torch`` backend; ``seqmnist doctor`` reports what was built. Everything else is in pyproject.toml.
 """
@@ -11,7 +11,7 @@ import sys
 from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
-LIBRARY = "seqmnist.libseqmnist_lstm"
+LIBRARY = "seqmnist.kernels.libseqmnist_lstm"
 
 
 class BuildSharedLibrary(build_ext):
@@ -41,8 +41,8 @@ class BuildSharedLibrary(build_ext):
 
 
 setup(
-    ext_modules=[Extension(LIBRARY, ["src/seqmnist/csrc/lstm.c"],
-                           depends=["src/seqmnist/csrc/lstm_simd.h"],
+    ext_modules=[Extension(LIBRARY, ["src/seqmnist/kernels/csrc/lstm.c"],
+                           depends=["src/seqmnist/kernels/csrc/lstm_simd.h"],
                            extra_compile_args=["-O3"], libraries=["m"])],
     cmdclass={"build_ext": BuildSharedLibrary},
 )

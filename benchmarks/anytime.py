@@ -30,12 +30,12 @@ def main() -> None:
 
     import torch
 
-    from seqmnist.backends import install_backend, resolve_backend
-    from seqmnist.data import load_dataset
-    from seqmnist.evaluation import anytime_accuracy, evaluate_tensors
-    from seqmnist.models import create_model
-    from seqmnist.steps import make_adam
-    from seqmnist.views import to_input
+    from seqmnist.data.datasets import load_dataset
+    from seqmnist.data.views import to_input
+    from seqmnist.kernels.backends import install_backend, resolve_backend
+    from seqmnist.models.registry import create_model
+    from seqmnist.training.metrics import anytime_accuracy, evaluate_tensors
+    from seqmnist.training.update import make_adam
 
     ds = load_dataset("mnist", DATA)
     n = args.images

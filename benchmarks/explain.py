@@ -31,9 +31,9 @@ def main() -> None:
 
     import torch
 
-    from seqmnist.data import load_dataset
-    from seqmnist.explainer import explain_runs
-    from seqmnist.storage import load_run
+    from seqmnist.data.datasets import load_dataset
+    from seqmnist.reports.explainer import explain_runs
+    from seqmnist.runs.storage import load_run
     from seqmnist.web import explain_all
 
     runs = [load_run(r) for r in args.runs]

@@ -25,13 +25,13 @@ import time
 import torch
 from torch.nn import functional as F
 
-from seqmnist import lstm_kernel
-from seqmnist.backends import install_backend, training_step
-from seqmnist.data import load_dataset
-from seqmnist.models import create_model
-from seqmnist.parallel import Replicas
-from seqmnist.steps import make_adam
-from seqmnist.views import to_input
+from seqmnist.data.datasets import load_dataset
+from seqmnist.data.views import to_input
+from seqmnist.kernels import lstm_kernel
+from seqmnist.kernels.backends import install_backend, training_step
+from seqmnist.models.registry import create_model
+from seqmnist.training.parallel import Replicas
+from seqmnist.training.update import make_adam
 
 
 def per_image_us(step, n: int, calls: int) -> float:
@@ -57,7 +57,7 @@ def ways_for(model: torch.nn.Module, n: int) -> dict:
 
 
 def loop(steps: int = 400, batch: int = 64) -> None:
-    """The training loop's parts, as training.py runs them (two replicas on two cores)."""
+    """The training loop's parts, as training/trainer.py runs them (two replicas on two cores)."""
     ds = load_dataset("mnist")
     x_all, y_all = to_input(ds.x_train, "rows", 0, torch.device("cpu")), torch.as_tensor(ds.y_train)
     threads = torch.get_num_threads()

@@ -27,7 +27,7 @@ DATA = Path(os.environ.get("SEQMNIST_DATA") or HERE.parent.parent / "shared" / "
 
 def measure(model: str, view: str, images: int, test_images: int | None = None) -> dict:
     from seqmnist import TrainConfig, train
-    from seqmnist.data import Dataset, load_dataset
+    from seqmnist.data.datasets import Dataset, load_dataset
 
     ds = load_dataset("mnist", DATA)
     if test_images:  # evaluation on the first test images only (long sequences are slow to read)
@@ -51,7 +51,7 @@ def measure(model: str, view: str, images: int, test_images: int | None = None) 
 
 
 def main() -> None:
-    from seqmnist.models import MODELS
+    from seqmnist.models.registry import MODELS
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--models", nargs="+", default=list(MODELS))

@@ -38,9 +38,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from seqmnist.backends import install_backend
-from seqmnist.models import create_model
-from seqmnist.system import keep_freed_memory
+from seqmnist.core.system import keep_freed_memory
+from seqmnist.kernels.backends import install_backend
+from seqmnist.models.registry import create_model
 
 OUT = Path(__file__).resolve().parent / "out"
 

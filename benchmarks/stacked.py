@@ -27,8 +27,8 @@ import torch
 from torch.func import functional_call, grad_and_value, stack_module_state, vmap
 from torch.nn import functional as F
 
-from seqmnist.backends import install_backend
-from seqmnist.models import create_model
+from seqmnist.kernels.backends import install_backend
+from seqmnist.models.registry import create_model
 
 OUT = Path(__file__).resolve().parent / "out"
 

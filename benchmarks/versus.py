@@ -32,9 +32,12 @@ def tree_env(tree: Path) -> dict:
     src = tree / "src"
     if not (src / "seqmnist").is_dir():
         sys.exit(f"{tree}: no src/seqmnist there")
-    for lib in (SRC / "seqmnist").glob("libseqmnist_lstm.*"):
-        if not (src / "seqmnist" / lib.name).exists():
-            shutil.copy2(lib, src / "seqmnist" / lib.name)
+    # beside the tree's own lstm_kernel.py (src/seqmnist/ or, since the layout by layers,
+    # src/seqmnist/kernels/)
+    where = next((src / "seqmnist").rglob("lstm_kernel.py")).parent
+    for lib in (SRC / "seqmnist").rglob("libseqmnist_lstm.*"):
+        if not (where / lib.name).exists():
+            shutil.copy2(lib, where / lib.name)
     return {"PYTHONPATH": str(src) + os.pathsep + os.environ.get("PYTHONPATH", "")}
 
 

@@ -12,8 +12,8 @@ from pathlib import Path
 from playwright.sync_api import sync_playwright
 
 from seqmnist import TrainConfig, train
-from seqmnist.data import load_dataset
-from seqmnist.explainer import explain_set, write_explanations
+from seqmnist.data.datasets import load_dataset
+from seqmnist.reports.explainer import explain_set, write_explanations
 
 DOCS = Path(__file__).resolve().parent
 

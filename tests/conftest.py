@@ -49,7 +49,7 @@ def stop_after_each_epoch(monkeypatch, signum: int = signal.SIGINT):
     """Make training stop as if ``signum`` arrived during every epoch: it ends after the first
     complete one with a resumable checkpoint (through the trainer's public epoch hook). Returns
     a function that undoes it."""
-    from seqmnist import training
+    from seqmnist.training import trainer as training
 
     def stop(_row):
         return signum
@@ -67,7 +67,7 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
 @pytest.fixture(scope="session")
 def real_mnist():
     """The full real MNIST, loaded once."""
-    from seqmnist.data import load_dataset
+    from seqmnist.data.datasets import load_dataset
 
     root = data_root()
     if not (root / "mnist").is_dir():
@@ -78,7 +78,7 @@ def real_mnist():
 @pytest.fixture(scope="session")
 def small_mnist():
     """The shipped fixture: the first 2,000 training and 1,000 test images of real MNIST."""
-    from seqmnist.data import load_dataset
+    from seqmnist.data.datasets import load_dataset
 
     return load_dataset("mnist", FIXTURE_DATA / "mnist")
 

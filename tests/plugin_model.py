@@ -4,7 +4,8 @@ parametrised tests pick it up with no list edited anywhere."""
 
 from torch import nn
 
-from seqmnist.models import SEQUENCE_VIEWS, CausalClassifier, register_model
+from seqmnist.models.layers import CausalClassifier
+from seqmnist.models.registry import SEQUENCE_VIEWS, register_model
 
 
 class PluginGRU(CausalClassifier):

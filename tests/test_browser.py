@@ -132,7 +132,7 @@ def test_explain_html_works_offline_from_a_file(small_runs, small_mnist_dir, tmp
     pytest.importorskip("captum")
     from playwright.sync_api import expect, sync_playwright
 
-    from seqmnist.explainer import explain_set, write_explanations
+    from seqmnist.reports.explainer import explain_set, write_explanations
 
     explanations = explain_set([small_runs["lstm"], small_runs["cnn"]], indices=[0, 1],
                                data_dir=small_mnist_dir, progress=False)
@@ -191,7 +191,7 @@ def test_explain_html_draws_whatever_its_runs_are_named(small_runs, small_mnist_
     pytest.importorskip("captum")
     from playwright.sync_api import expect, sync_playwright
 
-    from seqmnist.explainer import explain_set, write_explanations
+    from seqmnist.reports.explainer import explain_set, write_explanations
 
     hostile = tmp_path / "<!--<script>"
     shutil.copytree(small_runs["lstm"], hostile)

@@ -103,9 +103,9 @@ def test_compare_writes_report(small_mnist_dir, tmp_path, capsys):
     (["summary", "cnnn"], "unknown model 'cnnn'; did you mean 'cnn'?"),
     (["train", "lstm", "--view", "row"], "unknown view 'row'; did you mean 'rows'?"),
     (["train", "lstm", "--backend", "nativ"], "unknown backend 'nativ'; did you mean 'native'?"),
-    (["train", "lstm", "--threads", "100000"], "must be at most 1,024"),
+    (["train", "lstm", "--threads", "100000"], "threads must be from 1 to 1024, got 100000"),
     (["train", "lstm", "--seed", "1e23"], "expected a whole number"),
-    (["train", "lstm", "--hidden", "100000"], "must be at most 4,096"),
+    (["train", "lstm", "--hidden", "100000"], "hidden must be in 1..4096, got 100000"),
     (["serve", "--port", "70000"], "must be at most 65,535"),
     (["train", "lstm", "--epochs", "-3"], "must be at least 1"),
     (["train", "lstm", "--epochs", "ten"], "expected a whole number"),
@@ -172,7 +172,7 @@ def test_python_api_example_in_the_readme_runs(tmp_path, monkeypatch):
 def test_report_gallery_image(tmp_path):
     import numpy as np
 
-    from seqmnist.reports import gallery_figure
+    from seqmnist.reports.report import gallery_figure
 
     fig = gallery_figure(np.zeros((5, 28, 28), dtype=np.uint8), [[0, 1, 2, 0.9], [3, 4, 5, 0.8]],
                          [str(i) for i in range(10)], "mistakes")
@@ -190,7 +190,7 @@ def test_a_new_model_is_one_decorated_function(tmp_path, small_mnist_dir, capsys
 
     from seqmnist import models
 
-    monkeypatch.setattr(models, "MODELS", dict(models.MODELS))  # leave the registry as it was
+    monkeypatch.setattr(models.registry, "MODELS", dict(models.MODELS))  # leave the registry as it was
 
     @models.register_model("throwaway", views=models.SEQUENCE_VIEWS, lr=1e-2, view="rows")
     def throwaway(input_shape, num_classes, **options):

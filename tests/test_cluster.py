@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 
 from seqmnist.cli import main
-from seqmnist.cluster import ClusterError, check_shared, connect
-from seqmnist.errors import SeqmnistError
+from seqmnist.core.errors import SeqmnistError
+from seqmnist.experiments.cluster import ClusterError, check_shared, connect
 
 RAY = str(Path(sys.executable).parent / "ray")
 EPOCHS = 10

@@ -5,8 +5,10 @@ import numpy as np
 import pytest
 
 from conftest import data_root, idx_bytes, write_dataset, write_idx
-from seqmnist.data import DATASETS, load_dataset, locate, parse_idx, read_idx, search_dirs, verify
-from seqmnist.errors import DataError, DataNotFoundError, UsageError
+from seqmnist.core.errors import DataError, DataNotFoundError, UsageError
+from seqmnist.data.datasets import DATASETS, load_dataset
+from seqmnist.data.idx import parse_idx, read_idx
+from seqmnist.data.sources import locate, search_dirs, verify
 
 
 def _tiny(n=5, h=28, w=28, seed=0):  # MNIST's image size: the loader checks it
@@ -88,7 +90,7 @@ def test_search_order(tmp_path, monkeypatch):
 def test_not_found_without_network_is_clear(tmp_path, monkeypatch):
     monkeypatch.setenv("SEQMNIST_DATA", str(tmp_path / "env"))
     monkeypatch.setattr(DATASETS["fashion-mnist"], "mirrors", ["http://127.0.0.1:9/"])
-    monkeypatch.setattr("seqmnist.download.time.sleep", lambda s: None)
+    monkeypatch.setattr("seqmnist.data.download.time.sleep", lambda s: None)
     with pytest.raises(DataNotFoundError) as info:
         load_dataset("fashion-mnist")
     text = str(info.value)

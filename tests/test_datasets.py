@@ -15,10 +15,11 @@ import numpy as np
 import pytest
 
 from conftest import idx_bytes
-from seqmnist import download
-from seqmnist.data import DATASETS, fetch, load_dataset, verify
-from seqmnist.errors import DataError
-from seqmnist.models import MODELS, get_entry
+from seqmnist.core.errors import DataError
+from seqmnist.data import download
+from seqmnist.data.datasets import DATASETS, load_dataset
+from seqmnist.data.sources import fetch, verify
+from seqmnist.models.registry import MODELS, get_entry
 
 RNG = np.random.default_rng(0)
 
@@ -149,7 +150,7 @@ def test_an_archive_with_the_wrong_md5_or_an_oversized_member_is_refused(mirror,
 
 
 def _cache():
-    from seqmnist.data import cache_dir
+    from seqmnist.data.sources import cache_dir
 
     return cache_dir()
 
@@ -179,7 +180,7 @@ def letters(letters_dir):
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_every_model_trains_on_26_letter_classes(name, letters, tmp_path):
     from seqmnist import TrainConfig, train
-    from seqmnist.storage import load_run
+    from seqmnist.runs.storage import load_run
 
     view = get_entry(name).views[0]
     result = train(TrainConfig(model=name, dataset="emnist-letters", view=view, epochs=1,

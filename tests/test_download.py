@@ -9,10 +9,17 @@ import numpy as np
 import pytest
 
 from conftest import idx_bytes
-from seqmnist import download
-from seqmnist.data import DATASETS, SPLIT_FILES, DatasetSpec, fetch, load_dataset, register_dataset
-from seqmnist.download import download_file, sha256_of_content
-from seqmnist.errors import DownloadError
+from seqmnist.core.errors import DownloadError
+from seqmnist.data import download
+from seqmnist.data.datasets import (
+    DATASETS,
+    SPLIT_FILES,
+    DatasetSpec,
+    load_dataset,
+    register_dataset,
+)
+from seqmnist.data.download import download_file, sha256_of_content
+from seqmnist.data.sources import fetch
 
 CONTENT = idx_bytes(np.arange(2 * 3 * 3, dtype=np.uint8).reshape(2, 3, 3))
 GOOD = gzip.compress(CONTENT)

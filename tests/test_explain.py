@@ -14,13 +14,13 @@ import torch
 pytest.importorskip("captum")
 
 from conftest import FIXTURE_DATA  # noqa: E402
-from seqmnist import TrainConfig, train  # noqa: E402
-from seqmnist.cli import main  # noqa: E402
-from seqmnist.config import TrainConfig as Config  # noqa: E402
-from seqmnist.explainer import decided_at, explain  # noqa: E402
-from seqmnist.models import MODELS, create_model  # noqa: E402
-from seqmnist.storage import Run, load_run  # noqa: E402
-from seqmnist.views import VIEWS, to_input  # noqa: E402
+from seqmnist import TrainConfig, train
+from seqmnist.cli import main
+from seqmnist.data.views import VIEWS, to_input
+from seqmnist.models.registry import MODELS, create_model
+from seqmnist.reports.explainer import decided_at, explain
+from seqmnist.runs.storage import Run, load_run
+from seqmnist.training.config import TrainConfig as Config
 
 DATA = str(FIXTURE_DATA / "mnist")
 CONTRACT = {"run", "model", "view", "index", "label", "prediction", "probabilities", "saliency"}
@@ -77,7 +77,7 @@ def test_states_are_pytorchs_own_step_by_step_and_the_last_belief_is_the_answer(
 
 
 def test_the_same_on_the_torch_backend(trained, small_mnist):
-    from seqmnist.backends import install_backend
+    from seqmnist.kernels.backends import install_backend
 
     run = load_run(trained["lstm"])
     install_backend(run.model, "torch")
@@ -173,7 +173,7 @@ def test_an_imported_keras_model_is_explained(tmp_path):
     pytest.importorskip("h5py")
     from pathlib import Path
 
-    from seqmnist.keras_import import import_keras
+    from seqmnist.runs.keras_import import import_keras
 
     keras = Path(__file__).parent / "fixtures" / "keras"
     for name in ("lstm.keras", "cnn.h5"):
@@ -226,7 +226,7 @@ def test_in_a_notebook_it_draws_itself(trained):
 
 
 def test_the_test_set_view_agrees_with_the_explanations(trained, small_mnist):
-    from seqmnist.explainer import dataset_view, explain_set
+    from seqmnist.reports.explainer import dataset_view, explain_set
 
     run = load_run(trained["lstm"])
     view = dataset_view(run, small_mnist, images=20, per_class=3)
@@ -292,9 +292,9 @@ def test_a_model_from_outside_the_package_shows_its_own_states(monkeypatch):
     seqmnist; and its explain.html carries the state for the page to draw."""
 
     from seqmnist import models
-    from seqmnist.explain_page import render
+    from seqmnist.reports.explain_html import render
 
-    monkeypatch.setattr(models, "MODELS", dict(models.MODELS))
+    monkeypatch.setattr(models.registry, "MODELS", dict(models.MODELS))
 
     class Running(models.CausalClassifier):
         """A running mean of the steps: its 'memory' is the mean so far."""

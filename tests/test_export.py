@@ -8,9 +8,9 @@ import torch
 from conftest import FIXTURE_DATA
 from seqmnist import TrainConfig, train
 from seqmnist.cli import main
-from seqmnist.errors import UsageError
-from seqmnist.storage import load_run
-from seqmnist.views import to_input
+from seqmnist.core.errors import UsageError
+from seqmnist.data.views import to_input
+from seqmnist.runs.storage import load_run
 
 
 def quiet(*_):
@@ -32,7 +32,7 @@ def runs(small_mnist, tmp_path_factory):
 @pytest.mark.parametrize("name", ["lstm", "gru", "rnn", "cnn"])
 def test_onnx_export_matches_pytorch_on_the_test_set(runs, small_mnist, tmp_path, name):
     ort = pytest.importorskip("onnxruntime")
-    from seqmnist.export import check_onnx, export_onnx
+    from seqmnist.reports.export import check_onnx, export_onnx
 
     run = load_run(runs[name])
     path, _ = export_onnx(run, tmp_path / f"{name}.onnx")
@@ -53,7 +53,7 @@ def test_export_command_checks_and_refuses_what_it_cannot(runs, tmp_path, capsys
     assert main(["export", str(runs["lstm"]), "--out", str(tmp_path / "m.onnx"),
                  "--data-dir", str(FIXTURE_DATA / "mnist")]) == 0
     assert "onnxruntime agrees with PyTorch on the 1,000 test images" in capsys.readouterr().out
-    from seqmnist import export
+    from seqmnist.reports import export
 
     monkeypatch.setattr(export, "onnx_refusal", lambda run: "no ONNX export for this one")
     with pytest.raises(UsageError, match="cannot export .*: no ONNX export for this one"):
@@ -77,7 +77,7 @@ def test_a_run_becomes_a_model_folder_with_a_card_that_loads_back(runs, tmp_path
 
 
 def test_the_card_gives_the_spread_across_seeds_when_there_are_several(small_mnist, tmp_path):
-    from seqmnist.export import model_card
+    from seqmnist.reports.export import model_card
 
     paths = [train(TrainConfig(model="rnn", dataset="digits", epochs=1, seed=s), out=tmp_path,
                    log=quiet, progress=False).path for s in (0, 1, 2)]
@@ -163,7 +163,7 @@ def test_export_with_a_bad_out_is_one_line(runs, tmp_path, capsys):
 
 def test_a_card_folder_is_whole_or_absent_and_force_replaces_only_a_card(runs, tmp_path,
                                                                           monkeypatch):
-    from seqmnist import export
+    from seqmnist.reports import export
 
     folder = tmp_path / "card"
     export.export_card(runs["cnn"], folder)
@@ -195,7 +195,7 @@ def test_a_permuted_onnx_export_says_how_to_feed_it(small_mnist, tmp_path):
     ort = pytest.importorskip("onnxruntime")
     import json
 
-    from seqmnist.export import export_onnx, model_card
+    from seqmnist.reports.export import export_onnx, model_card
 
     run = load_run(train(TrainConfig(model="rnn", view="permuted", epochs=1, limit=200, seed=3),
                          out=tmp_path, dataset=small_mnist, log=quiet, progress=False).path)
@@ -209,7 +209,7 @@ def test_a_permuted_onnx_export_says_how_to_feed_it(small_mnist, tmp_path):
     theirs = ort.InferenceSession(str(path)).run(None, {"x": x})[0]
     ours = run.model(to_input(images, "permuted", 3)).detach().numpy()
     assert np.abs(theirs - ours).max() < 1e-4
-    assert "seqmnist.views.permutation(28 * 28, 3)" in model_card(run)
+    assert "seqmnist.data.views.permutation(28 * 28, 3)" in model_card(run)
 
 
 def test_an_older_runs_card_is_written_with_what_it_has(runs, tmp_path):
@@ -218,7 +218,7 @@ def test_an_older_runs_card_is_written_with_what_it_has(runs, tmp_path):
     import json
     import shutil
 
-    from seqmnist.export import export_card
+    from seqmnist.reports.export import export_card
 
     old = tmp_path / "old"
     shutil.copytree(runs["lstm"], old)

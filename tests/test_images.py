@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from seqmnist.errors import ImageError
-from seqmnist.images import MAX_PIXELS, decode_image, prepare_array, prepare_image
+from seqmnist.core.errors import ImageError
+from seqmnist.data.images import MAX_PIXELS, decode_image, prepare_array, prepare_image
 
 
 def encode(img: Image.Image, fmt: str = "PNG", **kw) -> bytes:
@@ -123,7 +123,7 @@ def test_only_regular_files_are_read_and_only_up_to_the_cap(tmp_path):
     import os
     import threading
 
-    from seqmnist.images import prepare_image
+    from seqmnist.data.images import prepare_image
 
     zero = tmp_path / "zero.png"
     zero.symlink_to("/dev/zero")
@@ -158,7 +158,7 @@ def test_a_line_of_pixels_is_refused_from_its_header():
 def test_ink_that_vanishes_when_shrunk_is_said_not_explained():
     """A one-pixel diagonal across 16,000 x 800 pixels shrinks to nothing at 28 x 28: an error
     naming that, not an all-zero image given to the models."""
-    from seqmnist.images import prepare_array
+    from seqmnist.data.images import prepare_array
 
     gray = np.zeros((800, 16_000), dtype=np.float32)
     xs = np.arange(16_000)

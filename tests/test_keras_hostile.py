@@ -19,7 +19,7 @@ h5py = pytest.importorskip("h5py")
 
 from conftest import FIXTURE_DATA  # noqa: E402
 from seqmnist.cli import main  # noqa: E402
-from seqmnist.keras_import import KerasImportError, import_keras, read_keras  # noqa: E402
+from seqmnist.runs.keras_import import KerasImportError, import_keras, read_keras  # noqa: E402
 
 KERAS = Path(__file__).parent / "fixtures" / "keras"
 DATA = str(FIXTURE_DATA / "mnist")
@@ -333,7 +333,7 @@ def test_a_sound_file_still_imports_after_every_check(tmp_path):
 def test_an_import_stopped_while_writing_leaves_no_folder(tmp_path, monkeypatch, how):
     import signal
 
-    from seqmnist.recorder import Recorder
+    from seqmnist.runs.recorder import Recorder
 
     real = Recorder.finish
 

@@ -13,10 +13,10 @@ import torch
 pytest.importorskip("h5py")
 
 from conftest import FIXTURE_DATA  # noqa: E402
-from seqmnist.cli import main  # noqa: E402
-from seqmnist.keras_import import KerasImportError, import_keras, map_model, read_keras  # noqa: E402
-from seqmnist.storage import load_run  # noqa: E402
-from seqmnist.views import to_input  # noqa: E402
+from seqmnist.cli import main
+from seqmnist.data.views import to_input
+from seqmnist.runs.keras_import import KerasImportError, import_keras, map_model, read_keras
+from seqmnist.runs.storage import load_run
 
 KERAS = Path(__file__).parent / "fixtures" / "keras"
 SHOWN = json.loads((KERAS / "README.json").read_text())["images"]

@@ -10,9 +10,9 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from seqmnist import backends, lstm_kernel
-from seqmnist.errors import KernelInputError, UsageError
-from seqmnist.models import create_model
+from seqmnist.core.errors import KernelInputError, UsageError
+from seqmnist.kernels import backends, lstm_kernel
+from seqmnist.models.registry import create_model
 
 if not lstm_kernel.available():
     if os.environ.get("SEQMNIST_REQUIRE_KERNEL"):
@@ -149,7 +149,7 @@ def test_dropout_masks_are_the_documented_hash_on_every_instruction_set(n, p, se
 
 
 def test_disabling_the_kernel_makes_auto_choose_torch():
-    code = ("from seqmnist import backends; from seqmnist.models import create_model; "
+    code = ("from seqmnist.kernels import backends; from seqmnist.models import create_model; "
             "m = create_model('lstm'); print(backends.resolve_backend('auto', m), "
             "backends.native_problem(m) is not None)")
     env = dict(os.environ, SEQMNIST_LSTM_KERNEL="0")

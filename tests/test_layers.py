@@ -1,5 +1,6 @@
-"""Imports flow one way: each module imports only from the layers below it (the README's layout
-section lists them in this order). Lazy imports inside functions count too."""
+"""Imports flow one way: the package's folders are its layers (the README's layout lists them in
+this order), and every module imports only from its own package or from the packages below it.
+Lazy imports inside functions count too."""
 
 import ast
 from pathlib import Path
@@ -8,38 +9,21 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "seqmnist"
 
-# Lowest first. A module may import any module of a lower layer, never one of its own layer or
-# above; a helper two layers need goes below both.
+# Lowest first: the data flow, dataset -> view -> model -> kernel -> update and trainer -> run
+# folder -> evaluation -> reports -> experiments -> command line and page. A module may import its
+# own package's modules and any lower layer's, never a layer above its own; a helper two layers
+# need goes below both.
 LAYERS = [
-    ["_version", "errors"],
-    ["fileio", "system", "stats", "published", "registry"],
-    ["download"],
+    ["_version"],
+    ["core"],
     ["data"],
-    ["views"],
     ["models"],
-    ["config"],
-    ["record"],
-    ["lstm_kernel"],
-    ["backends"],
-    ["parallel"],
-    ["steps"],
-    ["storage"],
-    ["evaluation"],
-    ["plots"],
-    ["recorder"],
+    ["kernels"],
     ["training"],
-    ["slots"],
-    ["keras_files"],
-    ["keras_import"],
-    ["analysis"],
+    ["runs"],
+    ["evaluation"],
     ["reports"],
-    ["comparison"],
-    ["sweep"],
-    ["cluster"],
-    ["export"],
-    ["images"],
-    ["explain_page"],
-    ["explainer"],
+    ["experiments"],
     ["doctor", "web"],
     ["cli"],
     ["__main__", "__init__"],
@@ -47,31 +31,34 @@ LAYERS = [
 LAYER = {name: i for i, names in enumerate(LAYERS) for name in names}
 
 
-SUBPACKAGES = ("web", "models")  # each one layer: its modules are checked as that layer
-
-
-def modules() -> dict[str, list[Path]]:
+def units() -> dict[str, list[Path]]:
+    """Each layer unit (a top-level module or a package) and its Python files."""
     found = {p.stem: [p] for p in PACKAGE.glob("*.py")}
-    for sub in SUBPACKAGES:
-        found[sub] = sorted((PACKAGE / sub).glob("*.py"))
+    for folder in (p for p in PACKAGE.iterdir() if (p / "__init__.py").is_file()):
+        found[folder.name] = sorted(folder.rglob("*.py"))
     return found
 
 
-def imported(path: Path, package_depth: int) -> set[str]:
-    """The seqmnist modules ``path`` imports, at module level or inside functions."""
+def module_name(path: Path) -> list[str]:
+    """``path``'s dotted name inside seqmnist, as parts (a package's __init__ is the package)."""
+    parts = list(path.relative_to(PACKAGE).with_suffix("").parts)
+    return parts[:-1] if parts[-1] == "__init__" else parts
+
+
+def imported(path: Path) -> set[str]:
+    """The layer units ``path`` imports, at module level or inside functions."""
+    here = module_name(path)
+    package = here if path.name == "__init__.py" else here[:-1]
     names = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.ImportFrom) and node.level:
-            parts = (node.module or "").split(".")
-            if node.level == package_depth:  # relative to the package root
-                if node.module:
-                    names.add(parts[0])
-                else:  # "from . import x": a module, or a name from the package's __init__
-                    names.update(a.name if (PACKAGE / f"{a.name}.py").exists()
-                                 or (PACKAGE / a.name).is_dir() else "__init__"
-                                 for a in node.names)
-            elif node.level < package_depth:  # inside a subpackage: its own modules
-                names.add(path.parent.name)
+            base = package[:len(package) - (node.level - 1)]
+            target = base + (node.module.split(".") if node.module else [])
+            if target:
+                names.add(target[0])
+            else:  # "from . import x" at the top: a module or package of seqmnist, or __init__
+                names.update(a.name if (PACKAGE / f"{a.name}.py").exists()
+                             or (PACKAGE / a.name).is_dir() else "__init__" for a in node.names)
         elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("seqmnist"):
             parts = node.module.split(".")
             names.add(parts[1] if len(parts) > 1 else "__init__")
@@ -82,22 +69,29 @@ def imported(path: Path, package_depth: int) -> set[str]:
 
 
 def test_every_module_has_a_layer():
-    assert set(modules()) == set(LAYER), "add new modules to LAYERS (and to the README's layout)"
+    assert set(units()) == set(LAYER), "add new modules and packages to LAYERS (and the README)"
 
 
 @pytest.mark.parametrize("name", sorted(LAYER))
 def test_imports_flow_downward(name):
-    for path in modules()[name]:
-        depth = 2 if path.parent.name in SUBPACKAGES else 1
-        upward = sorted(m for m in imported(path, depth) - {name}
-                        if LAYER.get(m, -1) >= LAYER[name])
-        assert not upward, f"{path.name} ({name}) imports {upward}, which are not below it"
+    for path in units()[name]:
+        upward = sorted(m for m in imported(path) - {name} if LAYER.get(m, -1) >= LAYER[name])
+        assert not upward, f"{path.relative_to(PACKAGE)} ({name}) imports {upward}, which are " \
+                           "not below it"
+
+
+def test_the_package_reads_like_the_data_flow():
+    """A handful of packages, each a layer, and nothing else but the entry points."""
+    folders = sorted(p.name for p in PACKAGE.iterdir() if (p / "__init__.py").is_file())
+    assert folders == sorted(n for names in LAYERS for n in names if (PACKAGE / n).is_dir())
+    loose = sorted(p.name for p in PACKAGE.glob("*.py"))
+    assert loose == ["__init__.py", "__main__.py", "_version.py", "cli.py", "doctor.py"]
 
 
 def test_readme_lists_the_layers_in_order():
     text = (PACKAGE.parents[1] / "README.md").read_text()
     layout = text[text.index("## Layout"):]
-    positions = [layout.find(f"{name}.py" if name not in SUBPACKAGES else f"{name}/")
-                 for names in LAYERS[1:-1] for name in names]
-    assert -1 not in positions, "every module is named in the README's layout"
+    positions = [layout.find(f"{name}/" if (PACKAGE / name).is_dir() else f"{name}.py")
+                 for names in LAYERS[:-1] for name in names if name != "_version"]
+    assert -1 not in positions, "every layer is named in the README's layout"
     assert positions == sorted(positions)

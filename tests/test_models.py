@@ -6,18 +6,11 @@ import pytest
 import torch
 
 from seqmnist.cli import main
-from seqmnist.errors import UsageError
-from seqmnist.models import (
-    MODELS,
-    check_view,
-    create_model,
-    draws_from_global_rng,
-    get_entry,
-    list_models,
-    summary_text,
-    trainable_parameters,
-)
-from seqmnist.views import VIEWS
+from seqmnist.core.errors import UsageError
+from seqmnist.data.views import VIEWS
+from seqmnist.models.layers import draws_from_global_rng, trainable_parameters
+from seqmnist.models.registry import MODELS, check_view, create_model, get_entry, list_models
+from seqmnist.models.summary import summary_text
 
 # Keras's counts for the same networks (model.summary() in TF 2.x).
 KERAS_PARAMS = {"lstm": 36_510, "gru": 27_810, "rnn": 9_510, "cnn": 3_274_634}
@@ -109,7 +102,7 @@ def test_options_and_mismatches():
 
 
 def test_dropout_own_generator_is_reproducible_and_unbiased():
-    from seqmnist.models import Dropout
+    from seqmnist.models.layers import Dropout
 
     drop = Dropout(0.2)
     x = torch.ones(200, 500)
@@ -127,8 +120,8 @@ def test_replicas_give_the_full_batch_gradient(backend):
     """Two replicas on two halves of a batch = one model on the whole batch."""
     from torch.nn import functional as F
 
-    from seqmnist.backends import install_backend, native_problem
-    from seqmnist.parallel import Replicas
+    from seqmnist.kernels.backends import install_backend, native_problem
+    from seqmnist.training.parallel import Replicas
 
     torch.manual_seed(0)
     model = create_model("lstm", (28, 28), 10, dropout=0.0)
@@ -196,8 +189,8 @@ def test_state_space_layers_are_the_same_as_convolution_and_as_recurrence(name):
 def test_each_replica_draws_dropout_from_its_own_seeded_generator():
     """Replicas train in parallel threads: a shared global RNG would make the masks depend on
     thread timing. Each replica's dropout layers use that replica's own generator."""
-    from seqmnist.models import Dropout
-    from seqmnist.parallel import Replicas
+    from seqmnist.models.layers import Dropout
+    from seqmnist.training.parallel import Replicas
 
     replicas = Replicas(create_model("gru", (28, 28), 10), 2, seed=3, backend="torch")
     try:
@@ -228,7 +221,7 @@ def test_model_options_that_cannot_work_are_one_line_before_any_folder(tmp_path,
                                                                        model, options, message):
     from seqmnist import models
 
-    monkeypatch.setattr(models, "machine_memory", lambda: 24 * 2**30)  # the size of this machine
+    monkeypatch.setattr(models.checks, "machine_memory", lambda: 24 * 2**30)  # the size of this machine
     args = ["train", model, "--epochs", "1", "--limit", "100", "--out", str(tmp_path / "runs"),
             "--data-dir", str(small_mnist_dir), "--no-progress"]
     for key, value in options.items():
@@ -241,9 +234,9 @@ def test_model_options_that_cannot_work_are_one_line_before_any_folder(tmp_path,
 
 def test_the_memory_estimate_counts_activations_at_the_batch_size(monkeypatch):
     from seqmnist import models
-    from seqmnist.models import check_model
+    from seqmnist.models.checks import check_model
 
-    monkeypatch.setattr(models, "machine_memory", lambda: 24 * 2**30)
+    monkeypatch.setattr(models.checks, "machine_memory", lambda: 24 * 2**30)
     small = check_model("cnn", (1, 28, 28), 10, {}, batch_size=64)
     assert small == 3_274_634
     with pytest.raises(UsageError, match="activations per batch of 100000"):
@@ -394,7 +387,7 @@ def test_a_model_far_too_big_is_refused_from_its_shapes_alone(monkeypatch):
     import torch
 
     from seqmnist import models
-    from seqmnist.models import check_model
+    from seqmnist.models.checks import check_model
 
     built_on = []
     real_create = models.create_model
@@ -403,8 +396,8 @@ def test_a_model_far_too_big_is_refused_from_its_shapes_alone(monkeypatch):
         built_on.append(torch.get_default_device().type)
         return real_create(*args, **kwargs)
 
-    monkeypatch.setattr(models, "machine_memory", lambda: 24 * 2**30)
-    monkeypatch.setattr(models, "create_model", recording)
+    monkeypatch.setattr(models.checks, "machine_memory", lambda: 24 * 2**30)
+    monkeypatch.setattr(models.checks, "create_model", recording)
     with pytest.raises(UsageError, match=r"needs about [\d.]+ GiB to train \(1,108,774,922 "
                                          r"parameters, [\d,]+ activations per batch of 64\)"):
         check_model("s4d", (28, 28), 10, {"d_model": 4096, "layers": 64})
@@ -415,11 +408,13 @@ def test_a_second_registration_of_a_name_is_an_error_naming_both_places(monkeypa
     """Other people's code registers models: a clash is never a silent overwrite."""
     from torch import nn
 
-    from seqmnist import data, models, views
-    from seqmnist.data import DATASETS, register_dataset
-    from seqmnist.views import register_view
+    from seqmnist import models
+    from seqmnist.data import datasets as data
+    from seqmnist.data import views
+    from seqmnist.data.datasets import DATASETS, register_dataset
+    from seqmnist.data.views import register_view
 
-    monkeypatch.setattr(models, "MODELS", dict(models.MODELS))
+    monkeypatch.setattr(models.registry, "MODELS", dict(models.MODELS))
 
     def lstm(input_shape, num_classes, **options):
         return nn.Linear(1, num_classes)
@@ -428,15 +423,15 @@ def test_a_second_registration_of_a_name_is_an_error_naming_both_places(monkeypa
                                          r"seqmnist\.models\.recurrent\..* \(.*recurrent\.py:\d+\)"
                                          r"; test_models\..*lstm .* registers it again"):
         models.register_model("lstm", ("rows",))(lstm)
-    assert models.MODELS["lstm"].build is not lstm  # the built-in is still there
+    assert models.registry.MODELS["lstm"].build is not lstm  # the built-in is still there
     models.register_model("lstm", ("rows",), replace=True)(lstm)
-    assert models.MODELS["lstm"].build is lstm
+    assert models.registry.MODELS["lstm"].build is lstm
     monkeypatch.setattr(data, "DATASETS", dict(DATASETS))
     with pytest.raises(UsageError, match="dataset 'mnist' is already registered by "
-                                         "seqmnist.data"):
+                                         "seqmnist.data.catalogue"):
         data.register_dataset(DATASETS["mnist"])
     assert register_dataset is not None
     monkeypatch.setattr(views, "VIEWS", dict(views.VIEWS))
-    with pytest.raises(UsageError, match="view 'rows' is already registered by seqmnist.views"):
+    with pytest.raises(UsageError, match="view 'rows' is already registered by seqmnist.data.views"):
         views.register_view("rows", "sequence", "again", lambda h, w: (h, w))(lambda x, s: x)
     assert register_view is not None

@@ -9,18 +9,20 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from seqmnist import training
-from seqmnist.config import TrainConfig
-from seqmnist.models import Dropout, create_model
-from seqmnist.steps import Step
-from seqmnist.training import Trainer, count_replicas, resolve_precision
+from seqmnist.models.layers import Dropout
+from seqmnist.models.registry import create_model
+from seqmnist.runs.train import count_replicas
+from seqmnist.training import trainer as training
+from seqmnist.training.config import TrainConfig
+from seqmnist.training.trainer import Trainer, resolve_precision
+from seqmnist.training.update import Update
 
 
 def _step(model: str, shape, **changes):
     cfg = replace(TrainConfig(model=model, **changes).resolved(), replicas=1, backend="torch",
                   precision="fp32")
     net = create_model(model, shape, 10)
-    return cfg, net, Step(net, cfg, 10, 1)
+    return cfg, net, Update(net, cfg, 10, 1)
 
 
 @pytest.mark.parametrize("model, shape, lr", [("lstm", (28, 28), 1e-3), ("cnn", (1, 28, 28), 1e-4)])
@@ -45,7 +47,7 @@ def test_the_step_minimises_categorical_cross_entropy_of_the_whole_batch():
     x, y = torch.rand(16, 28, 28), torch.randint(0, 10, (16,))
     expected = F.cross_entropy(ref(x), y)
     expected.backward()
-    step = Step(net, cfg, 1, 1)
+    step = Update(net, cfg, 1, 1)
     step.optimizer.step = lambda: None  # look at the gradient before the update
     loss_sum, hits = step(x, y)
     assert float(loss_sum) == pytest.approx(16 * expected.item(), rel=1e-5)

@@ -8,14 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from seqmnist.analysis import recipe_key
-from seqmnist.config import RUNTIME_FIELDS, TrainConfig
-from seqmnist.errors import CheckpointError
-from seqmnist.evaluation import evaluate
-from seqmnist.record import VERSION, RunMetrics
-from seqmnist.slots import recipe_differences
-from seqmnist.storage import load_run
-from seqmnist.training import train
+from seqmnist.core.errors import CheckpointError
+from seqmnist.evaluation.analysis import recipe_key
+from seqmnist.evaluation.evaluate import evaluate
+from seqmnist.runs.schema import VERSION, RunMetrics
+from seqmnist.runs.slots import recipe_differences
+from seqmnist.runs.storage import load_run
+from seqmnist.runs.train import train
+from seqmnist.training.config import RUNTIME_FIELDS, TrainConfig
 
 # A finished run written by seqmnist 0.1.0 before the record was versioned (rnn on digits, one
 # epoch; its plots and last checkpoint left out): folders users already have must keep loading.
@@ -49,7 +49,7 @@ def test_a_run_folder_from_before_the_version_loads_and_evaluates_as_recorded():
 
 
 def test_an_old_and_a_new_run_compare_together(new_run, tmp_path):
-    from seqmnist.comparison import compare
+    from seqmnist.experiments.comparison import compare
 
     old = tmp_path / "old"
     shutil.copytree(OLD_RUN, old)
@@ -112,8 +112,8 @@ def test_a_finished_run_holds_every_file_the_recorder_writes(new_run):
 
 
 def test_provenance_is_its_definition_with_the_machine_beside_it(new_run):
-    from seqmnist import system
-    from seqmnist.record import Provenance
+    from seqmnist.core import system
+    from seqmnist.runs.schema import Provenance
 
     facts = json.loads((new_run / "provenance.json").read_text())
     fixed = {f.name for f in fields(Provenance)} - set(Provenance.FLAT)

@@ -17,10 +17,10 @@ from hypothesis import strategies as st
 
 from conftest import stop_after_each_epoch
 from seqmnist import TrainConfig, train
-from seqmnist.data import parse_idx
-from seqmnist.errors import CheckpointError, DataError, ImageError, SeqmnistError
-from seqmnist.images import decode_image, prepare_array
-from seqmnist.storage import PREVIOUS_CHECKPOINT, load_checkpoint, load_run, save_checkpoint
+from seqmnist.core.errors import CheckpointError, DataError, ImageError, SeqmnistError
+from seqmnist.data.idx import parse_idx
+from seqmnist.data.images import decode_image, prepare_array
+from seqmnist.runs.storage import PREVIOUS_CHECKPOINT, load_checkpoint, load_run, save_checkpoint
 
 TRAIN = [sys.executable, "-m", "seqmnist", "train"]
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -170,7 +170,7 @@ def test_full_disk_fails_clearly_and_leaves_no_partial_file(small_mnist_dir, tmp
 def test_interrupted_in_process_keeps_history(tmp_path, monkeypatch):
     """The stop flag, checked between batches, ends training with a resumable checkpoint whose
     history holds the finished epoch; resuming completes the run with every epoch."""
-    from seqmnist import training
+    from seqmnist.training import trainer as training
 
     cfg = TrainConfig(model="rnn", dataset="digits", epochs=3, limit=300)
     undo = stop_after_each_epoch(monkeypatch, signal.SIGTERM)
@@ -280,7 +280,7 @@ def test_edited_config_json_cannot_mix_settings_on_resume(tmp_path, monkeypatch)
     clear error on resume, not a run with mixed settings."""
     import json
 
-    from seqmnist import training
+    from seqmnist.training import trainer as training
 
     stop_after_each_epoch(monkeypatch)
     with pytest.raises(training.TrainingInterrupted):
@@ -383,7 +383,7 @@ def test_a_diverged_run_stops_with_a_clear_error_and_keeps_its_last_good_checkpo
         tmp_path, monkeypatch):
     """The loss becomes NaN in epoch 2: training stops naming the epoch, and the checkpoint on
     disk is epoch 1's, ready for a resume with other settings."""
-    from seqmnist import training
+    from seqmnist.training import trainer as training
 
     def diverging(row):  # a weight becomes NaN during epoch 2 (epochs count from 0 here)
         if row["epoch"] == 1 and row["step"] == 1:
@@ -401,7 +401,7 @@ def test_a_diverged_run_stops_with_a_clear_error_and_keeps_its_last_good_checkpo
 
 
 def test_undefined_numbers_are_json_null_not_nan():
-    from seqmnist.fileio import dumps
+    from seqmnist.core.fileio import dumps
 
     text = dumps({"loss": float("nan"), "curve": [1.0, float("inf")]})
     assert json.loads(text) == {"loss": None, "curve": [1.0, None]} and "NaN" not in text

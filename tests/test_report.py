@@ -8,9 +8,9 @@ import pytest
 
 from conftest import FIXTURE_DATA
 from seqmnist import TrainConfig, compare, train
-from seqmnist.analysis import group_runs
-from seqmnist.errors import UsageError
-from seqmnist.storage import load_predictions, load_run
+from seqmnist.core.errors import UsageError
+from seqmnist.evaluation.analysis import group_runs
+from seqmnist.runs.storage import load_predictions, load_run
 
 
 def quiet(*_):
@@ -110,7 +110,7 @@ def test_mixed_datasets_are_an_error(two_seed_report, tmp_path):
 
 
 def test_side_by_side_runs_start_with_the_longest(small_mnist):
-    from seqmnist.comparison import longest_first
+    from seqmnist.experiments.comparison import longest_first
 
     cfgs = [TrainConfig(model=m, seed=k).resolved() for m in ("lstm", "cnn") for k in (0, 1)]
     # the CNN's step costs several times the LSTM's (BENCHMARKS.md section 7): its runs go first,
@@ -125,9 +125,9 @@ def test_side_by_side_runs_start_with_the_longest(small_mnist):
 def test_the_report_says_when_each_sequence_model_knows(small_runs, small_mnist, tmp_path):
     """The compare report's inside section: for the LSTM (not the CNN), the median step from
     which its answer stays, per class, equal to the explainer's own test-set view."""
-    from seqmnist.evaluation import dataset_view
-    from seqmnist.reports import INSIDE_IMAGES, INSIDE_PER_CLASS
-    from seqmnist.storage import load_run
+    from seqmnist.reports.dataset_view import dataset_view
+    from seqmnist.reports.report import INSIDE_IMAGES, INSIDE_PER_CLASS
+    from seqmnist.runs.storage import load_run
 
     summary = compare(runs=[small_runs["lstm"], small_runs["cnn"]], out=tmp_path / "r",
                       log=lambda *_: None, data_dir=FIXTURE_DATA / "mnist")
@@ -221,3 +221,24 @@ def test_report_md_and_html_are_one_document(two_seed_report):
     html_links = re.findall(r'<a href="([^"]+)"', page)
     assert md_links == html_links and len(md_links) == 4
     assert all((tmp / "report" / link / "metrics.json").is_file() for link in md_links)
+
+
+def test_a_comparison_run_again_says_what_it_did_with_each_run(small_mnist_dir, tmp_path):
+    """Side by side, a second call on the same --out skips every finished run and says so
+    (it used to print "finished lstm, seed 0 ... 0.0 s" for a run it did not train); a slot
+    folder given to --runs is the run inside it."""
+    lines: list[str] = []
+    kwargs = dict(seeds=2, epochs=1, limit=200, data_dir=small_mnist_dir, out=tmp_path / "cmp",
+                  progress=False)
+    compare(["rnn"], log=lines.append, **kwargs)
+    assert sum(line.startswith("trained rnn, seed") for line in lines) == 2
+    lines.clear()
+    compare(["rnn"], log=lines.append, **kwargs)
+    skipped = [line for line in lines if line.startswith("skipped rnn, seed")]
+    assert len(skipped) == 2 and all("already finished" in line for line in skipped), lines
+    assert not any(line.startswith(("trained", "finished")) for line in lines)
+    slot = tmp_path / "cmp" / "runs" / "rnn-mnist-rows-seed0"
+    summary = compare(runs=[slot], out=tmp_path / "again", data_dir=small_mnist_dir, log=quiet)
+    (group,) = json.loads(Path(summary["report"]).with_name("comparison.json").read_text())[
+        "groups"]
+    assert [Path(r).parent for r in group["runs"]] == [slot]

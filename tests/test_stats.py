@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats as sps
 
-from seqmnist import stats
+from seqmnist.core import stats
 
 
 def test_mcnemar_exact_matches_the_binomial_test_and_a_hand_computed_value():

@@ -9,9 +9,9 @@ import pytest
 
 from conftest import stop_after_each_epoch
 from seqmnist.cli import main
-from seqmnist.comparison import compare
-from seqmnist.errors import UsageError
-from seqmnist.sweep import parse_spec, sweep
+from seqmnist.core.errors import UsageError
+from seqmnist.experiments.comparison import compare
+from seqmnist.experiments.sweep import parse_spec, sweep
 
 GRID = """
 models = ["rnn", "cnn"]
@@ -86,7 +86,7 @@ def test_the_grid_and_its_skipped_pairs(tmp_path, capsys):
 
 def test_a_tiny_sweep_reports_like_compare_and_a_rerun_skips_what_is_done(tmp_path,
                                                                          monkeypatch):
-    from seqmnist import training
+    from seqmnist.training import trainer as training
 
     out = tmp_path / "sweep"
     # Interrupt the second run in the middle of its (only) epoch: the sweep stops there.
@@ -122,7 +122,7 @@ def test_a_tiny_sweep_reports_like_compare_and_a_rerun_skips_what_is_done(tmp_pa
 
 
 def test_an_interrupted_run_with_a_checkpoint_is_resumed(tmp_path, monkeypatch):
-    from seqmnist import training
+    from seqmnist.training import trainer as training
 
     spec = parse_spec('models = ["rnn"]\ndatasets = ["digits"]\nseeds = [0]\n[recipe]\nepochs = 2')
     undo = stop_after_each_epoch(monkeypatch)
@@ -163,7 +163,7 @@ def test_a_run_of_another_recipe_in_a_slot_is_an_error_not_a_result(tmp_path, ca
 
 HOLDER = """
 import sys
-from seqmnist.fileio import exclusive
+from seqmnist.core.fileio import exclusive
 with exclusive(sys.argv[1]):
     print("locked", flush=True)
     sys.stdin.read()  # held until the test closes our stdin
@@ -202,7 +202,8 @@ def test_a_grid_slot_is_exclusive_a_second_writer_waits(tmp_path):
     so), writes nothing, and goes on once the holder is gone."""
     import threading
 
-    from seqmnist.sweep import LOCKS, run_one
+    from seqmnist.experiments.sweep import run_one
+    from seqmnist.runs.slots import LOCKS
 
     (grid_run,) = parse_spec(SMALL.format(epochs=1)).runs
     (tmp_path / LOCKS).mkdir()
@@ -245,7 +246,7 @@ def test_compare_with_out_resumes_like_a_sweep(tmp_path, monkeypatch):
     present once, and the report's links to the run folders resolve."""
     import re
 
-    from seqmnist import training
+    from seqmnist.training import trainer as training
 
     out = tmp_path / "cmp"
     settings = dict(dataset="digits", epochs=2, out=out, log=quiet, progress=False)
@@ -298,7 +299,7 @@ def test_a_signal_stops_every_run_side_by_side_and_the_rerun_finishes_them(tmp_p
     last complete epoch, and the same comparison again resumes them and finishes."""
     import os
 
-    from seqmnist import training
+    from seqmnist.training import trainer as training
 
     out = tmp_path / "cmp"
     settings = dict(dataset="digits", epochs=2, seeds=2, jobs=2, out=out, log=quiet,

@@ -14,15 +14,16 @@ import pytest
 import torch
 
 from conftest import FIXTURE_DATA
-from seqmnist import training
-from seqmnist.config import TrainConfig
-from seqmnist.data import load_dataset
-from seqmnist.errors import SeqmnistError
-from seqmnist.models import create_model
-from seqmnist.recorder import Recorder
-from seqmnist.steps import Step
-from seqmnist.training import Trainer, TrainingInterrupted, train
-from seqmnist.views import to_input
+from seqmnist.core.errors import SeqmnistError
+from seqmnist.data.datasets import load_dataset
+from seqmnist.data.views import to_input
+from seqmnist.models.registry import create_model
+from seqmnist.runs.recorder import Recorder
+from seqmnist.runs.train import train
+from seqmnist.training import trainer as training
+from seqmnist.training.config import TrainConfig
+from seqmnist.training.trainer import Trainer, TrainingInterrupted
+from seqmnist.training.update import Update
 
 KERAS = Path(__file__).parent / "fixtures" / "keras"
 
@@ -39,7 +40,7 @@ def _parts(model="rnn", epochs=2, limit=200, **changes):
     net = create_model(cfg.model, (8, 8), ds.num_classes)
     x, y = to_input(ds.x_train, cfg.view, cfg.seed), torch.as_tensor(ds.y_train)
     xt, yt = to_input(ds.x_test, cfg.view, cfg.seed), torch.as_tensor(ds.y_test)
-    step = Step(net, cfg, -(-len(x) // cfg.batch_size), torch.get_num_threads())
+    step = Update(net, cfg, -(-len(x) // cfg.batch_size), torch.get_num_threads())
     return cfg, net, step, (x, y), (xt, yt)
 
 
@@ -112,7 +113,7 @@ def test_a_batch_hook_stops_mid_epoch_and_that_epoch_is_not_kept():
 
 
 def test_a_folder_whose_first_files_cannot_be_written_is_removed(tmp_path, monkeypatch):
-    import seqmnist.recorder as recorder
+    import seqmnist.runs.recorder as recorder
 
     def full(*_a, **_k):
         raise OSError(28, "No space left on device")
@@ -124,7 +125,7 @@ def test_a_folder_whose_first_files_cannot_be_written_is_removed(tmp_path, monke
 
 
 def test_trained_and_imported_runs_have_the_same_provenance_fields(tmp_path, monkeypatch):
-    from seqmnist.keras_import import import_keras
+    from seqmnist.runs.keras_import import import_keras
 
     trained = train(TrainConfig(model="rnn", dataset="digits", epochs=1, limit=100),
                     out=tmp_path / "t", log=quiet, progress=False).path
@@ -167,8 +168,8 @@ def test_a_real_signal_mid_epoch_stops_after_that_batch_and_resume_says_so(tmp_p
 def test_the_step_leaves_every_core_to_one_model_and_one_core_to_each_replica():
     cfg = replace(TrainConfig(model="cnn", dataset="digits").resolved(), replicas=1,
                   backend="torch", precision="fp32")
-    assert Step(create_model("cnn", (1, 8, 8), 10), cfg, 1, threads=2).threads == 2
-    two = Step(create_model("rnn", (8, 8), 10), replace(cfg, model="rnn", view="rows",
+    assert Update(create_model("cnn", (1, 8, 8), 10), cfg, 1, threads=2).threads == 2
+    two = Update(create_model("rnn", (8, 8), 10), replace(cfg, model="rnn", view="rows",
                                                         replicas=2), 1, threads=2)
     assert two.threads == 1
     two.close()
@@ -207,7 +208,7 @@ def test_a_resume_takes_the_folder_as_text_too(tmp_path):
 def test_a_model_without_steps_is_not_read_again_for_anytime_accuracy(monkeypatch):
     """A CNN has no answer after each step: anytime accuracy is None at once, without another
     pass over the test set."""
-    from seqmnist import evaluation
+    from seqmnist.training import metrics as evaluation
 
     passes = []
     real = evaluation.evaluate_tensors
@@ -225,7 +226,7 @@ def test_a_model_without_steps_is_not_read_again_for_anytime_accuracy(monkeypatc
 FAULTS = """
 import resource, torch
 from seqmnist.models import create_model
-from seqmnist.system import keep_freed_memory
+from seqmnist.core.system import keep_freed_memory
 torch.set_num_threads(1); torch.manual_seed(0)
 model, x = create_model("s4d", (784, 1), 10), torch.rand(8, 784, 1)
 def faults():
@@ -253,8 +254,8 @@ def test_train_leaves_the_callers_process_as_it_found_it(tmp_path, monkeypatch):
     """A notebook calls seqmnist.train with threads and determinism of its own, then runs its
     own PyTorch code: the thread count, the deterministic flag, the hook lists and the C
     allocator are as they were. The command line, whose process it is, keeps freed memory."""
-    from seqmnist import system
     from seqmnist.cli import main
+    from seqmnist.core import system
 
     asked = []
     monkeypatch.setattr(system, "keep_freed_memory", lambda: asked.append(1))

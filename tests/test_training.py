@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from seqmnist import TrainConfig, evaluate, load_run, train
-from seqmnist.errors import SeqmnistError, UsageError
-from seqmnist.models import list_models
-from seqmnist.views import VIEWS
+from seqmnist.core.errors import SeqmnistError, UsageError
+from seqmnist.data.views import VIEWS
+from seqmnist.models.registry import list_models
 
 RUN_FILES = {"config.json", "history.csv", "history.json", "summary.txt", "loss.png",
              "accuracy.png", "confusion.png", "metrics.json", "model.safetensors", "checkpoint.pt",
@@ -56,7 +56,7 @@ def test_cnn_runs_end_to_end(small_mnist, tmp_path):
 
 @pytest.mark.parametrize("view", ["columns", "pixels", "permuted"])
 def test_other_views_train(view, tmp_path):
-    from seqmnist.data import load_dataset
+    from seqmnist.data.datasets import load_dataset
 
     result = train(TrainConfig(model="gru", dataset="digits", view=view, epochs=1, limit=200),
                    out=tmp_path, dataset=load_dataset("digits"), log=quiet, progress=False)
@@ -72,7 +72,7 @@ def test_fast_preset_fills_only_unset_values():
 
 def test_explicit_values_beat_the_preset_even_when_they_equal_the_tutorials():
     """--preset fast --batch-size 64 --epochs 10: explicit values win, whatever they are."""
-    from seqmnist.training import config_from_args
+    from seqmnist.training.config import config_from_args
 
     cfg = config_from_args("lstm", preset="fast", batch_size=64, epochs=10, lr=None).resolved()
     assert (cfg.batch_size, cfg.epochs, cfg.lr, cfg.schedule) == (64, 10, 8e-3, "onecycle")
@@ -108,8 +108,8 @@ def test_data_parallel_replicas_train_like_one_model(tmp_path, backend):
     after every step) train the same weights as one model on whole batches."""
     from safetensors.torch import load_file
 
-    from seqmnist.backends import native_problem
-    from seqmnist.models import create_model
+    from seqmnist.kernels.backends import native_problem
+    from seqmnist.models.registry import create_model
 
     if backend == "native" and native_problem(create_model("lstm", (8, 8))):
         pytest.skip(native_problem(create_model("lstm", (8, 8))))
@@ -130,7 +130,7 @@ def test_data_parallel_replicas_train_like_one_model(tmp_path, backend):
 @pytest.mark.parametrize("change, message", [
     (dict(epochs=0), "epochs must be at least 1"),
     (dict(batch_size=-5), "batch-size must be at least 1"),
-    (dict(lr=-1.0), "learning rate must be positive"),
+    (dict(lr=-1.0), "learning rate must be a positive number"),
     (dict(view="image"), "cannot read the 'image' view"),
     (dict(model="mlp"), "unknown model"),
     (dict(preset="turbo"), "unknown preset"),
@@ -173,7 +173,8 @@ def test_research_protocol_never_touches_the_test_set_before_the_end(small_mnist
                                                                      monkeypatch):
     """Validation on held-out training images every epoch, early stopping on them, the best
     epoch's weights kept, and the test set evaluated exactly once, after training."""
-    from seqmnist import training
+    from seqmnist.runs import train as make
+    from seqmnist.training import trainer as training
 
     calls = []
     real = training.evaluate_tensors
@@ -182,21 +183,22 @@ def test_research_protocol_never_touches_the_test_set_before_the_end(small_mnist
         calls.append(len(x))
         return real(model, x, y, *args, **kwargs)
 
-    monkeypatch.setattr(training, "evaluate_tensors", recording)
+    monkeypatch.setattr(training, "evaluate_tensors", recording)  # validation, every epoch
+    monkeypatch.setattr(make, "evaluate_tensors", recording)  # the test set, at the end
     cfg = TrainConfig(model="rnn", epochs=4, protocol="research", patience=2, limit=1000)
     result = train(cfg, out=tmp_path, dataset=small_mnist, log=quiet, progress=False)
     epochs = len(result.history)
     assert calls == [100] * epochs + [1000]  # the last tenth of 1,000 held out; test once
     assert result.metrics["validation_images"] == 100 and result.metrics["protocol"] == "research"
-    from seqmnist.analysis import group_runs, quick_reasons
+    from seqmnist.evaluation.analysis import group_runs, quick_reasons
 
     (group,) = group_runs([load_run(result.path)])
     assert quick_reasons(group)[0] == ("trained on 1,000 of 2,000 training images (100 of them "
                                        "held out for validation)")
     best = max(result.history, key=lambda h: (h["val_accuracy"], -h["epoch"]))
     assert result.metrics["best_epoch"] == best["epoch"]
-    from seqmnist.evaluation import evaluate_tensors
-    from seqmnist.views import to_input
+    from seqmnist.data.views import to_input
+    from seqmnist.training.metrics import evaluate_tensors
 
     run = load_run(result.path)  # the saved weights are the best epoch's, not the last one's
     x_val = to_input(small_mnist.x_train[900:1000], "rows")
@@ -205,7 +207,8 @@ def test_research_protocol_never_touches_the_test_set_before_the_end(small_mnist
 
 
 def test_early_stopping_stops_after_patience_epochs(small_mnist, tmp_path, monkeypatch):
-    from seqmnist import evaluation, training
+    from seqmnist.training import metrics as evaluation
+    from seqmnist.training import trainer as training
 
     def flat(model, x, y, *args, **kwargs):  # validation never improves after epoch 1
         ev = evaluation.evaluate_tensors(model, x, y, *args, **kwargs)
@@ -236,10 +239,10 @@ def test_the_research_models_learn_in_a_tiny_run(small_mnist, tmp_path, name):
 def test_anytime_accuracy_comes_from_the_final_evaluation_pass(small_mnist, model, view):
     """The answer after every step is read in the same pass as the final evaluation: the same
     anytime accuracy as a separate pass, and the same evaluation as without it."""
-    from seqmnist.backends import install_backend, resolve_backend
-    from seqmnist.evaluation import anytime_accuracy, evaluate_tensors
-    from seqmnist.models import create_model
-    from seqmnist.views import to_input
+    from seqmnist.data.views import to_input
+    from seqmnist.kernels.backends import install_backend, resolve_backend
+    from seqmnist.models.registry import create_model
+    from seqmnist.training.metrics import anytime_accuracy, evaluate_tensors
 
     torch.manual_seed(0)
     net = create_model(model, VIEWS[view].shape(28, 28), 10)
@@ -264,7 +267,7 @@ def test_every_registered_model_trains_and_reloads(name, tmp_path):
                    progress=False, log=quiet)
     run = load_run(result.path)
     assert result.metrics["test_images"] == 360 and 0 <= result.metrics["test_accuracy"] <= 1
-    from seqmnist.views import to_input
+    from seqmnist.data.views import to_input
 
     x = to_input(np.zeros((2, 8, 8), np.uint8), run.config.view)
     with torch.no_grad():
@@ -272,7 +275,7 @@ def test_every_registered_model_trains_and_reloads(name, tmp_path):
 
 
 def test_the_epoch_hook_sees_every_epoch_and_can_stop_a_run_resumably(tmp_path):
-    from seqmnist import training
+    from seqmnist.training import trainer as training
 
     seen = []
     with training.epoch_hook(lambda row: seen.append(row) or row["epoch"] == 2):

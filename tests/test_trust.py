@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from seqmnist.cli import main
-from seqmnist.fileio import OUT_LOCK, exclusive, output_folder
+from seqmnist.core.fileio import OUT_LOCK, exclusive, output_folder
 
 
 def digest(folder: Path) -> dict[str, str]:
@@ -87,7 +87,7 @@ def test_default_output_folders_are_claimed_before_the_work_and_never_shared(tmp
                                                                               monkeypatch):
     """Two commands finishing in the same second each get their own folder: the clock is
     frozen, so both choose the same name by construction."""
-    from seqmnist import fileio
+    from seqmnist.core import fileio
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(fileio, "stamp", lambda: "20261206-120000")
@@ -256,7 +256,7 @@ HOSTILE = ["<!--<script>", "</script><script>alert(1)</script>", "a&b", "]]>", "
 def test_embedded_data_cannot_change_how_the_page_parses(text):
     import json
 
-    from seqmnist.explain_page import embed_json, render
+    from seqmnist.reports.explain_html import embed_json, render
 
     data = embed_json({"images": [{"run": text, "classes": [text]}]})
     assert "<" not in data and ">" not in data and "&" not in data
@@ -272,9 +272,9 @@ def test_embedded_data_cannot_change_how_the_page_parses(text):
 
 def test_a_run_is_explained_only_on_the_dataset_it_was_trained_on(small_runs, tmp_path):
     """A Fashion image would be labelled with a digit class: refused, naming both datasets."""
-    from seqmnist.data import load_dataset
-    from seqmnist.errors import UsageError
-    from seqmnist.explainer import explain, explain_runs
+    from seqmnist.core.errors import UsageError
+    from seqmnist.data.datasets import load_dataset
+    from seqmnist.reports.explainer import explain, explain_runs
 
     digits = load_dataset("digits")
     for call in (lambda: explain(small_runs["lstm"], 0, dataset=digits),
@@ -286,8 +286,8 @@ def test_a_run_is_explained_only_on_the_dataset_it_was_trained_on(small_runs, tm
 
 @pytest.mark.parametrize("image", [True, 1.5, None, [0, 1]])
 def test_explain_names_what_an_image_may_be(small_runs, image):
-    from seqmnist.errors import UsageError
-    from seqmnist.explainer import explain
+    from seqmnist.core.errors import UsageError
+    from seqmnist.reports.explainer import explain
 
     with pytest.raises(UsageError, match="test-set index"):
         explain(small_runs["lstm"], image)
@@ -320,7 +320,7 @@ def test_a_runs_files_that_disagree_are_an_error_naming_both(small_runs, small_m
 def test_a_prediction_file_of_the_wrong_length_is_named_not_blamed_on_index(small_runs,
                                                                             small_mnist_dir,
                                                                             tmp_path, capsys):
-    from seqmnist.storage import load_predictions, save_predictions
+    from seqmnist.runs.storage import load_predictions, save_predictions
 
     run = tmp_path / "run"
     shutil.copytree(small_runs["lstm"], run)
@@ -342,8 +342,8 @@ def test_messages_advise_only_what_works(small_runs, tmp_path):
 
     import torch
 
-    from seqmnist.errors import CheckpointError
-    from seqmnist.storage import load_predictions, safe_torch_load
+    from seqmnist.core.errors import CheckpointError
+    from seqmnist.runs.storage import load_predictions, safe_torch_load
 
     run = tmp_path / "run"
     shutil.copytree(small_runs["lstm"], run)
@@ -377,7 +377,7 @@ def test_options_that_used_to_end_in_tracebacks_or_false_refusals(small_mnist_di
 
 
 def test_a_bad_train_out_is_found_before_the_data_is_read(tmp_path, monkeypatch, capsys):
-    from seqmnist import training
+    from seqmnist.runs import train as training
 
     def never(*_args, **_kwargs):
         raise AssertionError("the data was read before --out was checked")
@@ -395,7 +395,7 @@ def test_files_follow_the_umask(tmp_path, umask, mode):
     import os
     import stat
 
-    from seqmnist.fileio import atomic_write
+    from seqmnist.core.fileio import atomic_write
 
     old = os.umask(umask)
     try:

@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 
 from seqmnist import TrainConfig, train
-from seqmnist.analysis import analyse
 from seqmnist.cli import main
-from seqmnist.config import TrainConfig as Config
-from seqmnist.storage import PREDICTIONS, Run, save_predictions
+from seqmnist.evaluation.analysis import analyse
+from seqmnist.runs.storage import PREDICTIONS, Run, save_predictions
+from seqmnist.training.config import TrainConfig as Config
 
 N = 1000
 LABELS = np.random.default_rng(0).integers(0, 10, N)

@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from seqmnist.errors import UsageError
-from seqmnist.views import VIEWS, apply_view, permutation, to_input
+from seqmnist.core.errors import UsageError
+from seqmnist.data.views import VIEWS, apply_view, permutation, to_input
 
 
 def test_shapes_and_meaning():

@@ -9,8 +9,8 @@ from PIL import Image
 pytest.importorskip("starlette")
 from starlette.testclient import TestClient  # noqa: E402
 
-from seqmnist.errors import SeqmnistError  # noqa: E402
-from seqmnist.web import MAX_BODY, create_app, resolve_runs  # noqa: E402
+from seqmnist.core.errors import SeqmnistError
+from seqmnist.web import MAX_BODY, create_app, resolve_runs
 
 
 @pytest.fixture(scope="module")
@@ -178,7 +178,7 @@ def test_oversized_post_sent_whole_first_still_gets_its_413(live_server):
 
 
 def test_serve_refuses_a_taken_port_before_announcing_it(live_server):
-    from seqmnist.errors import UsageError
+    from seqmnist.core.errors import UsageError
     from seqmnist.web import check_port
 
     with pytest.raises(UsageError, match=f"cannot listen on 127.0.0.1:{live_server}.*--port"):
@@ -300,7 +300,8 @@ def test_an_abandoned_explanation_stops_its_work(live_server, monkeypatch):
     import threading
     import time
 
-    from seqmnist import explainer, web
+    from seqmnist import web
+    from seqmnist.reports import explainer
 
     started, stopped, finished = threading.Event(), threading.Event(), threading.Event()
 
@@ -327,7 +328,7 @@ def test_an_abandoned_explanation_stops_its_work(live_server, monkeypatch):
 
 
 def test_the_real_explainer_stops_when_asked(small_runs, small_mnist):
-    from seqmnist.explainer import Cancelled, explain, stop_when
+    from seqmnist.reports.explainer import Cancelled, explain, stop_when
 
     checks = []
 

@@ -3,7 +3,7 @@ statement, flip a comparison, swap True and False), run the tests that cover tha
 the changes no test noticed ("survivors"). Not part of CI: it runs the tests once per mutant.
 
     python tools/mutants.py                       # every mutant of every target (slow)
-    python tools/mutants.py --files training.py --max 40 --seed 1
+    python tools/mutants.py --files training/trainer.py --max 40 --seed 1
     python tools/mutants.py --out docs/mutants.md
 
 Each survivor is either a missing test (write it) or a change that cannot matter (say why in the
@@ -24,24 +24,29 @@ ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "src" / "seqmnist"
 # file -> the tests that cover it (fast ones: the whole suite per mutant would take hours)
 TARGETS = {
-    "training.py": ["tests/test_trainer.py", "tests/test_recipe_defaults.py",
-                    "tests/test_training.py", "tests/test_reliability.py", "-m", "not slow",
-                    "-k", "not fuzz and not edited_run and not kill_at_every"],
-    "steps.py": ["tests/test_trainer.py", "tests/test_recipe_defaults.py",
-                 "tests/test_training.py", "-k", "not slow and (step or adam or cross or "
-                 "replicas or one_cycle or deterministic or resume)"],
-    "recorder.py": ["tests/test_trainer.py", "tests/test_record.py", "tests/test_reliability.py",
-                    "-k", "not fuzz and not kill_at_every"],
-    "parallel.py": ["tests/test_models.py", "tests/test_training.py", "-k", "replicas"],
-    "config.py": ["tests/test_training.py", "tests/test_cli.py", "tests/test_record.py", "-k",
-                  "preset or config or explicit or bad or one_cycle or recipe or slot"],
-    "backends.py": ["tests/test_kernel.py", "tests/test_models.py", "-k",
-                    "backend or replicas or install or native or disabling"],
-    "lstm_kernel.py": ["tests/test_kernel.py"],
-    "evaluation.py": ["tests/test_report.py", "tests/test_training.py", "tests/test_record.py",
-                      "tests/test_explain.py", "-k", "predictions or anytime or section or "
-                      "end_to_end or learns or figure or evaluates or test_set_view"],
-    "analysis.py": ["tests/test_report.py", "tests/test_verdicts.py", "tests/test_stats.py"],
+    "training/trainer.py": ["tests/test_trainer.py", "tests/test_recipe_defaults.py",
+                            "tests/test_training.py", "tests/test_reliability.py", "-m",
+                            "not slow", "-k", "not fuzz and not edited_run and not kill_at_every"],
+    "runs/train.py": ["tests/test_trainer.py", "tests/test_training.py",
+                      "tests/test_reliability.py", "-m", "not slow", "-k",
+                      "not fuzz and not edited_run and not kill_at_every"],
+    "training/update.py": ["tests/test_trainer.py", "tests/test_recipe_defaults.py",
+                           "tests/test_training.py", "-k", "not slow and (step or adam or cross "
+                           "or replicas or one_cycle or deterministic or resume)"],
+    "runs/recorder.py": ["tests/test_trainer.py", "tests/test_record.py",
+                         "tests/test_reliability.py", "-k", "not fuzz and not kill_at_every"],
+    "training/parallel.py": ["tests/test_models.py", "tests/test_training.py", "-k", "replicas"],
+    "training/config.py": ["tests/test_training.py", "tests/test_cli.py", "tests/test_record.py",
+                           "-k", "preset or config or explicit or bad or one_cycle or recipe or "
+                           "slot"],
+    "kernels/backends.py": ["tests/test_kernel.py", "tests/test_models.py", "-k",
+                            "backend or replicas or install or native or disabling"],
+    "kernels/lstm_kernel.py": ["tests/test_kernel.py"],
+    "training/metrics.py": ["tests/test_report.py", "tests/test_training.py",
+                            "tests/test_record.py", "-k", "predictions or anytime or section or "
+                            "end_to_end or learns or figure or evaluates"],
+    "evaluation/analysis.py": ["tests/test_report.py", "tests/test_verdicts.py",
+                               "tests/test_stats.py"],
 }
 SKIP = re.compile(r"^\s*(def |class |@|return\b|if |elif |else:|for |while |try:|except|finally:|"
                   r"with |#|\"\"\"|'''|raise\b|import |from |pass$|\)|\]|\}|global |nonlocal )")

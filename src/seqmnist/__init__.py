@@ -14,15 +14,15 @@ import importlib
 from ._version import __version__  # noqa: F401 (the package version, re-exported)
 
 _API = {
-    "load_dataset": "data", "list_datasets": "data", "Dataset": "data",
-    "create_model": "models", "list_models": "models",
-    "TrainConfig": "config",
-    "train": "training",
-    "evaluate": "evaluation",
-    "load_run": "storage",
-    "compare": "comparison",
-    "prepare_image": "images", "predict": "images",
-    "explain": "explainer", "explain_runs": "explainer",
+    "load_dataset": "data.datasets", "list_datasets": "data.datasets", "Dataset": "data.datasets",
+    "create_model": "models.registry", "list_models": "models.registry",
+    "TrainConfig": "training.config",
+    "train": "runs.train",
+    "evaluate": "evaluation.evaluate",
+    "load_run": "runs.storage",
+    "compare": "experiments.comparison",
+    "prepare_image": "data.images", "predict": "evaluation.predict",
+    "explain": "reports.explainer", "explain_runs": "reports.explainer",
 }
 __all__ = sorted(_API)
 

@@ -40,18 +40,17 @@ def int_at_least(minimum: int, maximum: int | None = None):
     return parse
 
 
-positive_int = int_at_least(1)
 nonnegative_int = int_at_least(0)
+# A training setting's range is checked in one place, TrainConfig.resolved() (and a model
+# option's by its model): the command line only reads the value as a number.
+whole_number = int_at_least(-(2**63))
 
 
-def positive_float(text: str) -> float:
+def number(text: str) -> float:
     try:
-        value = float(text)
+        return float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
-    return value
 
 
 def key_value(text: str) -> tuple[str, object]:
@@ -89,7 +88,9 @@ def choices_help(text: str, names, default: str | None) -> str:
 
 
 def add_training_options(p: argparse.ArgumentParser) -> None:
-    from .config import (
+    from .data.datasets import DATASETS
+    from .data.views import VIEWS
+    from .training.config import (
         BACKENDS,
         PRECISIONS,
         PRESET_HELP,
@@ -98,27 +99,25 @@ def add_training_options(p: argparse.ArgumentParser) -> None:
         SCHEDULES,
         TUTORIAL_RECIPE,
     )
-    from .data import DATASETS
-    from .views import VIEWS
 
     p.add_argument("--dataset", type=one_of(DATASETS, "dataset"),
                    help=choices_help("dataset", DATASETS, "mnist"))
     p.add_argument("--view", type=one_of(VIEWS, "view"), help=choices_help(
         "how the image is read", VIEWS, "the model's own: rows for recurrent models, image for cnn"))
-    p.add_argument("--epochs", type=positive_int, help=f"epochs (default: the preset's, else "
+    p.add_argument("--epochs", type=whole_number, help=f"epochs (default: the preset's, else "
                    f"{TUTORIAL_RECIPE['epochs']}, the tutorial's)")
-    p.add_argument("--batch-size", type=positive_int, help=f"batch size (default: the preset's, "
+    p.add_argument("--batch-size", type=whole_number, help=f"batch size (default: the preset's, "
                    f"else {TUTORIAL_RECIPE['batch_size']}, the tutorial's)")
-    p.add_argument("--lr", type=positive_float, help="learning rate, the peak one with a one-cycle "
+    p.add_argument("--lr", type=number, help="learning rate, the peak one with a one-cycle "
                    "schedule (default: the preset's, else the model's: 1e-3 recurrent, 1e-4 cnn)")
-    p.add_argument("--seed", type=int_at_least(0, 2**63 - 1), help="random seed (default: 0)")
-    p.add_argument("--limit", type=positive_int, metavar="N", help="train on the first N "
+    p.add_argument("--seed", type=whole_number, help="random seed (default: 0)")
+    p.add_argument("--limit", type=whole_number, metavar="N", help="train on the first N "
                    "training images only, for a quick look (default: all of them)")
     p.add_argument("--preset", type=one_of(PRESETS, "preset"), help=choices_help(
         "recipe", [f"{k} ({v})" for k, v in PRESET_HELP.items() if k in PRESETS], "tutorial"))
     p.add_argument("--protocol", type=one_of(PROTOCOL_HELP, "protocol"), help=choices_help(
         "evaluation protocol", [f"{k} ({v})" for k, v in PROTOCOL_HELP.items()], "tutorial"))
-    p.add_argument("--patience", type=int_at_least(1, 1000), help="research protocol: stop after "
+    p.add_argument("--patience", type=whole_number, help="research protocol: stop after "
                    "this many epochs without a better validation accuracy (default: 5)")
     p.add_argument("--precision", type=one_of(PRECISIONS, "precision"), help=choices_help(
         "training precision", PRECISIONS, "auto: bf16 autocast for the CNN where the hardware "
@@ -128,7 +127,7 @@ def add_training_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", type=one_of(BACKENDS, "backend"), help=choices_help(
         "what computes the LSTM", BACKENDS, "auto: seqmnist's kernel where it can run, else "
         "torch; `seqmnist doctor` shows which"))
-    p.add_argument("--threads", type=int_at_least(1, 1024), help="CPU threads for PyTorch "
+    p.add_argument("--threads", type=whole_number, help="CPU threads for PyTorch "
                    "(default: PyTorch's, one per core)")
     p.add_argument("--device", type=str, help="auto, cpu, cuda or cuda:N (default: auto, "
                    "the GPU if PyTorch sees one)")
@@ -145,22 +144,28 @@ TRAIN_FIELDS = ("dataset", "view", "epochs", "batch_size", "lr", "seed", "limit"
                 "protocol", "patience")
 
 
+def add_data_dir(p: argparse.ArgumentParser, text: str = "folder holding the dataset's files, "
+                 "used instead of searching") -> None:
+    """--data-dir, the same for every command that reads a dataset."""
+    p.add_argument("--data-dir", type=Path, help=f"{text} (default: search SEQMNIST_DATA, the "
+                   "cache, then download)")
+
+
 def add_data_and_progress(p: argparse.ArgumentParser) -> None:
     """Where training finds its data, and its progress bars: for every command that trains."""
-    p.add_argument("--data-dir", type=Path, help="folder holding the dataset's files, used "
-                   "instead of searching (default: search SEQMNIST_DATA, the cache, then download)")
+    add_data_dir(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bars (default: "
                    "shown on a terminal)")
 
 
 def _models_arg(p: argparse.ArgumentParser, **kwargs) -> None:
-    from .models import list_models
+    from .models.registry import list_models
 
     p.add_argument("model", type=one_of(list_models(), "model"), metavar="MODEL", **kwargs)
 
 
 def build_compare(p: argparse.ArgumentParser) -> None:
-    from .models import list_models
+    from .models.registry import list_models
 
     p.add_argument("models", nargs="*", type=one_of(list_models(), "model"), metavar="MODEL",
                    help=choices_help("models to train", list_models(), "lstm cnn"))
@@ -181,7 +186,7 @@ def build_compare(p: argparse.ArgumentParser) -> None:
 
 
 def build_train(p: argparse.ArgumentParser) -> None:
-    from .models import list_models
+    from .models.registry import list_models
 
     _models_arg(p, nargs="?", help=choices_help("model to train", list_models(), None) +
                 " (none with --resume)")
@@ -189,9 +194,9 @@ def build_train(p: argparse.ArgumentParser) -> None:
                    "(default: runs/)")
     p.add_argument("--resume", type=Path, metavar="RUN", help="continue an interrupted run "
                    "from its last complete epoch (default: start a new run)")
-    p.add_argument("--hidden", type=int_at_least(1, 4096), help="recurrent units per layer "
+    p.add_argument("--hidden", type=whole_number, help="recurrent units per layer "
                    "(default: 50)")
-    p.add_argument("--layers", type=int_at_least(1, 64), help="recurrent layers (default: 2)")
+    p.add_argument("--layers", type=whole_number, help="recurrent layers (default: 2)")
     p.add_argument("--bidirectional", action="store_true", help="bidirectional recurrent layers "
                    "(default: off)")
     p.add_argument("--model-option", action="append", type=key_value, default=[],
@@ -202,8 +207,7 @@ def build_train(p: argparse.ArgumentParser) -> None:
 
 def build_evaluate(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", type=Path, help="a finished run folder")
-    p.add_argument("--data-dir", type=Path, help="folder holding the dataset's files "
-                   "(default: search as training does)")
+    add_data_dir(p)
     p.add_argument("--json", action="store_true", help="print JSON (default: one line of text)")
 
 
@@ -215,9 +219,9 @@ def build_predict(p: argparse.ArgumentParser) -> None:
 
 
 def build_summary(p: argparse.ArgumentParser) -> None:
-    from .data import DATASETS
-    from .models import list_models
-    from .views import VIEWS
+    from .data.datasets import DATASETS
+    from .data.views import VIEWS
+    from .models.registry import list_models
 
     _models_arg(p, help=choices_help("model", list_models(), None))
     p.add_argument("--dataset", type=one_of(DATASETS, "dataset"), default="mnist",
@@ -227,15 +231,14 @@ def build_summary(p: argparse.ArgumentParser) -> None:
 
 
 def build_data(p: argparse.ArgumentParser) -> None:
-    from .data import DATASETS
+    from .data.datasets import DATASETS
 
     p.add_argument("action", nargs="?", type=one_of(("list", "fetch", "verify"), "action"),
                    default="list", help="list: where each dataset was found; fetch: download; "
                    "verify: check checksums (default: list)")
     p.add_argument("name", nargs="?", type=one_of(DATASETS, "dataset"),
                    help=choices_help("dataset", DATASETS, "all of them"))
-    p.add_argument("--data-dir", type=Path, help="folder to look in or fetch into "
-                   "(default: the usual search / the cache)")
+    add_data_dir(p, "folder to look in or fetch into")
 
 
 def build_serve(p: argparse.ArgumentParser) -> None:
@@ -250,8 +253,8 @@ def build_serve(p: argparse.ArgumentParser) -> None:
 
 
 def build_import_keras(p: argparse.ArgumentParser) -> None:
-    from .data import DATASETS
-    from .views import VIEWS
+    from .data.datasets import DATASETS
+    from .data.views import VIEWS
 
     p.add_argument("file", type=Path, help="a model saved by Keras: legacy HDF5 (.h5, as the "
                    "tutorial's model.save('mnist_cnn.h5')) or a Keras 3 archive (.keras)")
@@ -261,12 +264,11 @@ def build_import_keras(p: argparse.ArgumentParser) -> None:
                    help=choices_help("test set to evaluate it on", DATASETS, "mnist"))
     p.add_argument("--view", type=one_of(VIEWS, "view"), help=choices_help(
         "how the model reads the image", VIEWS, "rows for recurrent models, image for CNNs"))
-    p.add_argument("--data-dir", type=Path, help="folder holding the dataset's files "
-                   "(default: search as training does)")
+    add_data_dir(p)
 
 
 def build_export(p: argparse.ArgumentParser) -> None:
-    from .export import FORMATS
+    from .reports.export import FORMATS
 
     p.add_argument("run", type=Path, help="a finished run folder")
     p.add_argument("--format", type=one_of(FORMATS, "format"), default="onnx", help=choices_help(
@@ -274,8 +276,7 @@ def build_export(p: argparse.ArgumentParser) -> None:
         "a model card)", FORMATS, "onnx"))
     p.add_argument("--out", type=Path, help="the ONNX file or the model folder (default: "
                    "RUN/model.onnx; a folder is required for card)")
-    p.add_argument("--data-dir", type=Path, help="dataset files for the ONNX check (default: "
-                   "search as training does)")
+    add_data_dir(p, "folder holding the dataset's files, for the ONNX check")
     p.add_argument("--no-check", action="store_true", help="skip the onnxruntime check "
                    "(default: check)")
     p.add_argument("--force", action="store_true", help="replace an existing --out file (or an "
@@ -311,8 +312,7 @@ def build_explain(p: argparse.ArgumentParser) -> None:
                    help="your own image files, prepared the MNIST way (default: none)")
     p.add_argument("--out", type=Path, help="folder for explain.html and explain.json "
                    "(default: reports/<time>-explain)")
-    p.add_argument("--data-dir", type=Path, help="folder holding the dataset's files "
-                   "(default: search as training does)")
+    add_data_dir(p)
     p.add_argument("--open", action="store_true", help="open explain.html in the browser "
                    "(default: only write it)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (default: shown "
@@ -328,9 +328,10 @@ def _train_kwargs(args: argparse.Namespace) -> dict:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .errors import UsageError
-    from .models import list_models
-    from .training import config_from_args, train
+    from .core.errors import UsageError
+    from .models.registry import list_models
+    from .runs.train import train
+    from .training.config import config_from_args
 
     if args.resume is not None:
         if args.model is not None:
@@ -361,7 +362,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from .comparison import compare
+    from .experiments.comparison import compare
 
     compare(args.models, runs=args.runs, seeds=args.seeds, jobs=args.jobs, out=args.out,
             runs_dir=args.runs_dir,
@@ -371,9 +372,9 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .evaluation import evaluate
-    from .fileio import dumps
-    from .storage import load_run
+    from .core.fileio import dumps
+    from .evaluation.evaluate import evaluate
+    from .runs.storage import load_run
 
     run = load_run(args.run)
     ev = evaluate(run, args.data_dir)
@@ -391,10 +392,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     """Each image gets its answer or its error; the exit code is 2 if any image failed."""
-    from .errors import SeqmnistError
-    from .fileio import dumps
-    from .images import predict
-    from .storage import load_run
+    from .core.errors import SeqmnistError
+    from .core.fileio import dumps
+    from .evaluation.predict import predict
+    from .runs.storage import load_run
 
     run = load_run(args.run)
     results = []
@@ -420,9 +421,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_summary(args: argparse.Namespace) -> int:
-    from .data import get_spec
-    from .models import check_model, check_view, create_model, get_entry, summary_text
-    from .views import VIEWS
+    from .data.datasets import get_spec
+    from .data.views import VIEWS
+    from .models.checks import check_model
+    from .models.registry import check_view, create_model, get_entry
+    from .models.summary import summary_text
 
     view = args.view or get_entry(args.model).defaults["view"]
     check_view(args.model, view)
@@ -435,8 +438,9 @@ def cmd_summary(args: argparse.Namespace) -> int:
 
 
 def cmd_data(args: argparse.Namespace) -> int:
-    from .data import DATASETS, fetch, locate, verify
-    from .errors import UsageError
+    from .core.errors import UsageError
+    from .data.datasets import DATASETS
+    from .data.sources import fetch, locate, verify
 
     names = [args.name] if args.name else list(DATASETS)
     if args.action == "list":
@@ -469,7 +473,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_import_keras(args: argparse.Namespace) -> int:
-    from .keras_import import import_keras
+    from .runs.keras_import import import_keras
 
     import_keras(args.file, out=args.out, dataset=args.dataset, data_dir=args.data_dir,
                  view=args.view)
@@ -477,9 +481,9 @@ def cmd_import_keras(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from .errors import UsageError
-    from .export import export_card, export_onnx
-    from .storage import load_run
+    from .core.errors import UsageError
+    from .reports.export import export_card, export_onnx
+    from .runs.storage import load_run
 
     run = load_run(args.run)
     if args.format == "card":
@@ -489,8 +493,8 @@ def cmd_export(args: argparse.Namespace) -> int:
         return 0
     x = None
     if not args.no_check:
-        from .data import load_dataset
-        from .views import to_input
+        from .data.datasets import load_dataset
+        from .data.views import to_input
 
         ds = load_dataset(run.config.dataset, args.data_dir)
         x = to_input(ds.x_test, run.config.view, run.config.seed).numpy()
@@ -503,8 +507,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from .errors import UsageError
-    from .sweep import check_size, describe, load_spec, sweep
+    from .core.errors import UsageError
+    from .experiments.sweep import check_size, describe, load_spec, sweep
 
     spec = load_spec(args.spec)
     if args.dry_run:
@@ -513,7 +517,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     check_size(spec, args.yes)
     runner = None
     if args.ray is not None:
-        from .cluster import ray_runner
+        from .experiments.cluster import ray_runner
         runner = ray_runner(args.ray, args.cpus_per_run, args.gpus_per_run)
     elif args.cpus_per_run != 1 or args.gpus_per_run is not None:
         raise UsageError("--cpus-per-run and --gpus-per-run go with --ray")
@@ -523,8 +527,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
-    from .explainer import explain_set, write_explanations
-    from .fileio import output_folder
+    from .core.fileio import output_folder
+    from .reports.explainer import explain_set, write_explanations
 
     with output_folder(args.out, "explanation", default="explain") as out:
         explained = explain_set(args.runs, args.index, args.image, args.data_dir,
@@ -603,10 +607,10 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser(_command_of(argv)).parse_args(argv)
     except SystemExit as exc:
         return int(exc.code or 0)
-    from .errors import SeqmnistError
+    from .core.errors import SeqmnistError
 
     if args.command in TRAINING_COMMANDS:  # process-wide, so set here and never by a library call
-        from .system import keep_freed_memory
+        from .core.system import keep_freed_memory
 
         keep_freed_memory()
     try:

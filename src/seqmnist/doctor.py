@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import torch
 
-from . import lstm_kernel, system
-from .backends import kernel_disabled, native_problem, resolve_backend
-from .models import create_model, get_entry, list_models
-from .views import get_view
+from .core import system
+from .data.views import get_view
+from .kernels import lstm_kernel
+from .kernels.backends import kernel_disabled, native_problem, resolve_backend
+from .models.registry import create_model, get_entry, list_models
 
 
 def report() -> tuple[dict, str]:

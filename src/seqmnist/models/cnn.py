@@ -7,8 +7,10 @@ import math
 import torch
 from torch import nn
 
-from ..errors import UsageError
-from . import Dropout, check_sizes, glorot_, register_model
+from ..core.errors import UsageError
+from .checks import check_sizes
+from .layers import Dropout, glorot_
+from .registry import register_model
 
 
 class ConvReLU(nn.Sequential):

@@ -8,8 +8,10 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from ..errors import UsageError
-from . import SEQUENCE_VIEWS, Dropout, check_sizes, glorot_, register_model
+from ..core.errors import UsageError
+from .checks import check_sizes
+from .layers import Dropout, glorot_
+from .registry import SEQUENCE_VIEWS, register_model
 
 
 class Recurrent(nn.Module):

@@ -19,8 +19,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from . import SEQUENCE_VIEWS, BlockStack, Dropout, check_sizes, register_model
+from .checks import check_sizes
 from .fftconv import causal_conv, exp_powers
+from .layers import BlockStack, Dropout
+from .registry import SEQUENCE_VIEWS, register_model
 
 
 class S4DLayer(nn.Module):

@@ -14,7 +14,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from . import SEQUENCE_VIEWS, CausalClassifier, Dropout, check_sizes, register_model
+from .checks import check_sizes
+from .layers import CausalClassifier, Dropout
+from .registry import SEQUENCE_VIEWS, register_model
 
 
 class TemporalBlock(nn.Module):

@@ -14,7 +14,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from . import SEQUENCE_VIEWS, CausalClassifier, Dropout, check_sizes, register_model
+from .checks import check_sizes
+from .layers import CausalClassifier, Dropout
+from .registry import SEQUENCE_VIEWS, register_model
 
 
 class CausalTransformer(CausalClassifier):

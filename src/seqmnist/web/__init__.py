@@ -23,13 +23,14 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import CheckpointError, ImageError, SeqmnistError, UsageError
-from ..explainer import Cancelled
-from ..fileio import dumps
-from ..images import decode_image, ink, predict_arrays, prepare_array
-from ..models import get_entry
-from ..storage import Run, latest_runs, load_run
-from ..views import VIEWS
+from ..core.errors import CheckpointError, ImageError, SeqmnistError, UsageError
+from ..core.fileio import dumps
+from ..data.images import decode_image, ink, prepare_array
+from ..data.views import VIEWS
+from ..evaluation.predict import predict_arrays
+from ..models.registry import get_entry
+from ..reports.explainer import Cancelled
+from ..runs.storage import Run, latest_runs, load_run
 
 MAX_BODY = 2 * 1024 * 1024
 # A digit needs far fewer pixels than a photo has: larger uploads are refused from the header,
@@ -200,7 +201,7 @@ def answers_each_step(run: Run) -> bool:
 def model_info(run: Run) -> dict:
     return dict(name=run.name, model=run.config.model, dataset=run.config.dataset,
                 view=run.config.view, test_accuracy=run.metrics.get("test_accuracy"),
-                classes=run.metrics.get("classes"), recurrent=answers_each_step(run),
+                classes=run.classes, recurrent=answers_each_step(run),
                 unit=VIEWS[run.config.view].unit)
 
 
@@ -211,7 +212,7 @@ def predict_all(runs: list[Run], image: np.ndarray) -> dict:
     results = []
     for run in runs:
         info = model_info(run)
-        shape = tuple(run.metrics.get("image_shape") or (28, 28))
+        shape = run.image_shape
         try:
             img = image if image.shape == shape else prepare_array(image / 255.0, shape)
             (pred,) = predict_arrays(run, img[None], steps=answers_each_step(run))
@@ -230,11 +231,11 @@ def predict_all(runs: list[Run], image: np.ndarray) -> dict:
 def explain_all(runs: list[Run], image: np.ndarray) -> dict:
     """Every model's inside view of one prepared uint8 image (explain.json's entries); a model
     that cannot read this image says so in its own entry."""
-    from ..explainer import explain
+    from ..reports.explainer import explain
 
     images = []
     for run in runs:
-        shape = tuple(run.metrics.get("image_shape") or (28, 28))
+        shape = run.image_shape
         try:
             img = image if image.shape == shape else prepare_array(image / 255.0, shape)
             explained = explain(run, img)
@@ -365,7 +366,7 @@ def create_app(runs: list[Run], allowed_hosts: list[str] | None = None):
         return predict_all(runs, _prepare(kind, payload))
 
     def look_inside(kind: str, payload, stop) -> dict:
-        from ..explainer import stop_when
+        from ..reports.explainer import stop_when
 
         with stop_when(stop):  # in the worker thread: explanations stop once the client left
             return explain_all(runs, _prepare(kind, payload))

@@ -1,0 +1,452 @@
+"""Reports: the comparison's ``report.md``, a self-contained ``report.html`` and
+``comparison.json`` (every number in them, from analysis.py), with the figures beside them as PNG
+files; and a sweep's ``sweep.md``. Each is built once as a list of blocks (headings, paragraphs,
+tables, figures, links) and written as Markdown and as HTML from that one list.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from ..evaluation.analysis import analyse
+from .dataset_view import dataset_view
+from ..core.fileio import atomic_write, write_json
+from ..runs.plots import confusions_figure, figure, gallery_figure, history_figure, png
+
+
+def _interval(ci, scale: float = 100, unit: str = "") -> str:
+    return "–" if not ci else f"{ci[0] * scale:.2f} to {ci[1] * scale:.2f}{unit}"
+
+
+def seconds(x: float) -> str:
+    """Seconds with enough digits to be read: 0.034, 1.27, 34.1."""
+    return f"{x:.3g}" if x < 10 else f"{x:.1f}"
+
+
+def _group_row(g: dict) -> list[str]:
+    acc, loss = g["accuracy"], g["loss"]
+    spread = f" ± {acc['std'] * 100:.2f}" if acc["n"] > 1 else ""
+    lspread = f" ± {loss['std']:.4f}" if loss["n"] > 1 else ""
+    return [g["name"], str(acc["n"]), f"{acc['mean'] * 100:.2f}%{spread}",
+            _interval(acc["ci_seeds"]), _interval(acc["ci_images"]),
+            f"{loss['mean']:.4f}{lspread}", f"{g['params']:,}",
+            seconds(g["seconds_per_epoch"]["mean"]),
+            f"{g['inference_images_per_second']['mean']:,.0f}", str(g["epochs"])]
+
+
+GROUP_HEADERS = ["model", "seeds", "test accuracy (mean ± std)", "95% CI across seeds",
+                 "95% CI over test images", "test loss", "parameters", "s / epoch",
+                 "inference img/s", "epochs"]
+PAIR_HEADERS = ["pair (a vs b)", "a − b (points)", "95% CI", "interval from", "seeds (a / b)",
+                "both right", "a only", "b only", "both wrong", "McNemar p (Holm)"]
+RECIPE_HEADERS = ["model", "training images", "epochs", "batch", "learning rate", "schedule",
+                  "preset", "protocol", "precision", "backend", "seeds"]
+PROVENANCE_HEADERS = ["model", "seqmnist", "PyTorch", "Python", "OS", "CPU / GPU", "device",
+                      "threads", "replicas", "started"]
+
+
+def _seed_pair(p: dict, i: int) -> str:
+    if "seed_pairs" not in p:
+        return str(i + 1)
+    a, b = p["seed_pairs"][i]
+    return str(a) if a == b else f"{a} / {b}"
+
+
+def _pair_rows(p: dict) -> list[list[str]]:
+    rows = []
+    for i, t in enumerate(p["mcnemar"]):
+        first = i == 0
+        rows.append([f"{p['a']} vs {p['b']}" if first else "",
+                     f"{p['difference']:+.2f}" if first else "",
+                     f"{p['ci'][0]:.2f} to {p['ci'][1]:.2f}" if first else "",
+                     p["ci_method"] if first else "", _seed_pair(p, i), f"{t['both_right']:,}",
+                     f"{t['only_a']:,}", f"{t['only_b']:,}", f"{t['both_wrong']:,}",
+                     f"{t['p_holm']:.2g}"])
+    return rows
+
+
+def _recipe_row(g: dict) -> list[str]:
+    r = g["recipe"]
+    used, total = g["train_images"], g["train_images_total"]
+    images = f"{used:,} of {total:,}" if used and total and used < total else f"{used or 0:,}"
+    lr = f"{r['lr']:g}" + (" (peak)" if r["schedule"] == "onecycle" else "")
+    return [g["name"], images, str(r["epochs"]), str(r["batch_size"]), lr, r["schedule"],
+            r["preset"], r["protocol"], r["precision"], ", ".join(r["backend"]),
+            ", ".join(map(str, g["seeds"]))]
+
+
+def _fmt(v) -> str:
+    if isinstance(v, list):
+        return " / ".join(_fmt(x) for x in v)
+    return "–" if v is None else str(v)
+
+
+def _provenance_row(g: dict) -> list[str]:
+    p = g["provenance"]
+    hardware = p.get("gpu") or p.get("cpu")
+    return [g["name"], _fmt(p.get("seqmnist")), _fmt(p.get("torch")), _fmt(p.get("python")),
+            _fmt(p.get("os")), _fmt(hardware), _fmt(p.get("device")), _fmt(p.get("threads")),
+            _fmt(p.get("replicas")), _fmt(p.get("started"))]
+
+
+def _per_class_table(groups: list[dict]) -> tuple[list[str], list[list[str]]]:
+    classes = groups[0]["classes"]
+    headers = ["class"] + [g["name"] for g in groups]
+    rows = []
+    for c in classes:
+        row = [c]
+        for g in groups:
+            s = g["per_class"].get(c)
+            row.append("–" if s is None else f"{s['mean'] * 100:.2f}%" +
+                       (f" ± {s['std'] * 100:.2f}" if s["n"] > 1 else ""))
+        rows.append(row)
+    return headers, rows
+
+
+def anytime_figure(groups: list[dict]) -> Figure | None:
+    """Test accuracy after the first k steps, per model (band: min to max across seeds)."""
+    shown = [g for g in groups if g.get("anytime")]
+    if not shown:
+        return None
+    fig = figure()
+    ax = fig.add_subplot()
+    for i, g in enumerate(shown):
+        a = g["anytime"]
+        ax.plot(a["steps"], a["mean"], "-o", markersize=3, color=f"C{i}",
+                label=f"{g['name']} ({a['of']} steps)")
+        ax.fill_between(a["steps"], a["low"], a["high"], color=f"C{i}", alpha=0.15, linewidth=0)
+    ax.set_xlabel("steps read")
+    ax.set_ylabel("test accuracy")
+    ax.set_ylim(0, 1)
+    ax.set_title("Anytime accuracy: answering after the first k steps")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return fig
+
+
+def curves_figure(groups: list[dict], metric: str) -> Figure:
+    series, bands = {}, {}
+    for g in groups:
+        c = g["curves"]
+        series[g["name"]] = [dict(epoch=e, **{metric: c[metric]["mean"][i],
+                                              f"val_{metric}": c[f"val_{metric}"]["mean"][i]})
+                             for i, e in enumerate(c["epoch"])]
+        if len(g["seeds"]) > 1:
+            bands[g["name"]] = dict(epoch=c["epoch"], low=c[f"val_{metric}"]["low"],
+                                    high=c[f"val_{metric}"]["high"])
+    title = f"{metric.capitalize()} per epoch" + (" (mean over seeds; band: min to max of "
+                                                  "validation)" if bands else "")
+    return history_figure(series, metric, title, bands)
+
+
+INSIDE_IMAGES, INSIDE_PER_CLASS = 500, 10  # test images behind the report's inside view
+
+
+def inside_view(runs: list, groups: list[dict], test_images, test_labels) -> dict:
+    """For each group of a sequence model, how its first seed reads the test set
+    (``evaluation.dataset_view`` on the first INSIDE_IMAGES test images): when it knows, per
+    class, and which stretches of steps matter per class. Empty without the test set."""
+    if test_images is None or test_labels is None:
+        return {}
+    from types import SimpleNamespace
+
+    by_path = {str(r.path): r for r in runs}
+    ds = SimpleNamespace(x_test=test_images, y_test=test_labels)
+    out = {}
+    for g in groups:
+        view = dataset_view(by_path[g["runs"][0]], ds, INSIDE_IMAGES, INSIDE_PER_CLASS)
+        if view is not None:
+            out[g["name"]] = dict(seed=g["seeds"][0], steps=view["steps"], block=view["block"],
+                                  images=view["images"], median_decided_at=view["median_decided_at"],
+                                  importance=np.round(view["importance"], 5).tolist())
+    return out
+
+
+def _inside_rows(result: dict) -> tuple[list[str], list[list[str]]]:
+    inside = result.get("inside") or {}
+    names = list(inside)
+    classes = result["groups"][0]["classes"]
+    rows = [[c] + [("–" if inside[n]["median_decided_at"].get(c) is None else
+                    f"{inside[n]['median_decided_at'][c] + 1:g} of {inside[n]['steps']}")
+                   for n in names] for c in classes]
+    return ["class", *names], rows
+
+
+def importance_figure(result: dict) -> Figure | None:
+    """Per sequence model: which stretches of steps matter for each class (steps x classes)."""
+    inside = result.get("inside") or {}
+    if not inside:
+        return None
+    classes = result["groups"][0]["classes"]
+    fig = figure(3.2 * len(inside) + 0.8, 3.6)
+    axes = fig.subplots(1, len(inside), squeeze=False)[0]
+    top = max(float(np.abs(np.array(v["importance"])).max()) for v in inside.values()) or 1.0
+    for ax, (name, v) in zip(axes, inside.items()):
+        values = np.array(v["importance"])
+        im = ax.imshow(values, aspect="auto", cmap="RdBu_r", vmin=-top, vmax=top,
+                       extent=(-0.5, len(classes) - 0.5, len(values) + 0.5, 0.5))  # from 1
+        ax.set_title(name, fontsize=9)
+        ax.set_xticks(range(len(classes)), classes, fontsize=7,
+                      rotation=90 if max(map(len, classes)) > 2 else 0)
+        ax.set_ylabel("step" if v["block"] == 1 else f"stretch of {v['block']} steps")
+    fig.colorbar(im, ax=list(axes), label="drop of the class's probability when zeroed")
+    return fig
+
+
+def _figures(result: dict, test_images: np.ndarray | None) -> list[tuple[str, str, Figure]]:
+    """(file stem, caption, figure) for every figure of the report, in order."""
+    groups = result["groups"]
+    figs = [("loss", "Loss per epoch", curves_figure(groups, "loss")),
+            ("accuracy", "Accuracy per epoch", curves_figure(groups, "accuracy"))]
+    anytime = anytime_figure(groups)
+    if anytime is not None:
+        figs.append(("anytime", "Anytime accuracy of the sequence readers", anytime))
+    importance = importance_figure(result)
+    if importance is not None:
+        figs.append(("importance", "Which steps matter for each class (occlusion of stretches "
+                     "of steps, first seed of each sequence model)", importance))
+    seeds = {len(g["seeds"]) for g in groups}
+    summed = "" if seeds == {1} else " (summed over seeds)"
+    figs.append(("confusion", "Confusion matrices" + summed, confusions_figure(
+        {g["name"] + summed: np.array(g["confusion"]) for g in groups}, groups[0]["classes"])))
+    if test_images is None:
+        return figs
+    classes = groups[0]["classes"]
+    for k, p in enumerate(result["pairs"]):
+        for key, right, wrong in (("a_only", p["a"], p["b"]), ("b_only", p["b"], p["a"])):
+            flips = p["flips"][key]
+            if flips["images"]:
+                caption = f"Images {right} gets right and {wrong} wrong in most seeds " \
+                          f"({flips['count']:,} in all)"
+                fig = gallery_figure(test_images, [[i] for i in flips["images"]], classes,
+                                     caption, caption=lambda item: f"#{item[0]}")
+                figs.append((f"flips-{k}-{key}", caption, fig))
+    for k, g in enumerate(groups):
+        if g["misclassified"]:
+            caption = f"{g['name']}: most confident mistakes (true → predicted, confidence)"
+            figs.append((f"mistakes-{k}", caption, gallery_figure(
+                test_images, g["misclassified"], classes, caption)))
+    return figs
+
+
+@dataclass(frozen=True)
+class Link:
+    text: str
+    href: str
+
+
+@dataclass(frozen=True)
+class Block:
+    """One part of a document: a heading, a paragraph (``kind`` "verdict" or "warning" for the
+    two that stand out), a table (cells are text or a Link), figures, or a list of links."""
+
+    kind: str  # heading | paragraph | table | figures | links
+    text: str = ""
+    style: str = ""
+    headers: tuple = ()
+    rows: tuple = ()
+    items: tuple = ()  # figures: (file, caption, PNG bytes); links: (label, (Link, ...))
+
+
+def heading(text: str) -> Block:
+    return Block("heading", text)
+
+
+def paragraph(text: str, style: str = "") -> Block:
+    return Block("paragraph", text, style)
+
+
+def table(headers, rows) -> Block:
+    return Block("table", headers=tuple(headers), rows=tuple(tuple(r) for r in rows))
+
+
+def markdown(title: str, blocks: list[Block]) -> str:
+    """The document as Markdown (figures linked as the PNG files beside it)."""
+    def cell(c) -> str:
+        text = f"[{c.text}]({c.href})" if isinstance(c, Link) else str(c)
+        return text.replace("|", "\\|") if not isinstance(c, Link) else text
+
+    out = [f"# {title}", ""]
+    for b in blocks:
+        if b.kind == "heading":
+            out += [f"## {b.text}", ""]
+        elif b.kind == "paragraph":
+            out += [f"> **{b.text}**" if b.style == "warning" else b.text, ""]
+        elif b.kind == "table":
+            out += ["| " + " | ".join(b.headers) + " |", "|" + " --- |" * len(b.headers)]
+            out += ["| " + " | ".join(cell(c) for c in r) + " |" for r in b.rows] + [""]
+        elif b.kind == "figures":
+            out += [f"![{c}]({f})\n\n*{c}*\n" for f, c, _ in b.items]
+        elif b.kind == "links":
+            out += [f"- {label}: " + ", ".join(cell(link) for link in links)
+                    for label, links in b.items] + [""]
+    return "\n".join(out).rstrip("\n") + "\n"
+
+
+STYLE = """body { font-family: system-ui, sans-serif; max-width: 1200px; margin: 2em auto;
+       padding: 0 1em; color: #222; }
+table { border-collapse: collapse; margin: 1em 0; font-size: .92em; }
+th, td { border: 1px solid #ccc; padding: .3em .6em; text-align: right; }
+th:first-child, td:first-child { text-align: left; }
+.verdict { font-size: 1.15em; background: #f3f7ff; padding: .8em 1em; border-radius: 6px; }
+.warning { background: #fff3cd; border: 1px solid #e0b000; padding: .8em 1em; border-radius: 6px;
+           font-weight: 600; }
+figure { display: inline-block; margin: .5em; vertical-align: top; max-width: 100%; }
+figcaption { font-size: .9em; color: #444; }
+img { max-width: 100%; }"""
+
+
+def html_page(title: str, blocks: list[Block]) -> str:
+    """The same document as one self-contained HTML page (figures embedded)."""
+    esc = html.escape
+
+    def cell(c) -> str:
+        return f'<a href="{esc(c.href)}">{esc(c.text)}</a>' if isinstance(c, Link) else esc(str(c))
+
+    parts = [f"<h1>{esc(title)}</h1>"]
+    for b in blocks:
+        if b.kind == "heading":
+            parts.append(f"<h2>{esc(b.text)}</h2>")
+        elif b.kind == "paragraph":
+            cls = f' class="{b.style}"' if b.style else ""
+            parts.append(f"<p{cls}>{esc(b.text)}</p>")
+        elif b.kind == "table":
+            head = "".join(f"<th>{esc(h)}</th>" for h in b.headers)
+            body = "".join("<tr>" + "".join(f"<td>{cell(c)}</td>" for c in r) + "</tr>"
+                           for r in b.rows)
+            parts.append(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
+        elif b.kind == "figures":
+            parts.append("".join(
+                f'<figure><img alt="{esc(c)}" src="data:image/png;base64,'
+                f'{base64.b64encode(data).decode()}"><figcaption>{esc(c)}</figcaption>'
+                "</figure>" for _, c, data in b.items))
+        elif b.kind == "links":
+            parts.append("<ul>" + "".join(
+                f"<li>{esc(label)}: " + ", ".join(cell(link) for link in links) + "</li>"
+                for label, links in b.items) + "</ul>")
+    return (f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8"><title>{esc(title)}'
+            f"</title>\n<style>\n{STYLE}\n</style></head><body>\n" + "\n".join(parts)
+            + "\n</body></html>\n")
+
+
+def write_document(out: Path, stem: str, title: str, blocks: list[Block],
+                   html_too: bool = True) -> None:
+    """``out/stem.md`` and (``html_too``) ``out/stem.html``, both from ``blocks``."""
+    atomic_write(out / f"{stem}.md", markdown(title, blocks))
+    if html_too:
+        atomic_write(out / f"{stem}.html", html_page(title, blocks))
+
+
+def _quick_warning(result: dict) -> str | None:
+    if not result["quick"]:
+        return None
+    parts = "; ".join(f"{name}: {', '.join(r)}" for name, r in result["quick"].items())
+    return (f"Quick run, not a result: these models were trained below their recipe ({parts}). "
+            "Their accuracy says little about what the models reach; rerun without --limit and "
+            "with the recipe's epochs before drawing conclusions.")
+
+
+PUBLISHED_HEADERS = ["model", "view", "ours (mean ± std)", "seeds", "epochs", "parameters",
+                     "s / epoch", "published", "source"]
+
+
+def _published_rows(groups: list[dict]) -> list[list[str]]:
+    rows = []
+    for g in groups:
+        for p in g.get("published") or []:
+            acc = g["accuracy"]
+            rows.append([g["name"], g["view"], f"{acc['mean'] * 100:.2f}%" + (
+                f" ± {acc['std'] * 100:.2f}" if acc["n"] > 1 else ""), str(acc["n"]),
+                str(g["epochs"]), f"{g['params']:,}", seconds(g["seconds_per_epoch"]["mean"]),
+                f"{p['accuracy']:.2f}% ({p['model']})", p["source"]])
+    return rows
+
+
+def protocol_note(groups: list[dict]) -> str:
+    """How the reported accuracies were obtained, in words (shown near the top)."""
+    kinds = {g["recipe"]["protocol"] for g in groups}
+    notes = {"tutorial": "validation on the test set after every epoch, as the Keras tutorial "
+                         "does (the validation curves are test-set curves)",
+             "research": "the last training images held out for validation, early stopping on "
+                         "them, the test set evaluated once at the end"}
+    return "Protocol: " + "; ".join(f"{k}: {notes[k]}" for k in sorted(kinds)) + "."
+
+
+def _sections(result: dict) -> list[tuple[str, list[str], list[list[str]]]]:
+    groups = result["groups"]
+    sections = [("Models", GROUP_HEADERS, [_group_row(g) for g in groups])]
+    published = _published_rows(groups)
+    if published:
+        sections.append(("Beside the published numbers", PUBLISHED_HEADERS, published))
+    if result["pairs"]:
+        sections.append(("Pairwise tests on the same test images", PAIR_HEADERS,
+                         [row for p in result["pairs"] for row in _pair_rows(p)]))
+    sections.append(("Per-class test accuracy", *_per_class_table(groups)))
+    if result.get("inside"):
+        sections.append(("When each sequence model knows (median step from which its answer "
+                         "stays, over the test images of the class it reads right; first seed)",
+                         *_inside_rows(result)))
+    sections.append(("Training recipe", RECIPE_HEADERS, [_recipe_row(g) for g in groups]))
+    sections.append(("Where and how each model ran", PROVENANCE_HEADERS,
+                     [_provenance_row(g) for g in groups]))
+    return sections
+
+
+def _relative(path: str, out: Path) -> str:
+    try:
+        return os.path.relpath(path, out)
+    except ValueError:
+        return path
+
+
+def write_report(runs: list, out: str | Path, test_images: np.ndarray | None = None,
+                 seed: int = 0, test_labels: np.ndarray | None = None) -> dict:
+    """Analyse finished ``runs`` and write ``report.md``, ``report.html``, ``comparison.json``
+    and the figures under ``out``. Returns the analysis with the report's path added.
+    ``test_labels``: the test set's labels, which every run's stored predictions must match."""
+    out = Path(out)
+    result = analyse(runs, seed=seed, labels=test_labels)
+    result["inside"] = inside_view(runs, result["groups"], test_images, test_labels)
+    out.mkdir(parents=True, exist_ok=True)
+    figs = [(stem, caption, png(fig)) for stem, caption, fig in _figures(result, test_images)]
+    for stem, _, data in figs:  # each figure rendered once: the file and the page share it
+        atomic_write(out / f"{stem}.png", data)
+    warning = _quick_warning(result)
+    title = f"seqmnist comparison on {result['dataset']} ({result['test_images']:,} test images)"
+    blocks = [paragraph(warning, "warning")] if warning else []
+    blocks += [paragraph(result["verdict"], "verdict"), paragraph(protocol_note(result["groups"]))]
+    for name, headers, rows in _sections(result):
+        blocks += [heading(name), table(headers, rows)]
+    blocks += [heading("Figures"), Block("figures", items=tuple(
+        (f"{stem}.png", caption, data) for stem, caption, data in figs))]
+    blocks += [heading("Method"), paragraph(result["methods"]), heading("Run folders"),
+               Block("links", items=tuple(
+                   (g["name"], tuple(Link(Path(r).name, _relative(r, out)) for r in g["runs"]))
+                   for g in result["groups"]))]
+    write_document(out, "report", title, blocks)
+    write_json(out / "comparison.json", result)
+    return dict(result, report=str(out / "report.html"))
+
+
+def write_sweep_summary(rows: list[dict], out: Path) -> Path:
+    """``out/sweep.md``: the grid's model x view x dataset table, each row linking its dataset's
+    comparison report (``rows`` from the sweep, paths relative to ``out``)."""
+    headers = ["model", "view", "dataset", "seeds", "test accuracy (mean ± std)",
+               "95% interval", "report"]
+    body = [[r["model"], r["view"], r["dataset"], str(len(r["seeds"])),
+             f"{r['mean'] * 100:.2f}%" + (f" ± {r['std'] * 100:.2f}" if len(r["seeds"]) > 1
+                                          else " (one seed: no spread)"),
+             _interval(r["ci"]), Link(r["dataset"], r["report"])] for r in rows]
+    blocks = [table(headers, body), paragraph(
+        "Intervals: t across seeds with two or more seeds, else bootstrap over test images. "
+        "Every run folder is under `runs/`; each dataset's report holds the pairwise tests and "
+        "the verdict.")]
+    write_document(out, "sweep", "seqmnist sweep", blocks, html_too=False)
+    return out / "sweep.md"
