@@ -158,6 +158,26 @@ def add_data_and_progress(p: argparse.ArgumentParser) -> None:
                    "shown on a terminal)")
 
 
+def add_plugin(p: argparse.ArgumentParser) -> None:
+    """--plugin, for every command that takes a model or a run: models from the user's own code
+    (``main`` loads them before any parser offers the model names)."""
+    p.add_argument("--plugin", action="append", default=[], metavar="FILE.py|MODULE",
+                   help="load models from your own file or module first (repeatable; default: "
+                   "none; installed packages' seqmnist.models entry points load without it)")
+
+
+def plugins_asked(argv: list[str]) -> list[str]:
+    """The --plugin values in ``argv``, read before the parser is built: the parser's model
+    choices must already hold the plug-ins' models."""
+    found = []
+    for i, arg in enumerate(argv):
+        if arg == "--plugin" and i + 1 < len(argv):
+            found.append(argv[i + 1])
+        elif arg.startswith("--plugin="):
+            found.append(arg.split("=", 1)[1])
+    return found
+
+
 def _models_arg(p: argparse.ArgumentParser, **kwargs) -> None:
     from .models.registry import list_models
 
@@ -183,6 +203,7 @@ def build_compare(p: argparse.ArgumentParser) -> None:
                    "side by side in this process, each on its share of the cores (default: one "
                    "per core with several seeds, else 1)")
     add_training_options(p)
+    add_plugin(p)
 
 
 def build_train(p: argparse.ArgumentParser) -> None:
@@ -203,12 +224,14 @@ def build_train(p: argparse.ArgumentParser) -> None:
                    metavar="KEY=VALUE", help="any option of the model's constructor, e.g. "
                    "d_model=128 or channels=[16,32] (repeatable; default: the model's own)")
     add_training_options(p)
+    add_plugin(p)
 
 
 def build_evaluate(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", type=Path, help="a finished run folder")
     add_data_dir(p)
     p.add_argument("--json", action="store_true", help="print JSON (default: one line of text)")
+    add_plugin(p)
 
 
 def build_predict(p: argparse.ArgumentParser) -> None:
@@ -216,6 +239,7 @@ def build_predict(p: argparse.ArgumentParser) -> None:
     p.add_argument("images", nargs="+", type=Path, metavar="IMAGE",
                    help="PNG, JPEG, BMP, GIF or WebP files of digits, any size")
     p.add_argument("--json", action="store_true", help="print JSON (default: text)")
+    add_plugin(p)
 
 
 def build_summary(p: argparse.ArgumentParser) -> None:
@@ -228,6 +252,7 @@ def build_summary(p: argparse.ArgumentParser) -> None:
                    help=choices_help("input size and classes from", DATASETS, "mnist"))
     p.add_argument("--view", type=one_of(VIEWS, "view"), help=choices_help(
         "how the image is read", VIEWS, "the model's own"))
+    add_plugin(p)
 
 
 def build_data(p: argparse.ArgumentParser) -> None:
@@ -250,6 +275,7 @@ def build_serve(p: argparse.ArgumentParser) -> None:
                    "127.0.0.1, this machine only)")
     p.add_argument("--port", type=int_at_least(1, 65535), default=8000,
                    help="port (default: 8000)")
+    add_plugin(p)
 
 
 def build_import_keras(p: argparse.ArgumentParser) -> None:
@@ -282,6 +308,7 @@ def build_export(p: argparse.ArgumentParser) -> None:
     p.add_argument("--force", action="store_true", help="replace an existing --out file (or an "
                    "earlier card's folder); a run's own files are never replaced (default: "
                    "refuse)")
+    add_plugin(p)
 
 
 def build_sweep(p: argparse.ArgumentParser) -> None:
@@ -301,6 +328,7 @@ def build_sweep(p: argparse.ArgumentParser) -> None:
                    "declares and trains on (default: 1)")
     p.add_argument("--gpus-per-run", type=float, help="with --ray: the share of a GPU each run "
                    "declares (default: 0.25 where the cluster has GPUs, else 0)")
+    add_plugin(p)
 
 
 def build_explain(p: argparse.ArgumentParser) -> None:
@@ -317,6 +345,26 @@ def build_explain(p: argparse.ArgumentParser) -> None:
                    "(default: only write it)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (default: shown "
                    "on a terminal)")
+    add_plugin(p)
+
+
+def build_models(p: argparse.ArgumentParser) -> None:
+    add_plugin(p)
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    """Every registered model, the views it reads, what it can do and where it came from."""
+    from .models.plugins import FAILED, source
+    from .models.registry import MODELS
+
+    for name, entry in MODELS.items():
+        can = [w for w, ok in (("steps", entry.steps), ("states", entry.states),
+                               ("onnx", entry.onnx)) if ok]
+        print(f"{name:<12} {source(name):<28} views: {', '.join(entry.views)}"
+              f"{'; ' + ', '.join(can) if can else ''}")
+    for line in FAILED:
+        print(f"warning: {line}", file=sys.stderr)
+    return 0
 
 
 def build_doctor(p: argparse.ArgumentParser) -> None:
@@ -571,6 +619,8 @@ COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
                build_export, cmd_export),
     "explain": ("look inside: what models do while they read images, in one offline page",
                 build_explain, cmd_explain),
+    "models": ("list every model: built-in, from a --plugin, or from an installed package",
+               build_models, cmd_models),
     "doctor": ("what this machine runs: versions, CPU features, LSTM kernel, backend",
                build_doctor, cmd_doctor),
 }
@@ -603,11 +653,22 @@ def _command_of(argv: list[str]) -> str | None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    from .core.errors import SeqmnistError
+
+    asked = plugins_asked(argv)
+    if asked:  # before the parser: its model choices must hold the plug-ins' models
+        from .models import load_plugin
+
+        try:
+            for spec in asked:
+                load_plugin(spec)
+        except SeqmnistError as exc:
+            print(f"seqmnist: error: {exc}", file=sys.stderr)
+            return exc.exit_code
     try:
         args = build_parser(_command_of(argv)).parse_args(argv)
     except SystemExit as exc:
         return int(exc.code or 0)
-    from .core.errors import SeqmnistError
 
     if args.command in TRAINING_COMMANDS:  # process-wide, so set here and never by a library call
         from .core.system import keep_freed_memory

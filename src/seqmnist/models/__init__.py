@@ -7,6 +7,7 @@ your own code).
     layers.py       what several models share: the causal classifier, block stacks, dropout
     checks.py       option ranges and the memory estimate, checked before a model is built
     summary.py      the Keras-style summary
+    plugins.py      models from other people's code: --plugin FILE.py or MODULE, entry points
 
 The tutorial's models use Keras's initialisation (Glorot uniform kernels, orthogonal recurrent
 kernels, forget-gate bias 1, one bias per gate for LSTM and SimpleRNN), so the trainable parameter
@@ -55,6 +56,10 @@ from .registry import (  # noqa: F401
 )
 from .summary import keras_shape, summary_rows, summary_text  # noqa: F401
 
-# The model modules register themselves when imported, in the order the command line lists them.
+# The model modules register themselves when imported, in the order the command line lists them;
+# then the models of installed packages (entry points in the group "seqmnist.models").
 for _module in ("recurrent", "cnn", "transformer", "tcn", "s4d", "lru"):
     importlib.import_module(f".{_module}", __name__)
+from .plugins import load_installed, load_plugin, source  # noqa: E402, F401
+
+load_installed()

@@ -45,8 +45,7 @@ def check_options(name: str, input_shape: tuple[int, ...], num_classes: int,
             create_model(name, input_shape, num_classes, **options)
     except UsageError:
         raise
-    except (AssertionError, TypeError, ValueError, RuntimeError, IndexError, ZeroDivisionError,
-            OverflowError) as exc:
+    except Exception as exc:  # noqa: BLE001 - any model's failure, other people's too: one line
         what = f"model {name!r}" + (f" with {options}" if options else "")
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
         raise UsageError(f"{what} cannot be built for {list(input_shape)} inputs: {reason}"
@@ -80,27 +79,31 @@ def check_model(name: str, input_shape: tuple[int, ...], num_classes: int, optio
         params = sum(p.numel() for p in layout.parameters())
         _too_big(what, 16 * params, f"{params:,} parameters")
         try:  # shapes alone, on the meta device: nothing is allocated for a model far too big
-            fits(params, _activations(layout, torch.zeros(2, *input_shape, device="meta")))
+            fits(params, _activations(layout, torch.zeros(2, *input_shape, device="meta"))[0])
         except UsageError:
             raise
         except Exception:  # noqa: BLE001 - an operation meta tensors cannot run: counted below
             pass
         with torch.random.fork_rng(devices=[]):
             model = create_model(name, input_shape, num_classes, **options)
-            activations = _activations(model, torch.zeros(2, *input_shape))
+            activations, out = _activations(model, torch.zeros(2, *input_shape))
     except UsageError:
         raise
-    except (AssertionError, TypeError, ValueError, RuntimeError, IndexError, ZeroDivisionError,
-            OverflowError) as exc:
+    except Exception as exc:  # noqa: BLE001 - any model's failure, other people's too: one line
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-        raise UsageError(f"{what} cannot be built for {list(input_shape)} inputs: {reason}"
-                         ) from None
+        raise UsageError(f"{what} cannot be built for {list(input_shape)} inputs: "
+                         f"{type(exc).__name__}: {reason}") from None
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (2, num_classes):
+        got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise UsageError(f"{what} answers {got} for a batch of 2 inputs of {list(input_shape)}; "
+                         f"a model answers (batch, {num_classes}): one logit per class")
     fits(params, activations)
     return params
 
 
-def _activations(model: nn.Module, x: torch.Tensor) -> int:
-    """Numbers in the outputs of ``model``'s leaf modules for the input ``x`` (no gradients)."""
+def _activations(model: nn.Module, x: torch.Tensor) -> tuple[int, object]:
+    """Numbers in the outputs of ``model``'s leaf modules for the input ``x`` (no gradients),
+    and the model's output."""
     total = 0
 
     def count(_module, _inputs, output):
@@ -112,11 +115,11 @@ def _activations(model: nn.Module, x: torch.Tensor) -> int:
     hooks = [m.register_forward_hook(count) for m in model.modules() if not list(m.children())]
     try:
         with torch.no_grad():
-            model(x)
+            out = model(x)
     finally:
         for h in hooks:
             h.remove()
-    return total
+    return total, out
 
 
 def check_sizes(name: str, **sizes) -> None:

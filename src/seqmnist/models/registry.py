@@ -74,6 +74,10 @@ def create_model(name: str, input_shape: tuple[int, ...] = (28, 28), num_classes
     """Build a registered model for inputs of ``input_shape`` (per sample) and ``num_classes``."""
     entry = get_entry(name)
     try:
-        return entry.build(tuple(input_shape), num_classes, **options)
+        model = entry.build(tuple(input_shape), num_classes, **options)
     except TypeError as exc:
         raise UsageError(f"model {name!r}: {exc}") from None
+    if not isinstance(model, nn.Module):
+        raise UsageError(f"model {name!r}: its factory returned {type(model).__name__}, not a "
+                         "torch.nn.Module")
+    return model

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import pickle
 import re
 import zipfile
@@ -22,7 +23,8 @@ from ..kernels.backends import inference_backend, install_backend
 from ..training.config import TrainConfig
 from ..core.errors import CheckpointError, SeqmnistError
 from ..core.fileio import atomic_write, claim_new_folder, read_json, write_json
-from ..models.registry import create_model
+from ..models.plugins import changed_since, missing_plugin_hint
+from ..models.registry import MODELS, create_model
 from .schema import MAX_SIDE, RunMetrics
 from ..data.datasets import get_spec
 from ..data.views import get_view
@@ -350,15 +352,21 @@ def load_run(path: str | Path) -> Run:
     except (SeqmnistError, TypeError, ValueError, RuntimeError) as exc:
         if isinstance(exc, CheckpointError):
             raise
+        hint = missing_plugin_hint(read_json(folder / "provenance.json", {})) \
+            if cfg.model not in MODELS else ""
         raise CheckpointError(f"{weights}: the stored configuration does not describe a model "
-                              f"({str(exc)[:200]})") from None
+                              f"({str(exc)[:200]}){hint}") from None
+    changed = changed_since(read_json(folder / "provenance.json", {}))
     expected = {k: tuple(v.shape) for k, v in layout.state_dict().items()}
     if expected != shapes:
         diff = sorted(k for k in expected.keys() | shapes.keys()
                       if expected.get(k) != shapes.get(k))
         first = diff[0]
         raise CheckpointError(f"{weights}: weights do not fit the stored configuration "
-                              f"({first}: file {shapes.get(first)}, model {expected.get(first)})")
+                              f"({first}: file {shapes.get(first)}, model {expected.get(first)})"
+                              f"{'; ' + changed if changed else ''}")
+    if changed:  # the weights still fit: say so, and go on
+        logging.getLogger("seqmnist").warning("warning: %s: %s", folder, changed)
     try:
         tensors = load_file(weights)
         model = create_model(cfg.model, input_shape, num_classes, **cfg.model_options)
