@@ -195,3 +195,62 @@ def test_the_readme_example_plugs_in_as_written(tmp_path, small_mnist_dir):
     assert done.returncode == 0, done.stderr
     (run,) = (tmp_path / "runs").iterdir()
     assert json.loads((run / "metrics.json").read_text())["test_accuracy"] > 0.2  # chance 0.1; 0.30 measured
+
+
+# --- check-model: the registry's contract, for anyone's model ----------------------------------
+
+@pytest.mark.parametrize("model", ["lstm", "gru", "rnn", "cnn", "transformer", "tcn", "s4d",
+                                   "lru"])
+def test_every_built_in_keeps_the_contract(model):
+    """On its default view (every view is the registry-parametrised tests' job; the command
+    checks them all)."""
+    from seqmnist.models import get_entry
+    from seqmnist.reports.contract import check_contract
+
+    checks = check_contract(model, views=[get_entry(model).defaults["view"]])
+    failed = [c for c in checks if c.passed is False]
+    assert not failed, failed
+    names = {c.name for c in checks}
+    assert {"builds", "output shape", "gradient to every parameter", "loss falls on one batch",
+            "one training step at batch 64"} <= names
+    assert ("causal (answers after every step)" in names) == (model != "cnn")
+
+
+CONTRACT_BREAKERS = {
+    "peeks at later steps": ('''
+class Peeking(Running):
+    def encode(self, x):
+        h = torch.tanh(self.inp(x) + self.at[:, :x.shape[1]])
+        return h + h.mean(1, keepdim=True)  # every step sees the whole sequence
+''', "Peeking(input_shape, num_classes)", "causal (answers after every step)"),
+    "a parameter no gradient reaches": ('''
+class Frozen(Running):
+    def __init__(self, input_shape, num_classes):
+        super().__init__(input_shape, num_classes)
+        self.unused = nn.Parameter(torch.zeros(3))
+''', "Frozen(input_shape, num_classes)", "gradient to every parameter"),
+    "the wrong output shape": ('''
+class Wide(Running):
+    def forward(self, x):
+        return torch.cat([super().forward(x), super().forward(x)], -1)
+''', "Wide(input_shape, num_classes)", "output shape"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CONTRACT_BREAKERS))
+def test_check_model_catches_each_broken_model_in_its_row(case, tmp_path):
+    extra, body, row = CONTRACT_BREAKERS[case]
+    path = tmp_path / "broken.py"
+    path.write_text(MODEL.format(name="broken", body=body) + extra)
+    done = seqmnist("check-model", "broken", "--plugin", path, "--view", "rows")
+    assert done.returncode == 1, done.stdout + done.stderr
+    failed = [line.split("  ")[0].strip() for line in done.stdout.splitlines()
+              if " FAIL " in line]
+    # the row for what is broken fails (a wrong shape also makes "last step equals the
+    # answer" fail, which compares the two); every other row passes
+    assert failed[0] == row and set(failed) <= {row, "last step equals the answer"}, \
+        done.stdout
+    good = tmp_path / "good.py"
+    good.write_text(GOOD)
+    done = seqmnist("check-model", "running", "--plugin", good, "--view", "rows")
+    assert done.returncode == 0 and "all 7 checks passed" in done.stdout, done.stdout

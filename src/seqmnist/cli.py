@@ -348,6 +348,30 @@ def build_explain(p: argparse.ArgumentParser) -> None:
     add_plugin(p)
 
 
+def build_check_model(p: argparse.ArgumentParser) -> None:
+    from .data.datasets import DATASETS
+    from .data.views import VIEWS
+
+    _models_arg(p, help="the model to check (yours with --plugin)")
+    p.add_argument("--view", nargs="+", type=one_of(VIEWS, "view"), metavar="VIEW",
+                   help="views to check (default: every view the model declares)")
+    p.add_argument("--dataset", type=one_of(DATASETS, "dataset"), default="mnist",
+                   help=choices_help("image size and classes from", DATASETS, "mnist"))
+    add_plugin(p)
+
+
+def cmd_check_model(args: argparse.Namespace) -> int:
+    """A table of pass/fail; exit 0 only when every check passes."""
+    from .models import check_view
+    from .reports.contract import check_contract, table
+
+    for view in args.view or []:
+        check_view(args.model, view)
+    checks = check_contract(args.model, args.dataset, args.view)
+    print(table(checks))
+    return 1 if any(c.passed is False for c in checks) else 0
+
+
 def build_models(p: argparse.ArgumentParser) -> None:
     add_plugin(p)
 
@@ -621,6 +645,8 @@ COMMANDS: dict[str, tuple[str, Callable, Callable]] = {
                 build_explain, cmd_explain),
     "models": ("list every model: built-in, from a --plugin, or from an installed package",
                build_models, cmd_models),
+    "check-model": ("check that a model keeps the registry's contract (yours with --plugin)",
+                    build_check_model, cmd_check_model),
     "doctor": ("what this machine runs: versions, CPU features, LSTM kernel, backend",
                build_doctor, cmd_doctor),
 }

@@ -27,11 +27,11 @@ import numpy as np
 import torch
 
 from ..core.errors import SeqmnistError, UsageError
-from .dataset_view import dataset_view, step_features
+from ..data.views import VIEWS, to_input
 from ..evaluation.evaluate import torch_copy
 from ..models.registry import get_entry
 from ..runs.storage import Run, load_run
-from ..data.views import VIEWS, to_input
+from .dataset_view import dataset_view, step_features
 
 PATCH, STRIDE = 4, 2  # the saliency map's occluding patches
 IG_STEPS = 32  # integrated gradients: points on the path from the baseline
@@ -394,8 +394,8 @@ def write_explanations(explained: ExplainSet | list[Explanation],
                        out: str | Path) -> dict[str, Path]:
     """``out/explain.json`` (every number the page shows) and ``out/explain.html`` (the page,
     offline), each written whole under a temporary name and renamed into place."""
-    from .explain_html import render
     from ..core.fileio import atomic_write, dumps
+    from .explain_html import render
 
     if not isinstance(explained, ExplainSet):
         explained = ExplainSet(list(explained), {})

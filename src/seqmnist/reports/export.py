@@ -17,11 +17,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ..evaluation.analysis import recipe_key
-from ..training.config import TrainConfig
 from ..core.errors import SeqmnistError, UsageError
 from ..core.fileio import atomic_write, read_json, write_json
+from ..evaluation.analysis import recipe_key
 from ..runs.storage import PREDICTIONS, WEIGHTS, Run, is_run_folder, load_predictions, load_run
+from ..training.config import TrainConfig
 
 FORMATS = ("onnx", "card")
 OPSET = 17
@@ -90,7 +90,6 @@ def export_onnx(run: Run | str | Path, out: str | Path | None = None, force: boo
     ``check`` (inputs in the view's layout), onnxruntime's answers are compared with PyTorch's
     before the file is put in place. Returns the path and the largest difference (or None).
     An existing ``out`` is replaced only with ``force``; a run's own files never are."""
-    import torch
 
     from ..kernels.backends import install_backend
 
@@ -100,8 +99,19 @@ def export_onnx(run: Run | str | Path, out: str | Path | None = None, force: boo
         raise UsageError(f"cannot export {run.path} to ONNX: {why}")
     out = _place_file(Path(out) if out else run.path / ONNX_NAME, run, force)
     model = install_backend(run.model, "torch").eval()
-    example = torch.zeros(1, *run.input_shape)
-    sequence = len(run.input_shape) == 2
+    data = with_metadata(onnx_bytes(model, run.input_shape), input_description(run))
+    worst = check_onnx(data, run, check, name=str(out)) if check is not None else None
+    _write_out(out, data)
+    return out, worst
+
+
+def onnx_bytes(model, input_shape: tuple[int, ...]) -> bytes:
+    """``model`` (on the torch backend) as ONNX: input ``x`` with a dynamic batch size, and for
+    sequence models a dynamic number of steps; output ``logits``."""
+    import torch
+
+    example = torch.zeros(1, *input_shape)
+    sequence = len(input_shape) == 2
     axes = {"x": {0: "batch", 1: "steps"} if sequence else {0: "batch"}, "logits": {0: "batch"}}
     buf = io.BytesIO()
     try:
@@ -112,10 +122,7 @@ def export_onnx(run: Run | str | Path, out: str | Path | None = None, force: boo
     except ImportError as exc:
         raise SeqmnistError(f"ONNX export needs its extra: pip install 'seqmnist[export]' "
                             f"({exc})") from None
-    data = with_metadata(buf.getvalue(), input_description(run))
-    worst = check_onnx(data, run, check, name=str(out)) if check is not None else None
-    _write_out(out, data)
-    return out, worst
+    return buf.getvalue()
 
 
 def input_description(run: Run) -> dict[str, str]:

@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
-from ..evaluation.analysis import analyse
-from .dataset_view import dataset_view
 from ..core.fileio import atomic_write, write_json
+from ..evaluation.analysis import analyse
 from ..runs.plots import confusions_figure, figure, gallery_figure, history_figure, png
+from .dataset_view import dataset_view
 
 
 def _interval(ci, scale: float = 100, unit: str = "") -> str:

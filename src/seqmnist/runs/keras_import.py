@@ -21,7 +21,6 @@ import numpy as np
 from .keras_reader import (
     LAYERS,
     RECURRENT,
-    SUPPORTED,
     KerasImportError,
     KerasModel,
     _unsupported,
@@ -187,16 +186,16 @@ def import_keras(path: str | Path, out: str | Path = "runs", dataset: str = "mni
     it like on any run."""
     import torch
 
-    from ..kernels.backends import install_backend, resolve_backend
-    from ..training.config import TrainConfig
-    from ..data.datasets import load_dataset
-    from ..training.metrics import evaluate_tensors
     from ..core.fileio import writable_folder
     from ..core.signals import terminate_as_interrupt
+    from ..data.datasets import load_dataset
+    from ..data.views import get_view, to_input
+    from ..kernels.backends import install_backend, resolve_backend
     from ..models.registry import create_model
     from ..models.summary import summary_text
+    from ..training.config import TrainConfig
+    from ..training.metrics import evaluate_tensors
     from .recorder import Recorder, provenance
-    from ..data.views import get_view, to_input
 
     writable_folder(out)  # a bad --out is found before the file is read and evaluated
     source = Path(path)

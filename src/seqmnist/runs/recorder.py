@@ -20,12 +20,12 @@ import numpy as np
 import torch
 
 from ..core import system
-from ..training.config import TrainConfig, validation_size
-from ..data.datasets import Dataset
 from ..core.errors import CheckpointError, SeqmnistError, UsageError
-from ..training.metrics import Evaluation, anytime_accuracy
 from ..core.fileio import atomic_write, read_json, write_json
+from ..data.datasets import Dataset
 from ..models.layers import trainable_parameters
+from ..training.config import TrainConfig, validation_size
+from ..training.metrics import Evaluation, anytime_accuracy
 from .plots import plot_confusion, plot_history
 from .schema import Provenance, RunMetrics
 from .storage import (

@@ -14,9 +14,9 @@ from collections.abc import Callable
 from dataclasses import asdict, replace
 from pathlib import Path
 
-from ..training.config import AUTO_FIELDS, RUNTIME_FIELDS, TrainConfig
 from ..core.errors import CheckpointError, SeqmnistError, UsageError
 from ..core.fileio import exclusive, read_json
+from ..training.config import AUTO_FIELDS, RUNTIME_FIELDS, TrainConfig
 from .storage import CHECKPOINT, PREVIOUS_CHECKPOINT, WEIGHTS, is_run_folder
 
 LOCKS = ".locks"  # one lock file per slot, beside runs/ so that no listing of runs meets it

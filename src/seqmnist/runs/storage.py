@@ -19,15 +19,15 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from ..kernels.backends import inference_backend, install_backend
-from ..training.config import TrainConfig
 from ..core.errors import CheckpointError, SeqmnistError
 from ..core.fileio import atomic_write, claim_new_folder, read_json, write_json
-from ..models.plugins import changed_since, missing_plugin_hint
-from ..models.registry import MODELS, create_model
-from .schema import MAX_SIDE, RunMetrics
 from ..data.datasets import get_spec
 from ..data.views import get_view
+from ..kernels.backends import inference_backend, install_backend
+from ..models.plugins import changed_since, missing_plugin_hint
+from ..models.registry import MODELS, create_model
+from ..training.config import TrainConfig
+from .schema import MAX_SIDE, RunMetrics
 
 CHECKPOINT = "checkpoint.pt"
 PREVIOUS_CHECKPOINT = "checkpoint.prev.pt"
