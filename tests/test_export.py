@@ -203,13 +203,14 @@ def test_a_permuted_onnx_export_says_how_to_feed_it(small_mnist, tmp_path):
     meta = {p.key: p.value for p in onnx.load(str(path)).metadata_props}
     assert meta["seqmnist.view"] == "permuted" and "(batch, 784 steps, 1)" in meta["seqmnist.input"]
     order = json.loads(meta["seqmnist.pixel_order"])
-    assert sorted(order) == list(range(784)) and meta["seqmnist.permutation_seed"] == "3"
+    # the order is the task's (permutation 0 by default), not the seed's
+    assert sorted(order) == list(range(784)) and meta["seqmnist.permutation"] == "0"
     images = small_mnist.x_test[:50]
     x = (images.reshape(50, -1)[:, order] / 255.0).astype(np.float32)[..., None]
     theirs = ort.InferenceSession(str(path)).run(None, {"x": x})[0]
-    ours = run.model(to_input(images, "permuted", 3)).detach().numpy()
+    ours = run.model(to_input(images, "permuted", 0)).detach().numpy()
     assert np.abs(theirs - ours).max() < 1e-4
-    assert "seqmnist.data.views.permutation(28 * 28, 3)" in model_card(run)
+    assert "seqmnist.data.views.permutation(28 * 28, 0)" in model_card(run)
 
 
 def test_an_older_runs_card_is_written_with_what_it_has(runs, tmp_path):

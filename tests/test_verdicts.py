@@ -14,6 +14,7 @@ import pytest
 
 from seqmnist import TrainConfig, train
 from seqmnist.cli import main
+from seqmnist.core.errors import UsageError
 from seqmnist.evaluation.analysis import analyse
 from seqmnist.runs.storage import PREDICTIONS, Run, save_predictions
 from seqmnist.training.config import TrainConfig as Config
@@ -22,7 +23,7 @@ N = 1000
 LABELS = np.random.default_rng(0).integers(0, 10, N)
 
 
-def fake_run(folder, model: str, seed: int, wrong: int) -> Run:
+def fake_run(folder, model: str, seed: int, wrong: int, **config) -> Run:
     """A finished run whose predictions are wrong on the first ``wrong`` test images."""
     folder.mkdir(parents=True)
     predictions = LABELS.copy()
@@ -35,7 +36,7 @@ def fake_run(folder, model: str, seed: int, wrong: int) -> Run:
                    inference_images_per_second=1000.0, classes=[str(i) for i in range(10)],
                    per_class_accuracy={str(i): accuracy for i in range(10)},
                    confusion=np.zeros((10, 10), int).tolist())
-    cfg = Config(model=model, seed=seed, epochs=1).resolved()
+    cfg = Config(model=model, seed=seed, epochs=1, **config).resolved()
     return Run(folder, cfg, None, (28, 28), 10, metrics, history)
 
 
@@ -173,3 +174,13 @@ def test_a_tampered_prediction_file_is_refused_naming_it(two_runs, tmp_path, cap
 def test_untouched_prediction_files_pass_every_check(two_runs, tmp_path):
     assert main(["compare", "--runs", *map(str, two_runs), "--out", str(tmp_path / "r")]) == 0
     assert (tmp_path / "r" / "report.md").is_file()
+
+
+def test_runs_read_in_different_orders_are_never_paired(tmp_path):
+    """Two permuted runs of different pixel orders are different tasks: refused, naming both."""
+    a = fake_run(tmp_path / "a", "lstm", 0, 100, view="permuted", permutation=0)
+    b = fake_run(tmp_path / "b", "gru", 0, 100, view="permuted", permutation=1)
+    with pytest.raises(UsageError, match=r"reads the pixels in order 0 and .* in order 1"):
+        analyse([a, b])
+    c = fake_run(tmp_path / "c", "gru", 0, 300, view="permuted", permutation=0)
+    assert analyse([a, c])["pairs"][0]["seed_pairs"] == [[0, 0]]

@@ -111,6 +111,9 @@ def add_training_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--lr", type=number, help="learning rate, the peak one with a one-cycle "
                    "schedule (default: the preset's, else the model's: 1e-3 recurrent, 1e-4 cnn)")
     p.add_argument("--seed", type=whole_number, help="random seed (default: 0)")
+    p.add_argument("--permutation", type=whole_number, metavar="N", help="the permuted view's "
+                   "pixel order: one fixed order, the same for every seed and model (default: "
+                   "0; -1: each seed's own, as runs made before the order was fixed)")
     p.add_argument("--limit", type=whole_number, metavar="N", help="train on the first N "
                    "training images only, for a quick look (default: all of them)")
     p.add_argument("--preset", type=one_of(PRESETS, "preset"), help=choices_help(
@@ -139,7 +142,8 @@ def add_training_options(p: argparse.ArgumentParser) -> None:
                    "seqmnist[tensorboard])")
 
 
-TRAIN_FIELDS = ("dataset", "view", "epochs", "batch_size", "lr", "seed", "limit", "preset",
+TRAIN_FIELDS = ("dataset", "view", "epochs", "batch_size", "lr", "seed", "permutation", "limit",
+                "preset",
                 "precision", "schedule", "backend", "threads", "device", "deterministic",
                 "protocol", "patience")
 
@@ -569,7 +573,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         from .data.views import to_input
 
         ds = load_dataset(run.config.dataset, args.data_dir)
-        x = to_input(ds.x_test, run.config.view, run.config.seed).numpy()
+        x = to_input(ds.x_test, run.config.view, run.config.order_seed).numpy()
     path, worst = export_onnx(run, args.out, force=args.force, check=x)
     print(f"ONNX: {path}")
     if worst is not None:

@@ -74,7 +74,9 @@ def get_view(name: str) -> View:
 
 
 def permutation(num_pixels: int, seed: int) -> torch.Tensor:
-    """The fixed pixel order of the ``permuted`` view, drawn from ``seed``."""
+    """The ``permuted`` view's pixel order number ``seed``: PyTorch's ``randperm`` from a
+    generator seeded with it. A run's order is its configuration's ``order_seed`` (its
+    permutation, 0 by default, the same for every seed)."""
     gen = torch.Generator().manual_seed(seed)
     return torch.randperm(num_pixels, generator=gen)
 
@@ -97,7 +99,7 @@ def _pixels(images: torch.Tensor, seed: int) -> torch.Tensor:
     return images.reshape(len(images), -1, 1)
 
 
-@register_view("permuted", "sequence", "one pixel per step under a fixed order drawn from the seed",
+@register_view("permuted", "sequence", "one pixel per step in one fixed random order (--permutation)",
                lambda h, w: (h * w, 1), unit="pixel", scrambled=True)
 def _permuted(images: torch.Tensor, seed: int) -> torch.Tensor:
     flat = images.reshape(len(images), -1)

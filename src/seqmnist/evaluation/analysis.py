@@ -55,7 +55,9 @@ def group_runs(runs: list[Run]) -> list[Group]:
             raise UsageError(f"two runs of the same recipe have the same seed ({dup}): "
                              + ", ".join(str(r.path) for r in members if r.config.seed in dup))
         out.append(members)
-    names = [f"{m[0].config.model} ({m[0].config.view})" for m in out]
+    names = [f"{m[0].config.model} ({m[0].config.view}"
+             f"{', order drawn from each seed' if m[0].config.permutation == -1 else ''})"
+             for m in out]
     for i, members in enumerate(out):
         twins = [j for j, n in enumerate(names) if n == names[i]]
         if len(twins) > 1:
@@ -287,6 +289,16 @@ def checked_predictions(run: Run, labels: np.ndarray | None = None) -> dict:
     return preds
 
 
+def check_same_order(a: Run, b: Run) -> None:
+    """Two runs of the permuted view are paired only when they read the pixels in one order."""
+    if a.config.view == b.config.view == "permuted" and \
+            a.config.order_seed != b.config.order_seed:
+        raise UsageError(f"{a.path} reads the pixels in order {a.config.order_seed} and {b.path} "
+                         f"in order {b.config.order_seed}: runs that read different orders are "
+                         "different tasks and are never paired (train them with one "
+                         "--permutation)")
+
+
 def pair_seeds(a: Group, b: Group) -> tuple[list[int], list[int], str]:
     """Which runs of two groups are compared with each other: the runs of the seeds both groups
     have (seed s with seed s), else, with no seed in common, the runs in seed order. Returns the
@@ -320,6 +332,8 @@ def analyse(runs: list[Run], seed: int = 0, labels: np.ndarray | None = None) ->
     for i, a in enumerate(groups):
         for b in groups[i + 1:]:
             ia, ib, how = pair_seeds(a, b)
+            for x, y in zip(ia, ib):
+                check_same_order(a.runs[x], b.runs[y])
             result = stats.compare_pair(correct[a.name][ia], correct[b.name][ib], seed=seed)
             result.update(a=a.name, b=b.name, paired_by=how,
                           seed_pairs=[[a.seeds[x], b.seeds[y]] for x, y in zip(ia, ib)],

@@ -32,7 +32,7 @@ def evaluate(run: Run | str | Path, data_dir: str | Path | None = None,
         run = load_run(run)
     cfg = run.config
     ds = load_dataset(dataset or cfg.dataset, data_dir)
-    x = to_input(ds.x_test, cfg.view, cfg.seed)
+    x = to_input(ds.x_test, cfg.view, cfg.order_seed)
     precision = cfg.precision if cfg.precision != "auto" else "fp32"
     return evaluate_tensors(run.model, x, torch.as_tensor(ds.y_test), cfg.eval_batch_size, precision)
 

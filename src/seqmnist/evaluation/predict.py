@@ -17,7 +17,7 @@ def predict_arrays(run, images: np.ndarray, steps: bool = False) -> list[dict]:
     from ..data.views import to_input
     from ..models.registry import get_entry
 
-    x = to_input(images, run.config.view, run.config.seed)
+    x = to_input(images, run.config.view, run.config.order_seed)
     out = []
     with torch.inference_mode():
         probs = run.model(x).softmax(-1).numpy()

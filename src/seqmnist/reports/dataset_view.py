@@ -41,7 +41,7 @@ def dataset_view(run: Run, ds, images: int = 1000, per_class: int = 20) -> dict 
     model = torch_copy(run).model
     classes = run.classes
     n = min(images, len(ds.x_test))
-    x = to_input(ds.x_test[:n], cfg.view, cfg.seed)
+    x = to_input(ds.x_test[:n], cfg.view, cfg.order_seed)
     y = np.asarray(ds.y_test[:n])
     features = step_features(model, x)
     with torch.inference_mode():

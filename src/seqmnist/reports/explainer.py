@@ -255,20 +255,20 @@ def _explain(run: Run, pixels: np.ndarray, index: int | None, label: str | None
     """``explain`` for a run whose model is already a private torch copy (``torch_copy``)."""
     cfg, model, classes = run.config, run.model, run.classes
     size = tuple(pixels.shape)
-    x = to_input(pixels[None], cfg.view, cfg.seed)
+    x = to_input(pixels[None], cfg.view, cfg.order_seed)
     probs = _probabilities(model, x)[0].numpy()
     answer = int(probs.argmax())
     out = Explanation(run=str(run.path), model=cfg.model, view=cfg.view, dataset=cfg.dataset,
                       index=index, label=label, classes=list(classes), image=pixels,
                       prediction=classes[answer], probabilities=probs,
-                      saliency=saliency(model, pixels, cfg.view, cfg.seed, answer,
+                      saliency=saliency(model, pixels, cfg.view, cfg.order_seed, answer,
                                         float(probs[answer])))
     if VIEWS[cfg.view].kind == "sequence" and get_entry(cfg.model).steps:
         _check()
         with torch.inference_mode():
             belief = model.forward_steps(x).softmax(-1)[0].numpy()
         out.steps = int(x.shape[1])
-        out.reading = reading(cfg.view, cfg.seed, size)
+        out.reading = reading(cfg.view, cfg.order_seed, size)
         if out.steps == size[0] * size[1]:  # one pixel per step: which one, step by step
             out.order = np.argsort(np.asarray(out.reading["read_at"]).ravel(),
                                    kind="stable").tolist()
@@ -349,7 +349,7 @@ def project_path(explanation: Explanation, run: Run, view: dict) -> None:
     """The explained image's features after every step, in its run's PCA map (``path``);
     ``run``'s model computes with the torch backend (a ``torch_copy``)."""
     model = run.model
-    x = to_input(explanation.image[None], run.config.view, run.config.seed)
+    x = to_input(explanation.image[None], run.config.view, run.config.order_seed)
     feats = step_features(model, x)[0].double().numpy()
     explanation.path = (feats - view["basis"]["mean"]) @ view["basis"]["axes"].T
 

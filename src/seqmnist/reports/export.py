@@ -148,8 +148,8 @@ def input_description(run: Run) -> dict[str, str]:
            "seqmnist.classes": json.dumps(run.classes),
            "seqmnist.output": "logits, float32 (batch, classes): softmax gives the probabilities"}
     if cfg.view == "permuted":
-        out["seqmnist.pixel_order"] = json.dumps(permutation(h * w, cfg.seed).tolist())
-        out["seqmnist.permutation_seed"] = str(cfg.seed)
+        out["seqmnist.pixel_order"] = json.dumps(permutation(h * w, cfg.order_seed).tolist())
+        out["seqmnist.permutation"] = str(cfg.order_seed)
     return out
 
 
@@ -254,7 +254,7 @@ def model_card(run: Run) -> str:
     if "seqmnist.pixel_order" in how:
         feeding.append(f"- Pixel order: the permutation `seqmnist.data.views.permutation("
                        f"{' * '.join(map(str, json.loads(how['seqmnist.image_shape'])))}, "
-                       f"{cfg.seed})`; an ONNX export carries it as `seqmnist.pixel_order`")
+                       f"{cfg.order_seed})`; an ONNX export carries it as `seqmnist.pixel_order`")
     feeding.append("- An ONNX export (`seqmnist export RUN`) carries all of this in its metadata "
                    "(`seqmnist.*` keys)")
     return "\n".join([

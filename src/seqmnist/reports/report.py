@@ -77,7 +77,10 @@ def _recipe_row(g: dict) -> list[str]:
     used, total = g["train_images"], g["train_images_total"]
     images = f"{used:,} of {total:,}" if used and total and used < total else f"{used or 0:,}"
     lr = f"{r['lr']:g}" + (" (peak)" if r["schedule"] == "onecycle" else "")
-    return [g["name"], images, str(r["epochs"]), str(r["batch_size"]), lr, r["schedule"],
+    order = r.get("permutation")  # the permuted view's pixel order: part of the task
+    name = g["name"] + ("" if order is None else "; pixel order each seed's own" if order == -1
+                        else f"; pixel order {order}")
+    return [name, images, str(r["epochs"]), str(r["batch_size"]), lr, r["schedule"],
             r["preset"], r["protocol"], r["precision"], ", ".join(r["backend"]),
             ", ".join(map(str, g["seeds"]))]
 

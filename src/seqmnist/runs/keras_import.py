@@ -224,7 +224,7 @@ def import_keras(path: str | Path, out: str | Path = "runs", dataset: str = "mni
                       data_dir=str(Path(data_dir).resolve()) if data_dir else None).resolved()
     cfg = replace(cfg, backend=resolve_backend("auto", model))
     install_backend(model, cfg.backend)
-    x_test = to_input(ds.x_test, view, cfg.seed)
+    x_test = to_input(ds.x_test, view, cfg.order_seed)
     y_test = torch.as_tensor(ds.y_test)
     val = evaluate_tensors(model, x_test, y_test, cfg.eval_batch_size)
     if not np.isfinite(val.probabilities).all():

@@ -98,12 +98,12 @@ def _train(cfg: TrainConfig, recorder: Recorder | None, state: dict | None, out,
                     min(cfg.batch_size, len(ds.x_train)))
         model = create_model(cfg.model, input_shape, ds.num_classes,
                              **cfg.model_options).to(device)
-    x_train = to_input(ds.x_train, cfg.view, cfg.seed, device)
+    x_train = to_input(ds.x_train, cfg.view, cfg.order_seed, device)
     if x_train.dim() == 4:  # channels_last: oneDNN's preferred layout, 1.3x faster measured
         model = model.to(memory_format=torch.channels_last)
         x_train = x_train.contiguous(memory_format=torch.channels_last)
     y_train = torch.as_tensor(ds.y_train, device=device)
-    x_test = to_input(ds.x_test, cfg.view, cfg.seed, device)
+    x_test = to_input(ds.x_test, cfg.view, cfg.order_seed, device)
     y_test = torch.as_tensor(ds.y_test, device=device)
     if cfg.protocol == "research":  # validate on held-out training images, never on the test set
         held = validation_size(len(x_train))

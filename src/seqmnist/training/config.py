@@ -19,6 +19,10 @@ from ..models.checks import check_options
 from ..models.registry import check_view, get_entry, list_models
 
 PRECISIONS = ("auto", "fp32", "bf16")
+# The permuted view's pixel order: views.permutation(pixels, DEFAULT_PERMUTATION) for every run,
+# seed and model unless --permutation says another; LEGACY_PERMUTATION: each run's own seed.
+DEFAULT_PERMUTATION = 0
+LEGACY_PERMUTATION = -1
 SCHEDULES = ("constant", "onecycle")
 DEVICES = ("auto", "cpu", "cuda")
 PROTOCOLS = ("tutorial", "research")
@@ -58,6 +62,10 @@ class TrainConfig:
     batch_size: int | None = None
     lr: float | None = None
     seed: int = 0
+    # the permuted view's pixel order, part of the task: the same for every seed (None: the
+    # default, DEFAULT_PERMUTATION); -1: drawn from each run's seed, as runs made before the
+    # order was fixed were read. Ignored (None) for every other view.
+    permutation: int | None = None
     limit: int | None = None
     device: str = "auto"
     preset: str = "tutorial"
@@ -73,6 +81,12 @@ class TrainConfig:
     replicas: int | None = None  # data-parallel model copies on CPU; None: one per core for RNNs
     data_dir: str | None = None  # where the dataset files were given, if not found by search
     model_options: dict = field(default_factory=dict)
+
+    @property
+    def order_seed(self) -> int:
+        """The seed of the permuted view's pixel order (``views.permutation(n, order_seed)``):
+        the run's permutation, or for a run whose order was drawn from its seed (-1), its seed."""
+        return self.seed if self.permutation in (None, LEGACY_PERMUTATION) else self.permutation
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
@@ -95,6 +109,8 @@ class TrainConfig:
         values = {k: v for k, v in data.items() if k in known}
         for name, value in values.items():
             _check_type(name, value, known[name].type)
+        if data.get("view") == "permuted" and "permutation" not in data:
+            values["permutation"] = LEGACY_PERMUTATION  # written before the order was fixed
         return cls(**values)
 
     def resolved(self) -> TrainConfig:
@@ -151,6 +167,13 @@ class TrainConfig:
                 raise UsageError(f"{name} must be from 1 to 1024, got {getattr(cfg, name)}")
         if not 0 <= cfg.seed < 2**63:
             raise UsageError(f"seed must be in 0..2**63-1, got {cfg.seed}")
+        if cfg.view != "permuted":
+            cfg = replace(cfg, permutation=None)  # only the permuted view has a pixel order
+        elif cfg.permutation is None:
+            cfg = replace(cfg, permutation=DEFAULT_PERMUTATION)
+        elif not LEGACY_PERMUTATION <= cfg.permutation < 2**63:
+            raise UsageError(f"permutation must be a whole number from 0 (or -1: each seed's "
+                             f"own order, as before it was fixed), got {cfg.permutation}")
         spec = get_spec(cfg.dataset)  # the model's options, checked for this dataset's images
         check_options(cfg.model, get_view(cfg.view).shape(*spec.image_shape), len(spec.classes),
                       cfg.model_options)

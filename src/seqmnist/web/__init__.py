@@ -217,7 +217,7 @@ def predict_all(runs: list[Run], image: np.ndarray) -> dict:
             img = image if image.shape == shape else prepare_array(image / 255.0, shape)
             (pred,) = predict_arrays(run, img[None], steps=answers_each_step(run))
             if "steps" in pred:  # the step at which each pixel is read, for the preview
-                pred["read_at"] = VIEWS[run.config.view].read_at(*shape, run.config.seed).tolist()
+                pred["read_at"] = VIEWS[run.config.view].read_at(*shape, run.config.order_seed).tolist()
         except ImageError as exc:
             results.append({**info, "error": str(exc)})
             continue
