@@ -168,10 +168,14 @@ def test_the_clusters_processes_are_found_by_their_own_token_only():
     """``stop_own`` stops what this module started and nothing else: a process holding another
     token (a user's Ray) is not among them, one holding the module's token is."""
     token = secrets.token_hex(16)  # not the cluster's: the module's nodes stay up
-    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"],
-                             env=dict(BASE_ENV, RAY_AUTH_TOKEN=secrets.token_hex(16)))
-    ours = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"],
-                            env=dict(BASE_ENV, RAY_AUTH_TOKEN=token))
+    # each child says it runs before it is looked for: its environment is its own from then on
+    # (before its exec, /proc shows the parent's)
+    child = [sys.executable, "-c", "import time; print('ready', flush=True); time.sleep(60)"]
+    other = subprocess.Popen(child, env=dict(BASE_ENV, RAY_AUTH_TOKEN=secrets.token_hex(16)),
+                             stdout=subprocess.PIPE, text=True)
+    ours = subprocess.Popen(child, env=dict(BASE_ENV, RAY_AUTH_TOKEN=token),
+                            stdout=subprocess.PIPE, text=True)
+    assert other.stdout.readline().strip() == ours.stdout.readline().strip() == "ready"
     try:
         found = own_processes(token)
         assert ours.pid in found and other.pid not in found
@@ -301,3 +305,36 @@ def test_ray_auto_starts_a_local_ray_and_records_its_node(tmp_path, ray_temp):
     (run,) = (out / "runs" / "rnn-digits-rows-seed0").iterdir()
     node = provenance(run)["ray_node_id"]
     assert len(node) == 56 and f"on node {node[:8]}" in done.stdout
+
+
+def test_a_plugin_model_runs_on_the_cluster_and_a_missing_one_names_the_node(cluster, tmp_path,
+                                                                             small_mnist_dir):
+    """The spec's plug-ins travel with each task: a file's source is shipped, a module must be
+    installed on every node, and where it is not, the error names the node."""
+    from test_plugins import GOOD, MODEL
+
+    (tmp_path / "running_model.py").write_text(GOOD)
+    spec, out = tmp_path / "grid.toml", tmp_path / "sweep"
+    spec.write_text('plugins = ["running_model.py"]\nmodels = ["running"]\ndatasets = ["mnist"]\n'
+                    'seeds = [0]\n[recipe]\nepochs = 1\nlimit = 200\n')
+    command = [sys.executable, "-m", "seqmnist", "sweep", str(spec), "--out", str(out),
+               "--data-dir", str(small_mnist_dir), "--ray", cluster["address"], "--no-progress"]
+    done = subprocess.run(command, env=BASE_ENV, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    (run,) = (out / "runs" / "running-mnist-rows-seed0").iterdir()
+    facts = provenance(run)
+    assert facts["plugin"]["plugin"] == str((tmp_path / "running_model.py").resolve())
+    assert len(facts["ray_node_id"]) == 56
+    # a module the driver imports and the nodes do not have
+    mods = tmp_path / "driver-only"
+    mods.mkdir()
+    (mods / "driveronly_models.py").write_text(
+        MODEL.format(name="driveronly", body="Running(input_shape, num_classes)"))
+    spec.write_text('plugins = ["driveronly_models"]\nmodels = ["driveronly"]\n'
+                    'datasets = ["mnist"]\nseeds = [0]\n[recipe]\nepochs = 1\nlimit = 200\n')
+    env = dict(BASE_ENV, PYTHONPATH=str(mods) + os.pathsep + BASE_ENV.get("PYTHONPATH", ""))
+    done = subprocess.run([*command[:6], str(tmp_path / "sweep2"), *command[7:]], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0 and "cannot load the plug-in driveronly_models" in done.stderr, \
+        done.stderr[-2000:]
+    assert "node " in done.stderr and "Traceback" not in done.stderr

@@ -254,3 +254,23 @@ def test_check_model_catches_each_broken_model_in_its_row(case, tmp_path):
     good.write_text(GOOD)
     done = seqmnist("check-model", "running", "--plugin", good, "--view", "rows")
     assert done.returncode == 0 and "all 7 checks passed" in done.stdout, done.stdout
+
+
+def test_a_sweep_spec_names_its_plugins(tmp_path, small_mnist_dir):
+    """plugins = [...] in the spec (a file relative to the spec): the sweep trains the model
+    and its run records the plug-in, with no --plugin on the command line."""
+    (tmp_path / "running_model.py").write_text(GOOD)
+    spec = tmp_path / "grid.toml"
+    spec.write_text('plugins = ["running_model.py"]\nmodels = ["running", "rnn"]\n'
+                    'datasets = ["mnist"]\nseeds = [0]\n[recipe]\nepochs = 1\nlimit = 200\n')
+    done = seqmnist("sweep", spec, "--out", tmp_path / "sweep", "--data-dir", small_mnist_dir,
+                    "--no-progress")
+    assert done.returncode == 0, done.stderr
+    (run,) = (tmp_path / "sweep" / "runs" / "running-mnist-rows-seed0").iterdir()
+    provenance = json.loads((run / "provenance.json").read_text())
+    assert provenance["plugin"]["plugin"] == str((tmp_path / "running_model.py").resolve())
+    bad = tmp_path / "bad.toml"
+    bad.write_text('plugins = ["nowhere.py"]\nmodels = ["rnn"]\ndatasets = ["mnist"]\n'
+                   'seeds = [0]\n')
+    done = seqmnist("sweep", bad, "--dry-run")
+    assert done.returncode == 2 and "nowhere.py: no such file" in done.stderr, done.stderr

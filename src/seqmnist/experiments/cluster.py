@@ -99,6 +99,33 @@ def check_shared(out: Path, token: str, node: str) -> None:
                            "file system mounted at the same place)")
 
 
+def load_shipped(plugins: tuple, node: str) -> None:
+    """Load a sweep's plug-ins in a worker, before its run: a file from the path the driver
+    read it at when this node sees the same file, else from the source shipped with the task;
+    a module as installed on this node (a clear error naming the node where it is not)."""
+    import hashlib
+    import tempfile
+
+    from ..models.plugins import LOADED, PluginError, load_plugin
+
+    for spec, kind, sha256, source in plugins:
+        if spec in LOADED or any(r.get("sha256") == sha256 and sha256 for r in LOADED.values()):
+            continue
+        try:
+            if kind == "module":
+                load_plugin(spec)
+                continue
+            path = Path(spec)
+            if not (path.is_file() and hashlib.sha256(path.read_bytes()).hexdigest() == sha256):
+                path = Path(tempfile.mkdtemp(prefix="seqmnist-plugin-")) / path.name
+                path.write_text(source)  # the driver's copy, as it was when the sweep began
+            record = load_plugin(str(path))
+            record["plugin"] = spec  # provenance names the file the user gave
+        except PluginError as exc:
+            raise ClusterError(f"node {node} cannot load the plug-in {spec}: {exc} (install it "
+                               "on every node of the cluster)") from None
+
+
 def _task(grid_run: GridRun, out: str, data_dir: str | None, token: str,
           version: str) -> tuple[str, str, str, float]:
     """One run of the grid, inside a Ray worker: (what was done, run folder, node, seconds)."""
@@ -109,6 +136,7 @@ def _task(grid_run: GridRun, out: str, data_dir: str | None, token: str,
         raise ClusterError(f"node {node} has seqmnist {__version__}, the driver {version}: install "
                            "the same version on every node")
     check_shared(Path(out), token, node)
+    load_shipped(grid_run.plugins, node)
     start = time.perf_counter()
     what, path = run_one(grid_run, Path(out), data_dir, facts=dict(ray_node_id=node))
     return what, str(path), node, time.perf_counter() - start

@@ -37,7 +37,7 @@ from ..core.fileio import output_folder, write_json
 from ..runs.slots import run_slot, slot_key
 from ..training.config import TrainConfig
 
-SPEC_KEYS = {"models", "views", "datasets", "seeds", "recipe", "overrides"}
+SPEC_KEYS = {"models", "views", "datasets", "seeds", "recipe", "overrides", "plugins"}
 # TrainConfig fields a spec may not set: they are the grid's, or where and how a run is stored.
 NOT_IN_RECIPE = {"model", "view", "dataset", "seed", "data_dir", "replicas", "model_options"}
 MAX_RUNS = 10_000  # a grid larger than this is refused: split it into several specs
@@ -51,6 +51,9 @@ class GridRun:
     dataset: str
     seed: int
     config: TrainConfig
+    # the spec's plug-ins, for a worker elsewhere to load first: (spec, kind, sha256, source),
+    # a file's source shipped with the task
+    plugins: tuple = ()
 
     @property
     def key(self) -> str:
@@ -93,10 +96,12 @@ def _recipe(table, where: str) -> dict:
     return dict(table)
 
 
-def parse_spec(text: str, name: str = "spec") -> Spec:
-    """The grid a TOML spec describes, every setting checked before anything runs."""
+def parse_spec(text: str, name: str = "spec", base: Path | None = None) -> Spec:
+    """The grid a TOML spec describes, every setting checked before anything runs; its
+    ``plugins`` (files, relative to ``base``, the spec's folder, or modules) load first."""
     from ..data.datasets import get_spec
     from ..data.views import get_view
+    from ..models.plugins import load_plugin
     from ..models.registry import get_entry
 
     try:
@@ -108,6 +113,14 @@ def parse_spec(text: str, name: str = "spec") -> Spec:
     unknown = sorted(set(spec) - SPEC_KEYS)
     if unknown:
         raise UsageError(f"{name}: unknown keys {unknown}; a spec has {', '.join(sorted(SPEC_KEYS))}")
+    shipped = []
+    for plugin in _list(spec, "plugins", str, required=False):
+        where = Path(plugin)
+        if plugin.endswith(".py") and not where.is_absolute() and base is not None:
+            plugin = str(base / where)
+        record = load_plugin(plugin)
+        source = Path(record["plugin"]).read_text() if record["kind"] == "file" else None
+        shipped.append((record["plugin"], record["kind"], record["sha256"], source))
     models = _list(spec, "models", str)
     views = _list(spec, "views", str, required=False)
     datasets = _list(spec, "datasets", str)
@@ -143,7 +156,7 @@ def parse_spec(text: str, name: str = "spec") -> Spec:
                                   **settings).resolved()
             except (TypeError, UsageError) as exc:
                 raise UsageError(f"{name}: {exc}") from None
-            runs.append(GridRun(model, view, dataset, seed, cfg))
+            runs.append(GridRun(model, view, dataset, seed, cfg, tuple(shipped)))
     if not runs:
         raise UsageError(f"{name}: the grid is empty (" + "; ".join(skipped) + ")")
     return Spec(runs, skipped)
@@ -158,7 +171,7 @@ def load_spec(path: str | Path) -> Spec:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise UsageError(f"{path}: cannot read the spec ({exc})") from None
-    return parse_spec(text, str(path))
+    return parse_spec(text, str(path), path.parent)
 
 
 def run_one(grid_run: GridRun, out: Path, data_dir: str | Path | None = None,
