@@ -125,7 +125,7 @@ def test_a_run_reloaded_without_its_plugin_says_which_to_load(plugin_run, small_
     assert "has changed since this run was trained" in done.stderr
 
 
-def test_an_installed_package_brings_its_model_without_a_flag(tmp_path):
+def test_an_installed_package_brings_its_model_without_a_flag(tmp_path, small_mnist_dir):
     site = tmp_path / "site"
     (site / "theirpkg").mkdir(parents=True)
     (site / "theirpkg" / "__init__.py").write_text(
@@ -141,6 +141,19 @@ def test_an_installed_package_brings_its_model_without_a_flag(tmp_path):
     assert "plug-in theirpkg (entry point theirs)" in line
     summary = seqmnist("summary", "theirs", env=env)
     assert summary.returncode == 0 and "Total params" in summary.stdout
+    # through a comparison beside a built-in and the explainer, with no flag anywhere
+    done = seqmnist("compare", "theirs", "rnn", "--epochs", "1", "--limit", "200", "--data-dir",
+                    small_mnist_dir, "--out", tmp_path / "cmp", "--no-progress", env=env)
+    assert done.returncode == 0, done.stderr
+    assert "theirs (rows)" in json.loads((tmp_path / "cmp" / "comparison.json").read_text())[
+        "verdict"]
+    (run,) = (tmp_path / "cmp" / "runs" / "theirs-mnist-rows-seed0").iterdir()
+    assert json.loads((run / "provenance.json").read_text())["plugin"]["version"] == "0.3"
+    done = seqmnist("explain", run, "--index", "0", "--data-dir", small_mnist_dir, "--out",
+                    tmp_path / "explained", "--no-progress", env=env)
+    assert done.returncode == 0, done.stderr
+    (image,) = json.loads((tmp_path / "explained" / "explain.json").read_text())["images"]
+    assert set(image["state"]) == {"memory"}
     # a broken installed plug-in is left out with one line; everything else works
     (site / "theirpkg" / "__init__.py").write_text("raise RuntimeError('broken on purpose')\n")
     done = seqmnist("models", env=env)
