@@ -35,6 +35,7 @@ def test_the_tutorial_notebook_runs_in_a_kernel(tmp_path, monkeypatch):
     assert not [o for o in outputs if o.output_type == "error"]
     text = "".join(o.get("text", "") for o in outputs if o.output_type == "stream")
     assert "more accurate than" in text or "No significant difference" in text
+    assert "Quick run, not a result (" in text  # 1,000 images: the verdict says what it is
     assert "it knew from row" in text
     # progress bars are notebook widgets, not a stream of lines
     widgets = [o for o in outputs if "application/vnd.jupyter.widget-view+json" in o.get("data", {})]

@@ -184,3 +184,16 @@ def test_runs_read_in_different_orders_are_never_paired(tmp_path):
         analyse([a, b])
     c = fake_run(tmp_path / "c", "gru", 0, 300, view="permuted", permutation=0)
     assert analyse([a, c])["pairs"][0]["seed_pairs"] == [[0, 0]]
+
+
+def test_a_quick_run_says_so_beside_its_verdict(tmp_path, small_mnist_dir):
+    """In the terminal as in the report: a comparison below its recipe says it is not a
+    result, on the line before the verdict."""
+    from seqmnist import compare
+
+    lines: list[str] = []
+    summary = compare(["rnn", "gru"], epochs=1, limit=200, data_dir=small_mnist_dir,
+                      out=tmp_path / "cmp", progress=False, log=lines.append)
+    assert summary["caveat"].startswith("Quick run, not a result (rnn (rows): trained on 200 of")
+    text = "\n".join(lines)
+    assert f"{summary['caveat']}\n{summary['verdict']}" in text

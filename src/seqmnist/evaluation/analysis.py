@@ -342,9 +342,13 @@ def analyse(runs: list[Run], seed: int = 0, labels: np.ndarray | None = None) ->
                           flips=_flips(correct[a.name], correct[b.name]))
             pairs[(a.name, b.name)] = result
     quick = {g["name"]: g["quick"] for g in entries if g["quick"]}
+    # said wherever the verdict is (terminal, notebook, report): a quick look is not a result
+    caveat = ("Quick run, not a result (" + "; ".join(f"{name}: {', '.join(r)}"
+                                                      for name, r in quick.items()) + "):"
+              ) if quick else None
     return dict(
         dataset=datasets[0], test_images=int(len(labels)), groups=entries,
-        pairs=list(pairs.values()), verdict=verdict(entries, pairs), quick=quick,
+        pairs=list(pairs.values()), verdict=verdict(entries, pairs), quick=quick, caveat=caveat,
         methods=METHODS.format(resamples=stats.BOOTSTRAP_RESAMPLES, seed=seed))
 
 

@@ -230,7 +230,8 @@ def compare(models: list[str] | None = None, *, runs: list[str | Path] | None = 
                            progress, log, tensorboard)
         finished += [load_run(path) for path in paths]
         summary = write_report(finished, folder, ds.x_test, test_labels=ds.y_test)
-    log(f"\n{summary['verdict']}\nReport: {summary['report']}")
+    caveat = f"{summary['caveat']}\n" if summary.get("caveat") else ""
+    log(f"\n{caveat}{summary['verdict']}\nReport: {summary['report']}")
     return summary
 
 
