@@ -34,6 +34,9 @@ def add(table: dict, name: str, entry, what: str, origin: str, replace: bool = F
     origins[name] = origin
 
 
-def origin(what: str, name: str) -> str | None:
-    """Where the ``what`` (a "model", ...) ``name`` was registered (None: put there by hand)."""
-    return _ORIGINS.get(what, {}).get(name)
+def lookup(table: dict, name: str, what: str):
+    """``table[name]``, or a UsageError naming what there is to choose from."""
+    try:
+        return table[name]
+    except KeyError:
+        raise UsageError(f"unknown {what} {name!r}; choose from {', '.join(table)}") from None

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ..core.errors import DataError, UsageError
-from ..core.registry import add, origin_of
+from ..core.registry import add, lookup, origin_of
 
 SPLIT_FILES = {
     "train_images": "train-images-idx3-ubyte",
@@ -120,10 +120,7 @@ def list_datasets() -> list[str]:
 
 
 def get_spec(name: str) -> DatasetSpec:
-    try:
-        return DATASETS[name]
-    except KeyError:
-        raise UsageError(f"unknown dataset {name!r}; choose from {', '.join(DATASETS)}") from None
+    return lookup(DATASETS, name, "dataset")
 
 
 def check_split(where: str, split: str, images: np.ndarray, labels: np.ndarray,

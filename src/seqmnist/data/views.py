@@ -13,8 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..core.errors import UsageError
-from ..core.registry import add, origin_of
+from ..core.registry import add, lookup, origin_of
 
 
 @dataclass(frozen=True)
@@ -67,10 +66,7 @@ def sequence_views() -> tuple[str, ...]:
 
 
 def get_view(name: str) -> View:
-    try:
-        return VIEWS[name]
-    except KeyError:
-        raise UsageError(f"unknown view {name!r}; choose from {', '.join(VIEWS)}") from None
+    return lookup(VIEWS, name, "view")
 
 
 def permutation(num_pixels: int, seed: int) -> torch.Tensor:

@@ -86,6 +86,7 @@ def seconds_per_image(configs: list[TrainConfig], image_shape: tuple[int, int],
 
     from ..data.views import VIEWS
     from ..models.registry import create_model
+    from ..training.update import step_seconds
 
     def key(cfg: TrainConfig) -> tuple:
         return cfg.model, cfg.view, cfg.batch_size, repr(sorted(cfg.model_options.items()))
@@ -100,12 +101,7 @@ def seconds_per_image(configs: list[TrainConfig], image_shape: tuple[int, int],
             shape = VIEWS[cfg.view].shape(*image_shape)
             model = create_model(cfg.model, shape, num_classes, **cfg.model_options)
             x = torch.zeros(min(cfg.batch_size, 32), *shape)
-            best = float("inf")
-            for _ in range(4):  # the first warms up
-                start = time.perf_counter()
-                model(x).sum().backward()
-                best = min(best, time.perf_counter() - start)
-            per_image[key(cfg)] = best / len(x)
+            per_image[key(cfg)] = step_seconds(model, x, tries=4) / len(x)
     finally:
         torch.set_num_threads(threads)
     return [per_image[key(c)] for c in configs]

@@ -32,17 +32,18 @@ def _too_big(what: str, need: int, detail: str) -> None:
 
 
 def check_options(name: str, input_shape: tuple[int, ...], num_classes: int,
-                  options: dict) -> None:
+                  options: dict) -> nn.Module:
     """UsageError unless ``name`` with ``options`` can be laid out for ``input_shape`` (on the meta
     device: no memory, no weights): every option's type and range, the one place they are
-    checked (a training configuration's ``resolved()`` asks before anything is read)."""
+    checked (a training configuration's ``resolved()`` asks before anything is read). Returns
+    the layout, on the meta device."""
     reserved = sorted(set(options) & set(RESERVED_OPTIONS))
     if reserved:
         raise UsageError(f"model {name!r}: {', '.join(reserved)} come from the dataset and the "
                          "view, not from a model option")
     try:
         with torch.device("meta"):
-            create_model(name, input_shape, num_classes, **options)
+            return create_model(name, input_shape, num_classes, **options)
     except UsageError:
         raise
     except Exception as exc:  # noqa: BLE001 - any model's failure, other people's too: one line
@@ -61,10 +62,7 @@ def check_model(name: str, input_shape: tuple[int, ...], num_classes: int, optio
     does not fit the image, heads that do not divide the width) and its activations are counted
     and scaled to a batch. The caller's random state is left as it was. UsageError naming the
     problem, with the estimate when it is memory. Returns the parameter count."""
-    reserved = sorted(set(options) & set(RESERVED_OPTIONS))
-    if reserved:
-        raise UsageError(f"model {name!r}: {', '.join(reserved)} come from the dataset and the "
-                         "view, not from a model option")
+    layout = check_options(name, input_shape, num_classes, options)
     what = f"model {name!r}" + (f" with {options}" if options else "")
 
     def fits(params: int, activations: int) -> None:
@@ -74,8 +72,6 @@ def check_model(name: str, input_shape: tuple[int, ...], num_classes: int, optio
                  f"{params:,} parameters, {per_batch:,} activations per batch of {batch_size}")
 
     try:
-        with torch.device("meta"):
-            layout = create_model(name, input_shape, num_classes, **options)
         params = sum(p.numel() for p in layout.parameters())
         _too_big(what, 16 * params, f"{params:,} parameters")
         try:  # shapes alone, on the meta device: nothing is allocated for a model far too big

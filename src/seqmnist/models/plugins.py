@@ -52,12 +52,15 @@ def load_plugin(spec: str) -> dict:
     before = set(MODELS)
     path = Path(spec)
     is_file = spec.endswith(".py") or path.is_file()
+    digest = None
+    if is_file:
+        path = path.resolve()
+        if not path.is_file():
+            raise PluginError(f"plug-in {spec}: no such file")
+        digest = _sha256(path)
     try:
         if is_file:
-            path = path.resolve()
-            if not path.is_file():
-                raise PluginError(f"plug-in {spec}: no such file")
-            name = f"seqmnist_plugin_{path.stem}_{_sha256(path)[:8]}"
+            name = f"seqmnist_plugin_{path.stem}_{digest[:8]}"
             module_spec = importlib.util.spec_from_file_location(name, path)
             module = importlib.util.module_from_spec(module_spec)
             sys.modules[name] = module
@@ -65,20 +68,20 @@ def load_plugin(spec: str) -> dict:
         else:
             module = importlib.import_module(spec)
             path = Path(module.__file__).resolve() if getattr(module, "__file__", None) else None
-    except SeqmnistError as exc:  # a clash with a registered name, or our own refusal
+    except SeqmnistError as exc:  # a clash with a registered name
         raise PluginError(f"plug-in {spec}: {exc}") from None
-    except ModuleNotFoundError as exc:
-        if not is_file and exc.name == spec.split(".")[0]:
+    except Exception as exc:  # noqa: BLE001 - the plug-in's own error, shown as one line
+        if isinstance(exc, ModuleNotFoundError) and not is_file and \
+                exc.name == spec.split(".")[0]:
             raise PluginError(f"plug-in {spec}: no such module (give a .py file's path, or a "
                               "module installed in this Python)") from None
         raise PluginError(f"plug-in {spec} does not import: {type(exc).__name__}: {exc}"
                           f"{_where(exc, path if is_file else None)}") from None
-    except Exception as exc:  # noqa: BLE001 - the plug-in's own error, shown as one line
-        raise PluginError(f"plug-in {spec} does not import: {type(exc).__name__}: {exc}"
-                          f"{_where(exc, path if is_file else None)}") from None
     models = sorted(set(MODELS) - before)
+    if not is_file and path is not None and path.is_file():
+        digest = _sha256(path)  # a module's own file
     record = dict(plugin=spec if not is_file else str(path), kind="file" if is_file else "module",
-                  sha256=_sha256(path) if path is not None and path.is_file() else None,
+                  sha256=digest,
                   version=_version(spec if not is_file else None), models=models)
     for m in models:
         SOURCES[m] = record
@@ -130,10 +133,16 @@ def source(model: str) -> str:
     return f"plug-in {record['plugin']}{via}"
 
 
+def _recorded(provenance: dict | None) -> dict | None:
+    """The plug-in a run's provenance.json records (its facts are written flat), or None."""
+    record = (provenance or {}).get("plugin")
+    return record if isinstance(record, dict) else None
+
+
 def missing_plugin_hint(provenance: dict | None) -> str:
     """For a run whose model is not registered: which plug-in its provenance says to load."""
-    record = (provenance or {}).get("plugin") or (provenance or {}).get("facts", {}).get("plugin")
-    if not isinstance(record, dict) or not record.get("plugin"):
+    record = _recorded(provenance)
+    if record is None or not record.get("plugin"):
         return ""
     return f"; the run was trained with the plug-in {record['plugin']}: load it with " \
            f"--plugin {record['plugin']}"
@@ -142,8 +151,8 @@ def missing_plugin_hint(provenance: dict | None) -> str:
 def changed_since(provenance: dict | None) -> str | None:
     """A warning when the plug-in file a run was trained with has changed since (its SHA-256
     differs from the one recorded), or None."""
-    record = (provenance or {}).get("plugin") or (provenance or {}).get("facts", {}).get("plugin")
-    if not isinstance(record, dict) or record.get("kind") != "file" or not record.get("sha256"):
+    record = _recorded(provenance)
+    if record is None or record.get("kind") != "file" or not record.get("sha256"):
         return None
     now = next((r for r in LOADED.values() if r.get("plugin") == record["plugin"]), None)
     if now is not None and now.get("sha256") and now["sha256"] != record["sha256"]:

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from torch import nn
 
 from ..core.errors import UsageError
-from ..core.registry import add, origin_of
+from ..core.registry import add, lookup, origin_of
 from ..data.views import sequence_views
 
 
@@ -56,10 +56,7 @@ def list_models() -> list[str]:
 
 
 def get_entry(name: str) -> ModelEntry:
-    try:
-        return MODELS[name]
-    except KeyError:
-        raise UsageError(f"unknown model {name!r}; choose from {', '.join(MODELS)}") from None
+    return lookup(MODELS, name, "model")
 
 
 def check_view(model: str, view: str) -> None:

@@ -11,7 +11,6 @@ The time of one training step at batch 64 on each view is measured and shown, no
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,7 +21,7 @@ from ..data.views import VIEWS
 from ..models.checks import check_options
 from ..models.layers import trainable_parameters
 from ..models.registry import create_model, get_entry
-from ..training.update import make_adam
+from ..training.update import make_adam, step_seconds
 
 CAUSAL_TOLERANCE = 1e-5
 OVERFIT_STEPS = 40  # Adam updates on one batch of 8, at three times the model's learning rate
@@ -159,11 +158,7 @@ def _step_time(net, shape, classes: int, batch: int) -> str:
     net.train()
     x = torch.rand(batch, *shape)
     y = torch.arange(batch) % classes
-    best = float("inf")
-    for _ in range(3):  # the first warms up
-        start = time.perf_counter()
-        torch.nn.functional.cross_entropy(net(x), y).backward()
-        best = min(best, time.perf_counter() - start)
+    best = step_seconds(net, x, y)
     return f"{best * 1000:.1f} ms (forward and backward, PyTorch's own layers, " \
            f"{torch.get_num_threads()} threads)"
 

@@ -16,16 +16,15 @@ import pickle
 import re
 import zipfile
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 
 from ..core.errors import CheckpointError, SeqmnistError
-from ..core.fileio import atomic_write, claim_new_folder, read_json, write_json
+from ..core.fileio import atomic_write, claim_new_folder, read_json, stamp, write_json
 from ..data.datasets import get_spec
 from ..data.views import get_view
 from ..kernels.backends import inference_backend, install_backend
 from ..models.plugins import changed_since, missing_plugin_hint
-from ..models.registry import MODELS, create_model
+from ..models.registry import create_model, list_models
 from ..training.config import TrainConfig
 from .schema import MAX_SIDE, RunMetrics
 
@@ -62,9 +61,8 @@ def write_history(folder: Path, history: list[dict]) -> None:
 def new_run_dir(out: str | Path, cfg: TrainConfig) -> Path:
     """Create a fresh, uniquely named run folder under ``out``, checking that it is writable."""
     out = Path(out)
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     try:
-        folder = claim_new_folder(out, f"{stamp}-{cfg.model}-{cfg.dataset}-{cfg.view}")
+        folder = claim_new_folder(out, f"{stamp()}-{cfg.model}-{cfg.dataset}-{cfg.view}")
         probe = folder / ".write-test"
         probe.write_bytes(b"ok")
         probe.unlink()
@@ -338,6 +336,7 @@ def load_run(path: str | Path) -> Run:
             if (folder / CHECKPOINT).exists() else ""
         raise CheckpointError(f"{folder}: not a finished run: no {WEIGHTS}{hint}")
     meta, shapes = _shapes_and_meta(weights)
+    facts = read_json(folder / "provenance.json", {})  # a plug-in's model: which plug-in
     try:
         cfg, input_shape, num_classes = _check_meta(weights, meta)
         cfg.resolved()
@@ -352,11 +351,10 @@ def load_run(path: str | Path) -> Run:
     except (SeqmnistError, TypeError, ValueError, RuntimeError) as exc:
         if isinstance(exc, CheckpointError):
             raise
-        hint = missing_plugin_hint(read_json(folder / "provenance.json", {})) \
-            if cfg.model not in MODELS else ""
+        hint = missing_plugin_hint(facts) if cfg.model not in list_models() else ""
         raise CheckpointError(f"{weights}: the stored configuration does not describe a model "
                               f"({str(exc)[:200]}){hint}") from None
-    changed = changed_since(read_json(folder / "provenance.json", {}))
+    changed = changed_since(facts)
     expected = {k: tuple(v.shape) for k, v in layout.state_dict().items()}
     if expected != shapes:
         diff = sorted(k for k in expected.keys() | shapes.keys()
