@@ -19,6 +19,7 @@ from seqmnist.cli import main
 from seqmnist.data.views import VIEWS, to_input
 from seqmnist.models.registry import MODELS, create_model
 from seqmnist.reports.explainer import decided_at, explain
+from seqmnist.runs.schema import RunMetrics
 from seqmnist.runs.storage import Run, load_run
 from seqmnist.training.config import TrainConfig as Config
 
@@ -125,7 +126,8 @@ def _fresh_run(model: str, view: str, shape=(8, 8), classes=None, dataset="digit
     net = create_model(model, input_shape, len(classes)).eval()
     cfg = Config(model=model, view=view, dataset=dataset, epochs=1).resolved()
     metrics = dict(classes=classes, image_shape=list(shape))
-    return Run(FIXTURE_DATA, cfg, net, input_shape, len(classes), metrics, [])
+    return Run(FIXTURE_DATA, cfg, net, input_shape, len(classes),
+               RunMetrics.from_dict(metrics, len(classes)), [])
 
 
 CASES = [(m, v) for m, entry in MODELS.items() for v in entry.views]

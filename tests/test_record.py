@@ -34,9 +34,29 @@ def new_run(tmp_path_factory):
 
 def test_what_is_written_is_the_definition_and_it_is_versioned(new_run):
     written = json.loads((new_run / "metrics.json").read_text())
-    assert list(written) == [f.name for f in fields(RunMetrics)]
+    assert list(written) == [f.name for f in fields(RunMetrics) if f.name != "extra"]
     assert written["version"] == VERSION
-    assert load_run(new_run).metrics == written
+    metrics = load_run(new_run).metrics
+    assert isinstance(metrics, RunMetrics) and metrics.to_dict() == written
+
+
+def test_the_record_is_typed_and_a_misspelt_field_is_an_error_where_it_is_read(new_run):
+    metrics = load_run(new_run).metrics
+    assert metrics.test_accuracy == metrics["test_accuracy"] == metrics.get("test_accuracy")
+    with pytest.raises(AttributeError):
+        metrics.test_acuracy  # noqa: B018
+    with pytest.raises(KeyError, match="no field 'test_acuracy'"):
+        metrics.get("test_acuracy")
+    assert "best_epoch" not in metrics  # a tutorial run keeps none: None, not a key
+
+
+def test_keys_the_definition_does_not_name_are_kept_and_written_back(new_run, tmp_path):
+    folder = tmp_path / "extra"
+    shutil.copytree(new_run, folder)
+    data = json.loads((folder / "metrics.json").read_text())
+    (folder / "metrics.json").write_text(json.dumps({**data, "note": "by hand"}))
+    metrics = load_run(folder).metrics
+    assert metrics["note"] == "by hand" and metrics.to_dict()["note"] == "by hand"
 
 
 def test_a_run_folder_from_before_the_version_loads_and_evaluates_as_recorded():

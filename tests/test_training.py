@@ -35,7 +35,8 @@ def test_lstm_on_6000_real_images_learns(real_mnist, tmp_path):
     with open(result.path / "history.csv") as fh:
         rows = list(csv.DictReader(fh))
     assert list(rows[0]) == ["epoch", "loss", "accuracy", "val_loss", "val_accuracy", "seconds",
-                            "lr"]
+                            "lr", "elapsed", "images"]
+    assert int(rows[0]["images"]) == 6000 and float(rows[0]["elapsed"]) == m["train_seconds"]
     assert float(rows[0]["val_accuracy"]) == pytest.approx(m["test_accuracy"])
     config = json.loads((result.path / "config.json").read_text())
     assert config["batch_size"] == 64 and config["lr"] == 1e-3 and config["adam_eps"] == 1e-7

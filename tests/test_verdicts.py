@@ -16,6 +16,7 @@ from seqmnist import TrainConfig, train
 from seqmnist.cli import main
 from seqmnist.core.errors import UsageError
 from seqmnist.evaluation.analysis import analyse
+from seqmnist.runs.schema import RunMetrics
 from seqmnist.runs.storage import PREDICTIONS, Run, save_predictions
 from seqmnist.training.config import TrainConfig as Config
 
@@ -37,7 +38,7 @@ def fake_run(folder, model: str, seed: int, wrong: int, **config) -> Run:
                    per_class_accuracy={str(i): accuracy for i in range(10)},
                    confusion=np.zeros((10, 10), int).tolist())
     cfg = Config(model=model, seed=seed, epochs=1, **config).resolved()
-    return Run(folder, cfg, None, (28, 28), 10, metrics, history)
+    return Run(folder, cfg, None, (28, 28), 10, RunMetrics.from_dict(metrics, 10), history)
 
 
 def test_unequal_seed_counts_name_the_winner_from_the_paired_evidence(tmp_path):

@@ -1,3 +1,4 @@
 """The floor every layer stands on: the project's error types (errors.py), files written whole
 and read safely (fileio.py), the registries' one rule (registry.py), facts about this machine
-(system.py), and the statistics verdicts rest on (stats.py). No torch here."""
+(system.py), durations as people write them (units.py), and the statistics verdicts rest on
+(stats.py). No torch here."""

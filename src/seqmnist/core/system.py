@@ -12,6 +12,8 @@ import platform
 import sys
 from functools import cache
 
+from .._version import __version__
+
 # The CPU features that decide which kernels run (shown by doctor and stored with every run).
 FEATURES = ("avx2", "fma", "avx512f", "avx512dq", "avx512_bf16", "amx_bf16", "amx_tile",
             "asimd", "sve")
@@ -41,7 +43,6 @@ def versions() -> dict:
     import numpy
     import torch
 
-    from .._version import __version__
 
     return dict(seqmnist=__version__, torch=torch.__version__, numpy=numpy.__version__,
                 python=platform.python_version(), os=f"{platform.system()} {platform.release()}",

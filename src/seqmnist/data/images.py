@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ..core.errors import ImageError
+from ..core.fileio import read_regular_file
 
 ALLOWED_FORMATS = ("PNG", "JPEG", "BMP", "GIF", "WEBP")
 MAX_PIXELS = 16_000_000  # far below Pillow's default bomb limit (~89 MP)
@@ -150,7 +151,6 @@ def prepare_image(source: str | Path | bytes, size: tuple[int, int] = (28, 28)) 
 def read_image_file(path: Path) -> bytes:
     """The bytes of a regular image file, at most MAX_BYTES of them; a FIFO or device is
     refused without being read (``fileio.read_regular_file``)."""
-    from ..core.fileio import read_regular_file
 
     return read_regular_file(path, MAX_BYTES, ImageError)
 

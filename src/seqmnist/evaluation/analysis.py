@@ -13,6 +13,7 @@ import numpy as np
 
 from ..core import stats
 from ..core.errors import UsageError
+from ..runs.schema import FIELDS
 from ..runs.storage import Run, load_predictions
 from ..training.config import TrainConfig
 from .published import published
@@ -91,7 +92,7 @@ def quick_reasons(group: Group) -> list[str]:
         recipe_epochs = TrainConfig(model=cfg.model, preset=cfg.preset).resolved().epochs
     except UsageError:
         recipe_epochs = None
-    if recipe_epochs and cfg.epochs < recipe_epochs:
+    if recipe_epochs and cfg.epochs < recipe_epochs and cfg.budget is None:
         reasons.append(f"{cfg.epochs} epoch{'s' if cfg.epochs != 1 else ''} instead of the "
                        f"{cfg.preset} recipe's {recipe_epochs}")
     return reasons
@@ -124,7 +125,9 @@ def _provenance(group: Group) -> dict:
     for key in keys:
         values = []
         for r in group.runs:
-            v = (r.metrics.get("provenance") or {}).get(key, r.metrics.get(key))
+            v = (r.metrics.provenance or {}).get(key)
+            if v is None and key in FIELDS:
+                v = r.metrics[key]
             if v not in values:
                 values.append(v)
         out[key] = values[0] if len(values) == 1 else values

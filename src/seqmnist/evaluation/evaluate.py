@@ -7,6 +7,9 @@ from pathlib import Path
 
 import torch
 
+from ..data.datasets import load_dataset
+from ..data.views import to_input
+from ..kernels.backends import install_backend
 from ..runs.storage import Run, load_run
 from ..training.metrics import Evaluation, evaluate_tensors
 
@@ -17,7 +20,6 @@ def torch_copy(run: Run) -> Run:
     may be predicting with it in another thread."""
     from dataclasses import replace
 
-    from ..kernels.backends import install_backend
 
     return replace(run, model=install_backend(copy.deepcopy(run.model), "torch").eval())
 
@@ -25,8 +27,6 @@ def torch_copy(run: Run) -> Run:
 def evaluate(run: Run | str | Path, data_dir: str | Path | None = None,
              dataset: str | None = None) -> Evaluation:
     """Reload a run (or take a loaded one) and evaluate it on its dataset's test set."""
-    from ..data.datasets import load_dataset
-    from ..data.views import to_input
 
     if not isinstance(run, Run):
         run = load_run(run)

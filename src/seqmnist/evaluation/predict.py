@@ -8,14 +8,15 @@ from pathlib import Path
 import numpy as np
 
 from ..data.images import prepare_image
+from ..data.views import to_input
+from ..models.registry import get_entry
+from ..runs.storage import Run, load_run
 
 
 def predict_arrays(run, images: np.ndarray, steps: bool = False) -> list[dict]:
     """Class probabilities for uint8 images (N, H, W); with ``steps``, also after every step."""
     import torch
 
-    from ..data.views import to_input
-    from ..models.registry import get_entry
 
     x = to_input(images, run.config.view, run.config.order_seed)
     out = []
@@ -36,7 +37,6 @@ def predict_arrays(run, images: np.ndarray, steps: bool = False) -> list[dict]:
 
 def predict(run, sources: list[str | Path | bytes]) -> list[dict]:
     """Prepare each image the MNIST way and classify it with ``run`` (a Run or a run folder)."""
-    from ..runs.storage import Run, load_run
 
     if not isinstance(run, Run):
         run = load_run(run)

@@ -24,6 +24,7 @@ from pathlib import Path
 from .._version import __version__
 from ..core.errors import SeqmnistError, UsageError
 from ..core.fileio import atomic_write
+from ..models.plugins import LOADED, PluginError, load_plugin
 from .sweep import Finished, GridRun, Runner, run_one
 
 TOKEN = ".sweep-token"
@@ -106,7 +107,6 @@ def load_shipped(plugins: tuple, node: str) -> None:
     import hashlib
     import tempfile
 
-    from ..models.plugins import LOADED, PluginError, load_plugin
 
     for spec, kind, sha256, source in plugins:
         if spec in LOADED or any(r.get("sha256") == sha256 and sha256 for r in LOADED.values()):

@@ -13,11 +13,20 @@ from pathlib import Path
 
 from ..core.errors import CheckpointError, UsageError
 from ..core.fileio import output_folder
+from ..core.system import keep_freed_memory
 from ..data.datasets import load_dataset
+from ..data.views import VIEWS
 from ..evaluation.evaluate import evaluate
+from ..models.layers import draws_from_global_rng
+from ..models.registry import create_model
+from ..reports.report import write_report
 from ..runs.schema import RunMetrics
+from ..runs.slots import run_slot, slot_key
 from ..runs.storage import PREDICTIONS, Run, inside_a_run, load_run, save_predictions
-from ..training.config import TrainConfig
+from ..runs.train import train
+from ..training.config import TrainConfig, config_from_args
+from ..training.trainer import stop_on_signals
+from ..training.update import step_seconds
 
 
 def finished_run(path: str | Path | Run, data_dir: str | Path | None = None) -> Run:
@@ -52,8 +61,6 @@ def _train_here(cfg: TrainConfig, runs_dir, data_dir, threads: int, tensorboard:
     was done: "trained", "resumed" or "skipped"; the run folder; seconds)."""
     import torch
 
-    from ..runs.slots import run_slot, slot_key
-    from ..runs.train import train
 
     torch.set_num_threads(threads)  # per thread: OpenMP keeps it for the calling thread
     start = time.perf_counter()
@@ -71,7 +78,6 @@ def _train_here(cfg: TrainConfig, runs_dir, data_dir, threads: int, tensorboard:
 def _train_in_worker(cfg: TrainConfig, runs_dir: str, data_dir: str | None, threads: int,
                      tensorboard: bool, slots: str | None = None,
                      together: dict | None = None) -> tuple[str, str, float]:
-    from ..core.system import keep_freed_memory
 
     keep_freed_memory()  # a worker process of this comparison's own: set as the command line does
     return _train_here(cfg, runs_dir, data_dir, threads, tensorboard,
@@ -84,9 +90,6 @@ def seconds_per_image(configs: list[TrainConfig], image_shape: tuple[int, int],
     batch of blank images, one thread, best of three (after a warm-up), divided by the batch."""
     import torch
 
-    from ..data.views import VIEWS
-    from ..models.registry import create_model
-    from ..training.update import step_seconds
 
     def key(cfg: TrainConfig) -> tuple:
         return cfg.model, cfg.view, cfg.batch_size, repr(sorted(cfg.model_options.items()))
@@ -111,10 +114,12 @@ def longest_first(configs: list[TrainConfig], ds) -> list[int]:
     """The order in which to start runs side by side: the most expensive first (longest
     processing time first), so that the runs started last are short ones and no core idles long
     at the end while one slow run finishes alone. A run's cost is measured, not guessed
-    (``seconds_per_image``), times its epochs and training images. Ties keep the given order."""
+    (``seconds_per_image``), times its epochs and training images, or its budget. Ties keep the
+    given order."""
     per_image = seconds_per_image(configs, ds.image_shape, ds.num_classes)
     total = len(ds.x_train)
-    cost = [p * c.epochs * min(c.limit or total, total) for p, c in zip(per_image, configs)]
+    cost = [c.budget if c.budget is not None else p * c.epochs * min(c.limit or total, total)
+            for p, c in zip(per_image, configs)]
     return sorted(range(len(configs)), key=lambda i: -cost[i])
 
 
@@ -132,9 +137,6 @@ def train_side_by_side(configs: list[TrainConfig], jobs: int, runs_dir, data_dir
     Otherwise (the transformer's attention dropout) in worker processes."""
     import torch
 
-    from ..data.views import VIEWS
-    from ..models.layers import draws_from_global_rng
-    from ..models.registry import create_model
 
     threads = max(1, (os.cpu_count() or 1) // jobs)
     with torch.device("meta"):
@@ -147,8 +149,6 @@ def train_side_by_side(configs: list[TrainConfig], jobs: int, runs_dir, data_dir
     paths: list[Path] = [Path()] * len(configs)
     if shared:
         from concurrent.futures import ThreadPoolExecutor
-
-        from ..training.trainer import stop_on_signals
 
         with stop_on_signals(), ThreadPoolExecutor(
                 jobs, thread_name_prefix="run", initializer=torch.set_num_threads,
@@ -199,7 +199,6 @@ def compare(models: list[str] | None = None, *, runs: list[str | Path] | None = 
     With ``out`` and no ``runs_dir``, each run has its slot under ``out/runs/`` and the same call
     again after a kill skips the finished runs and resumes the interrupted ones (as a sweep
     does); else new runs go under ``runs_dir`` (default ``runs/``)."""
-    from ..reports.report import write_report
 
     if seeds < 1:
         raise UsageError(f"seeds must be at least 1, got {seeds}")
@@ -208,7 +207,7 @@ def compare(models: list[str] | None = None, *, runs: list[str | Path] | None = 
         raise UsageError(f"--out {out} is inside the run folder {run_folder}: a report there "
                          "would replace the run's own files; give another folder")
     models = list(models) if models else ([] if runs else ["lstm", "cnn"])
-    base = TrainConfig(**{k: v for k, v in config.items() if v is not None})
+    base = config_from_args("lstm", **config)
     configs = [replace(base, model=m, seed=base.seed + k).resolved()  # fail fast on bad options
                for m in models for k in range(seeds)]
     if not configs and not runs:
@@ -235,8 +234,6 @@ def _train_all(configs: list[TrainConfig], seeds: int, jobs: int | None, slots: 
                runs_dir: Path, data_dir, ds, progress: bool, log, tensorboard: bool
                ) -> list[Path]:
     """The run folders of ``configs``, trained (or, in ``slots``, skipped or resumed)."""
-    from ..runs.slots import run_slot, slot_key
-    from ..runs.train import train
 
     jobs = choose_jobs(len(configs), seeds, jobs)
     if jobs > 1:

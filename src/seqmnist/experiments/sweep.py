@@ -33,9 +33,16 @@ else:  # Python 3.10: the same parser, from PyPI
     import tomli as tomllib
 
 from ..core.errors import SeqmnistError, UsageError
-from ..core.fileio import output_folder, write_json
+from ..core.fileio import output_folder, read_regular_file, write_json
+from ..core.units import parse_duration
+from ..data.datasets import get_spec, load_dataset
+from ..data.views import get_view
+from ..models.plugins import load_plugin
+from ..models.registry import get_entry
+from ..reports.report import write_report, write_sweep_summary
 from ..runs.slots import run_slot, slot_key
 from ..training.config import TrainConfig
+from .comparison import finished_run, seconds_per_image
 
 SPEC_KEYS = {"models", "views", "datasets", "seeds", "recipe", "overrides", "plugins"}
 # TrainConfig fields a spec may not set: they are the grid's, or where and how a run is stored.
@@ -93,16 +100,18 @@ def _recipe(table, where: str) -> dict:
     if unknown:
         raise UsageError(f"[{where}] has unknown settings {unknown}; it takes "
                          f"{', '.join(sorted(allowed))}")
-    return dict(table)
+    table = dict(table)
+    if "budget" in table:  # budget = "5m", as on the command line
+        try:
+            table["budget"] = parse_duration(table["budget"])
+        except UsageError as exc:
+            raise UsageError(f"[{where}] budget: {exc}") from None
+    return table
 
 
 def parse_spec(text: str, name: str = "spec", base: Path | None = None) -> Spec:
     """The grid a TOML spec describes, every setting checked before anything runs; its
     ``plugins`` (files, relative to ``base``, the spec's folder, or modules) load first."""
-    from ..data.datasets import get_spec
-    from ..data.views import get_view
-    from ..models.plugins import load_plugin
-    from ..models.registry import get_entry
 
     try:
         spec = tomllib.loads(text)
@@ -163,7 +172,6 @@ def parse_spec(text: str, name: str = "spec", base: Path | None = None) -> Spec:
 
 
 def load_spec(path: str | Path) -> Spec:
-    from ..core.fileio import read_regular_file
 
     path = Path(path)
     data = read_regular_file(path, 1 << 20, UsageError)  # a spec is a few lines; never a pipe
@@ -238,10 +246,9 @@ def _sweep_locked(spec: Spec, out: Path, data_dir, progress: bool, log, runner) 
 
 def estimate_seconds(spec: Spec) -> float:
     """Training time of the whole grid on one core, measured rather than guessed: one timed
-    training step of each model (``comparison.seconds_per_image``) x epochs x images. Evaluation
+    training step of each model (``comparison.seconds_per_image``) x epochs x images, or a
+    budget run's budget. Evaluation
     and start-up are not counted, so the real time is longer."""
-    from ..data.datasets import get_spec
-    from .comparison import seconds_per_image
 
     total = 0.0
     for dataset in sorted({r.dataset for r in spec.runs}):
@@ -250,7 +257,7 @@ def estimate_seconds(spec: Spec) -> float:
         for cost, cfg in zip(seconds_per_image(configs, ds.image_shape, len(ds.classes)),
                              configs):
             images = min(cfg.limit or ds.train_images, ds.train_images)
-            total += cost * cfg.epochs * images
+            total += cfg.budget if cfg.budget is not None else cost * cfg.epochs * images
     return total
 
 
@@ -276,9 +283,6 @@ def write_sweep_report(done: list[tuple[GridRun, Path]], out: Path,
                        data_dir: str | Path | None = None) -> dict:
     """One comparison report per dataset (the same as ``compare --runs`` on those runs) and the
     grid's table of model x view x dataset."""
-    from ..data.datasets import load_dataset
-    from ..reports.report import write_report, write_sweep_summary
-    from .comparison import finished_run
 
     by_dataset: dict[str, list[Path]] = {}
     for grid_run, path in done:

@@ -22,6 +22,7 @@ from ..models.checks import check_options
 from ..models.layers import trainable_parameters
 from ..models.registry import create_model, get_entry
 from ..training.update import make_adam, step_seconds
+from .export import ONNX_TOLERANCE, onnx_bytes
 
 CAUSAL_TOLERANCE = 1e-5
 OVERFIT_STEPS = 40  # Adam updates on one batch of 8, at three times the model's learning rate
@@ -166,7 +167,6 @@ def _step_time(net, shape, classes: int, batch: int) -> str:
 def _onnx(net, shape) -> tuple[bool, str]:
     import onnxruntime as ort
 
-    from .export import ONNX_TOLERANCE, onnx_bytes
 
     net.eval()
     session = ort.InferenceSession(onnx_bytes(net, shape), providers=["CPUExecutionProvider"])

@@ -6,7 +6,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..data.views import VIEWS, to_input
 from ..evaluation.evaluate import torch_copy
+from ..models.registry import MODELS
 from ..runs.storage import Run
 
 
@@ -32,8 +34,6 @@ def dataset_view(run: Run, ds, images: int = 1000, per_class: int = 20) -> dict 
     class); and its final features of ``images`` test images projected to 2-D by PCA (numpy's
     SVD), with the basis kept so that an image's path through the map can be drawn. None for a
     model without steps (the CNN)."""
-    from ..data.views import VIEWS, to_input
-    from ..models.registry import MODELS
 
     cfg = run.config
     if VIEWS[cfg.view].kind != "sequence" or not MODELS[cfg.model].steps:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import html
 import json
 
+from ..core.fileio import json_safe
+
 STATIC = "web/static"  # explain.css and explain.js, shipped with the package
 
 
@@ -23,7 +25,6 @@ def embed_json(obj) -> str:
     it: every ``<``, ``>`` and ``&`` is written as its JSON escape (``\\u003c``...), so neither
     ``</script>`` nor ``<!--`` can appear; JSON.parse reads back the same strings. Numbers
     that are not numbers (NaN) become null."""
-    from ..core.fileio import json_safe
 
     text = json.dumps(json_safe(obj), allow_nan=False, separators=(",", ":"))
     return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")

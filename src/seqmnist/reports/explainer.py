@@ -27,11 +27,15 @@ import numpy as np
 import torch
 
 from ..core.errors import SeqmnistError, UsageError
+from ..core.fileio import atomic_write, dumps
+from ..data.datasets import load_dataset
+from ..data.images import prepare_image
 from ..data.views import VIEWS, to_input
 from ..evaluation.evaluate import torch_copy
 from ..models.registry import get_entry
-from ..runs.storage import Run, load_run
+from ..runs.storage import Run, load_predictions, load_run
 from .dataset_view import dataset_view, step_features
+from .explain_html import render
 
 PATCH, STRIDE = 4, 2  # the saliency map's occluding patches
 IG_STEPS = 32  # integrated gradients: points on the path from the baseline
@@ -80,7 +84,6 @@ class Explanation:
         return {k: _plain(v) for k, v in self.__dict__.items()}
 
     def _repr_html_(self) -> str:
-        from .explain_html import render
 
         return render([self.to_dict()], inline=True)
 
@@ -227,8 +230,6 @@ def explain(run: Run | str | Path, image: int | np.ndarray | str | Path,
 
 def _image(run: Run, image, data_dir, dataset) -> tuple[np.ndarray, int | None, str | None]:
     """(pixels, test-set index or None, true label or None) of the image to explain."""
-    from ..data.datasets import load_dataset
-    from ..data.images import prepare_image
 
     cfg = run.config
     size = run.image_shape
@@ -288,7 +289,6 @@ def default_set(runs: list[Run], per_class: int = 1, mistakes: int = 3,
     """A small, telling set of test images: one correctly read image per class (by the first
     run), its most confident mistakes, and with several runs the images they disagree on most
     clearly. From the runs' stored predictions: nothing is recomputed."""
-    from ..runs.storage import load_predictions
 
     # ``images``: the test set's size; a prediction file of another length is refused by name
     preds = [load_predictions(r.path, r.num_classes, images) for r in runs]
@@ -316,7 +316,6 @@ def explain_runs(runs: list[str | Path | Run], indices: list[int] | None = None,
     ``dataset``: the runs' dataset, when already loaded."""
     from tqdm.auto import tqdm
 
-    from ..data.datasets import load_dataset
 
     loaded = [r if isinstance(r, Run) else load_run(r) for r in runs]
     datasets = {r.config.dataset for r in loaded}
@@ -373,7 +372,6 @@ def explain_set(runs: list[str | Path | Run], indices: list[int] | None = None,
                 progress: bool = True, dataset_images: int = 1000) -> ExplainSet:
     """``explain_runs`` and, for every sequence run, its view of the test set, with each
     explained image's path through that run's PCA map."""
-    from ..data.datasets import load_dataset
 
     loaded = [r if isinstance(r, Run) else load_run(r) for r in runs]
     ds = load_dataset(loaded[0].config.dataset, data_dir or loaded[0].config.data_dir)
@@ -394,8 +392,6 @@ def write_explanations(explained: ExplainSet | list[Explanation],
                        out: str | Path) -> dict[str, Path]:
     """``out/explain.json`` (every number the page shows) and ``out/explain.html`` (the page,
     offline), each written whole under a temporary name and renamed into place."""
-    from ..core.fileio import atomic_write, dumps
-    from .explain_html import render
 
     if not isinstance(explained, ExplainSet):
         explained = ExplainSet(list(explained), {})

@@ -17,9 +17,13 @@ from pathlib import Path
 
 import numpy as np
 
+from ..core import stats
 from ..core.errors import SeqmnistError, UsageError
 from ..core.fileio import atomic_write, read_json, write_json
+from ..data.views import VIEWS, permutation
 from ..evaluation.analysis import recipe_key
+from ..kernels.backends import install_backend
+from ..models.registry import MODELS
 from ..runs.storage import PREDICTIONS, WEIGHTS, Run, is_run_folder, load_predictions, load_run
 from ..training.config import TrainConfig
 
@@ -74,7 +78,6 @@ def _write_out(out: Path, data: bytes | str) -> None:
 
 def onnx_refusal(run: Run) -> str | None:
     """Why ``run``'s model cannot go to ONNX, or None when it can."""
-    from ..models.registry import MODELS
 
     if not MODELS[run.config.model].onnx:
         have = ", ".join(n for n, e in MODELS.items() if e.onnx)
@@ -91,7 +94,6 @@ def export_onnx(run: Run | str | Path, out: str | Path | None = None, force: boo
     before the file is put in place. Returns the path and the largest difference (or None).
     An existing ``out`` is replaced only with ``force``; a run's own files never are."""
 
-    from ..kernels.backends import install_backend
 
     run = run if isinstance(run, Run) else load_run(run)
     why = onnx_refusal(run)
@@ -129,7 +131,6 @@ def input_description(run: Run) -> dict[str, str]:
     """How to feed ``run``'s model, written into the ONNX file's metadata and the model card:
     the view, the input's layout and scaling, the pixel order (the permutation itself for the
     permuted view), the image size and the classes."""
-    from ..data.views import VIEWS, permutation
 
     cfg = run.config
     h, w = run.image_shape
@@ -220,7 +221,6 @@ def _count(value) -> str:
 
 def model_card(run: Run) -> str:
     """A model card (README.md with the YAML front matter model hubs read)."""
-    from ..core import stats
 
     cfg, m = run.config, run.metrics
     prov = m.get("provenance") or read_json(run.path / "provenance.json", {}) or {}
@@ -329,8 +329,8 @@ def export_card(run: Run | str | Path, out: str | Path, force: bool = False) -> 
     try:
         shutil.copyfile(run.path / WEIGHTS, staging / WEIGHTS)
         write_json(staging / "config.json", read_json(run.path / "config.json", {}))
-        if run.metrics:
-            write_json(staging / "metrics.json", run.metrics)
+        if (run.path / "metrics.json").is_file():
+            write_json(staging / "metrics.json", run.metrics.to_dict())
         atomic_write(staging / "README.md", model_card(run))
         if out.exists():
             trash = out.with_name(f".{out.name}.old-{os.getpid()}")

@@ -18,6 +18,15 @@ from pathlib import Path
 
 import numpy as np
 
+from ..core.fileio import writable_folder
+from ..core.signals import terminate_as_interrupt
+from ..data.datasets import load_dataset
+from ..data.views import get_view, to_input
+from ..kernels.backends import install_backend, resolve_backend
+from ..models.registry import create_model
+from ..models.summary import summary_text
+from ..training.config import TrainConfig
+from ..training.metrics import evaluate_tensors
 from .keras_reader import (
     LAYERS,
     RECURRENT,
@@ -26,6 +35,7 @@ from .keras_reader import (
     _unsupported,
     read_keras,
 )
+from .recorder import Recorder, provenance
 
 
 @dataclass
@@ -186,16 +196,6 @@ def import_keras(path: str | Path, out: str | Path = "runs", dataset: str = "mni
     it like on any run."""
     import torch
 
-    from ..core.fileio import writable_folder
-    from ..core.signals import terminate_as_interrupt
-    from ..data.datasets import load_dataset
-    from ..data.views import get_view, to_input
-    from ..kernels.backends import install_backend, resolve_backend
-    from ..models.registry import create_model
-    from ..models.summary import summary_text
-    from ..training.config import TrainConfig
-    from ..training.metrics import evaluate_tensors
-    from .recorder import Recorder, provenance
 
     writable_folder(out)  # a bad --out is found before the file is read and evaluated
     source = Path(path)
@@ -247,6 +247,6 @@ def import_keras(path: str | Path, out: str | Path = "runs", dataset: str = "mni
             raise
     folder = recorder.folder
     log(f"Imported {source} ({keras_model.format}, Keras {keras_model.keras_version}) as "
-        f"{cfg.model} {mapping.options}: test accuracy {metrics['test_accuracy']:.4f}. "
+        f"{cfg.model} {mapping.options}: test accuracy {metrics.test_accuracy:.4f}. "
         f"Run folder: {folder}")
     return folder

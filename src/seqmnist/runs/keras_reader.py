@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from ..core.errors import UsageError
+from ..core.fileio import read_regular_file
 
 # What a Keras file may hold. Every size is checked from a header before the bytes are read.
 MAX_FILE = 512 << 20  # bytes of a .h5 or .keras file on disk
@@ -373,7 +374,6 @@ def read_keras(path: str | Path) -> KerasModel:
     being read); it is read once into memory and parsed from there, and nothing in it can make
     seqmnist open another file: external links, external storage, virtual datasets and unknown
     filters are refused, and every weight's shape and type are checked before it is read."""
-    from ..core.fileio import read_regular_file
 
     path = Path(path)
     data = read_regular_file(path, MAX_FILE, KerasImportError)

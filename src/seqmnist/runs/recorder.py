@@ -26,7 +26,7 @@ from ..data.datasets import Dataset
 from ..models.layers import trainable_parameters
 from ..training.config import TrainConfig, validation_size
 from ..training.metrics import Evaluation, anytime_accuracy
-from .plots import plot_confusion, plot_history
+from .plots import confusion_figure, plot_confusion, plot_history
 from .schema import Provenance, RunMetrics
 from .storage import (
     PREVIOUS_CHECKPOINT,
@@ -140,7 +140,7 @@ class Recorder:
             write_history(self.folder, checkpoint["history"])
 
     def finish(self, model, cfg: TrainConfig, ds: Dataset, input_shape, history: list,
-               val: Evaluation, x_test: torch.Tensor, y_test: torch.Tensor) -> dict:
+               val: Evaluation, x_test: torch.Tensor, y_test: torch.Tensor) -> RunMetrics:
         """Weights, per-image test predictions, metrics.json and plots of a finished run; the
         previous checkpoint goes (the last one stays, for a look at the optimizer's state)."""
         folder = self.folder
@@ -148,11 +148,15 @@ class Recorder:
         anytime = val.anytime if val.anytime is not None else \
             anytime_accuracy(model, x_test, y_test, cfg.eval_batch_size)
         seconds = sum(h["seconds"] for h in history)
+        # images trained on (a budget run's rounds are not epochs: its epoch is computed)
+        seen = history[-1].get("images", len(ds.x_train) * len(history)) if history else 0
+        passes = seen / max(len(ds.x_train), 1) if cfg.budget is not None else len(history)
         metrics = RunMetrics(
             model=cfg.model, dataset=cfg.dataset, view=cfg.view, test_accuracy=val.accuracy,
             test_loss=val.loss, params=trainable_parameters(model),
             train_seconds=round(seconds, 3), epochs=len(history),
-            seconds_per_epoch=round(seconds / max(len(history), 1), 3),
+            seconds_per_epoch=round(seconds / max(passes, 1e-9), 3) if history else 0.0,
+            images_seen=seen,
             inference_images_per_second=round(val.images_per_second, 1),
             per_class_accuracy=dict(zip(ds.classes, val.per_class_accuracy(ds.num_classes))),
             classes=list(ds.classes), image_shape=list(ds.image_shape), confusion=cm.tolist(),
@@ -161,12 +165,12 @@ class Recorder:
             test_images=len(ds.x_test), backend=cfg.backend, precision=cfg.precision,
             protocol=cfg.protocol, validation_images=validation_size(len(ds.x_train))
             if cfg.protocol == "research" else None, best_epoch=best_epoch(cfg, history),
-            anytime=anytime, provenance=read_json(folder / "provenance.json", {})).to_dict()
+            anytime=anytime, provenance=read_json(folder / "provenance.json", {}))
         with writing_to(folder):
             save_predictions(folder, val.predictions, val.probabilities, val.labels)
             save_weights(folder, model.to("cpu", memory_format=torch.contiguous_format), cfg,
                          input_shape, ds.num_classes)
-            write_json(folder / "metrics.json", metrics)
+            write_json(folder / "metrics.json", metrics.to_dict())
             plot_history(history, folder, title=f"{cfg.model} on {cfg.dataset}, {cfg.view} view")
             plot_confusion(cm, ds.classes, folder / "confusion.png",
                            title=f"{cfg.model} on {cfg.dataset}: confusion matrix")
@@ -214,7 +218,6 @@ class TensorBoard:
         self.writer.flush()
 
     def finish(self, confusion: np.ndarray, classes: list[str], epochs: int) -> None:
-        from .plots import confusion_figure
 
         self.writer.add_figure("test/confusion", confusion_figure(confusion, classes, "test"),
                                epochs, close=False)

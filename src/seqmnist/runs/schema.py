@@ -62,19 +62,42 @@ class RunMetrics:
     validation_images: int | None  # research protocol: training images held out
     best_epoch: int | None  # research protocol: the epoch whose weights were kept
     anytime: dict | None  # {"steps", "accuracy", "of"}: accuracy after reading k steps
+    images_seen: int | None = None  # training images seen in all (a budget run: in its budget)
     provenance: dict = field(default_factory=dict)  # provenance.json as it was when finished
     version: int = VERSION
+    extra: dict = field(default_factory=dict)  # keys of the file this definition does not name
 
     REQUIRED = ("test_accuracy", "test_loss", "params", "seconds_per_epoch",
                 "inference_images_per_second", "per_class_accuracy", "classes", "confusion")
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        out = asdict(self)
+        return {**out.pop("extra"), **out}
+
+    # Read by name as well as by attribute (``run.metrics["test_accuracy"]``, as before the
+    # record was typed), but only a field's name: a misspelt one is a KeyError, not a None.
+    def __getitem__(self, name: str):
+        if name in FIELDS:
+            return getattr(self, name)
+        if name in self.extra:
+            return self.extra[name]
+        raise KeyError(f"a run's metrics have no field {name!r} (fields: {', '.join(FIELDS)})")
+
+    def get(self, name: str, default=None):
+        value = self[name]
+        return default if value is None else value
+
+    def __iter__(self):
+        return iter(self.to_dict())
+
+    def __contains__(self, name: str) -> bool:
+        return (name in FIELDS and getattr(self, name) is not None) or name in self.extra
 
     @classmethod
-    def from_dict(cls, data, num_classes: int, where: str = "metrics.json") -> dict:
-        """``data`` checked field by field with this definition: the dict as the commands read
-        it (missing fields of an older run as None), or a CheckpointError naming the field."""
+    def from_dict(cls, data, num_classes: int, where: str = "metrics.json") -> RunMetrics:
+        """``data`` checked field by field with this definition: the record (missing fields of
+        an older run as None, keys it does not name in ``extra``), or a CheckpointError naming
+        the field."""
         if not isinstance(data, dict):
             raise CheckpointError(f"{where}: not a JSON object")
         version = data.get("version", 1)
@@ -83,13 +106,18 @@ class RunMetrics:
         if version > VERSION:
             raise CheckpointError(f"{where}: written by a newer seqmnist (record version "
                                   f"{version}; this one reads up to {VERSION}): upgrade seqmnist")
-        out = {f.name: data.get(f.name) for f in fields(cls)} | {"version": version}
+        out = {name: data.get(name) for name in FIELDS} | {"version": version}
         out["provenance"] = data.get("provenance", {})
         for f in fields(cls):
+            if f.name == "extra":
+                continue
             problem = _problem(f.name, str(f.type), out[f.name], num_classes)
             if problem:
                 raise CheckpointError(f"{where}: {problem}")
-        return {**{k: v for k, v in data.items() if k not in out}, **out}
+        return cls(**out, extra={k: v for k, v in data.items() if k not in out})
+
+
+FIELDS = tuple(f.name for f in fields(RunMetrics) if f.name != "extra")
 
 
 CHECKS = {  # a field's own check, where its type alone does not say enough

@@ -18,6 +18,7 @@ from ..core.errors import CheckpointError, SeqmnistError, UsageError
 from ..core.fileio import exclusive, read_json
 from ..training.config import AUTO_FIELDS, RUNTIME_FIELDS, TrainConfig
 from .storage import CHECKPOINT, PREVIOUS_CHECKPOINT, WEIGHTS, is_run_folder
+from .train import train
 
 LOCKS = ".locks"  # one lock file per slot, beside runs/ so that no listing of runs meets it
 
@@ -122,7 +123,6 @@ def run_slot(key: str, config: TrainConfig, out: Path, data_dir: str | Path | No
     ``dataset``: the config's dataset, already loaded (runs side by side share it). The
     slot is held exclusively while this runs: a second caller (a retried Ray task whose first
     worker still writes) waits for it."""
-    from .train import train
 
     folder = out / "runs" / key
     check_slot(folder)

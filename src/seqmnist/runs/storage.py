@@ -31,7 +31,10 @@ from .schema import MAX_SIDE, RunMetrics
 CHECKPOINT = "checkpoint.pt"
 PREVIOUS_CHECKPOINT = "checkpoint.prev.pt"
 WEIGHTS = "model.safetensors"
-HISTORY_KEYS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "seconds", "lr")
+# a row per epoch (a budget run: per tenth of its budget); elapsed: training seconds so far,
+# images: training images seen so far (runs made before they were recorded lack both)
+HISTORY_KEYS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "seconds", "lr",
+                "elapsed", "images")
 
 
 def is_run_folder(folder: Path) -> bool:
@@ -212,7 +215,7 @@ class Run:
     model: object  # torch.nn.Module, in eval mode, on CPU
     input_shape: tuple[int, ...]
     num_classes: int
-    metrics: dict
+    metrics: RunMetrics  # metrics.json, typed (fields None where an older run lacks them)
     history: list[dict]
 
     @property
@@ -223,13 +226,13 @@ class Run:
     def image_shape(self) -> tuple[int, int]:
         """The images it reads, (height, width): as metrics.json records them, else (a run
         without metrics) its dataset's."""
-        shape = self.metrics.get("image_shape") if self.metrics else None
+        shape = self.metrics.image_shape
         return tuple(shape) if shape else tuple(get_spec(self.config.dataset).image_shape)
 
     @property
     def classes(self) -> list[str]:
         """Its classes' names: as metrics.json records them, else numbers."""
-        found = self.metrics.get("classes") if self.metrics else None
+        found = self.metrics.classes
         return list(found) if found else [str(i) for i in range(self.num_classes)]
 
 
@@ -265,7 +268,7 @@ def _check_meta(weights: Path, meta: dict) -> tuple[TrainConfig, tuple[int, ...]
     return cfg, tuple(input_shape), num_classes
 
 
-def check_metrics(folder: Path, metrics, num_classes: int) -> dict:
+def check_metrics(folder: Path, metrics, num_classes: int) -> RunMetrics:
     """metrics.json as the commands read it (``record.RunMetrics``), or a CheckpointError naming
     the bad field."""
     return RunMetrics.from_dict(metrics, num_classes, f"{folder}/metrics.json")
@@ -342,7 +345,7 @@ def load_run(path: str | Path) -> Run:
         cfg.resolved()
         check_config_agrees(folder, cfg)
         metrics = check_metrics(folder, read_json(folder / "metrics.json", {}), num_classes)
-        image = metrics.get("image_shape")
+        image = metrics.image_shape
         if image is not None and get_view(cfg.view).shape(*image) != input_shape:
             raise CheckpointError(f"{weights}: input shape {list(input_shape)} does not match "
                                   f"{cfg.view} view of {image[0]}x{image[1]} images")

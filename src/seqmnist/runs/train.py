@@ -13,6 +13,7 @@ import torch
 
 from ..core.errors import UsageError
 from ..core.fileio import writable_folder
+from ..core.units import format_duration
 from ..data.datasets import Dataset, check_split, load_dataset
 from ..data.views import VIEWS, to_input
 from ..kernels.backends import install_backend, resolve_backend
@@ -22,16 +23,17 @@ from ..models.registry import create_model
 from ..models.summary import summary_text
 from ..training.config import TrainConfig, validation_size
 from ..training.metrics import evaluate_tensors
-from ..training.trainer import BUILDING, Trainer, resolve_device, resolve_precision
+from ..training.trainer import BUDGET_ROUNDS, BUILDING, Trainer, resolve_device, resolve_precision
 from ..training.update import Update
 from .recorder import Recorder, TensorBoard, provenance
+from .schema import RunMetrics
 
 
 @dataclass
 class TrainResult:
     path: Path
     config: TrainConfig
-    metrics: dict
+    metrics: RunMetrics
     history: list[dict]
     model: torch.nn.Module
 
@@ -136,7 +138,10 @@ def _train(cfg: TrainConfig, recorder: Recorder | None, state: dict | None, out,
     else:
         trainer.restore(state)
         recorder.resumed(trainer.history, trainer.epochs_done, threads, facts)
-        log(f"Resuming {recorder.folder} after epoch {trainer.epochs_done}/{cfg.epochs}")
+        log(f"Resuming {recorder.folder} after " + (
+            f"epoch {trainer.epochs_done}/{cfg.epochs}" if cfg.budget is None else
+            f"round {trainer.epochs_done}/{BUDGET_ROUNDS} of its {format_duration(cfg.budget)} "
+            f"budget ({trainer.history[-1]['elapsed'] if trainer.history else 0:.1f} s spent)"))
     folder = recorder.folder
     board = TensorBoard(folder, trainer.steps_per_epoch) if tensorboard else None
     if board is not None:
@@ -156,22 +161,30 @@ def _train(cfg: TrainConfig, recorder: Recorder | None, state: dict | None, out,
     history = trainer.history
     metrics = recorder.finish(model, cfg, ds, input_shape, history, val, x_test, y_test)
     if board is not None:
-        board.finish(np.array(metrics["confusion"]), ds.classes, len(history))
-    log(f"Test accuracy {metrics['test_accuracy']:.4f}, test loss {metrics['test_loss']:.4f}, "
-        f"{metrics['train_seconds']:.1f}s training. Results in {folder}")
+        board.finish(np.array(metrics.confusion), ds.classes, len(history))
+    log(f"Test accuracy {metrics.test_accuracy:.4f}, test loss {metrics.test_loss:.4f}, "
+        f"{metrics.train_seconds:.1f}s training. Results in {folder}")
     return TrainResult(folder, cfg, metrics, history, model)
 
 
 def _announce(cfg: TrainConfig, train_images: int, test_images: int, val_images: int,
               device: torch.device, replicas: int, log) -> None:
     lr = f"peak lr {cfg.lr:g} (one-cycle)" if cfg.schedule == "onecycle" else f"lr {cfg.lr:g}"
-    validation = (f"validating on the {test_images:,} test images after each epoch, as the "
+    if cfg.budget is not None:
+        lr += " over the budget" if cfg.schedule == "onecycle" else \
+            ", decaying linearly to a thousandth of it over the budget"
+    validation = (f"validating on the {test_images:,} test images after each "
+                  f"{'epoch' if cfg.budget is None else 'round'}, as the "
                   "tutorial does" if cfg.protocol == "tutorial" else
                   f"research protocol: validating on the last {val_images:,} training images "
-                  f"held out, stopping after {cfg.patience} epochs without improvement, the "
-                  "test set evaluated once at the end")
+                  f"held out, " + (f"stopping after {cfg.patience} epochs without improvement"
+                                   if cfg.budget is None else "keeping the best round's weights")
+                  + ", the test set evaluated once at the end")
+    length = plural(cfg.epochs, "epoch") if cfg.budget is None else \
+        (f"a budget of {format_duration(cfg.budget)} of training, validating after each "
+         f"tenth")
     log(f"Training {cfg.model} on {cfg.dataset} ({train_images:,} images, view {cfg.view}, "
-        f"batch {cfg.batch_size}, {lr}, {plural(cfg.epochs, 'epoch')}, {device}, "
+        f"batch {cfg.batch_size}, {lr}, {length}, {device}, "
         f"{cfg.precision}, backend {cfg.backend}"
         f"{f', batch split over {replicas} cores' if replicas > 1 else ''}); {validation}.")
 

@@ -12,6 +12,7 @@ import math
 from dataclasses import asdict, dataclass, field, fields, replace
 
 from ..core.errors import UsageError
+from ..core.units import MAX_SECONDS, parse_duration
 from ..data.datasets import get_spec
 from ..data.views import get_view
 from ..kernels.backends import BACKENDS
@@ -67,6 +68,9 @@ class TrainConfig:
     # order was fixed were read. Ignored (None) for every other view.
     permutation: int | None = None
     limit: int | None = None
+    # seconds of training (not counting validation) instead of a number of epochs: the learning
+    # rate follows the schedule over time, validation comes after each tenth (BUDGET_ROUNDS)
+    budget: float | None = None
     device: str = "auto"
     preset: str = "tutorial"
     schedule: str | None = None
@@ -142,6 +146,9 @@ class TrainConfig:
             if getattr(cfg, name) < 1:
                 raise UsageError(f"{name.replace('_', '-')} must be at least 1, "
                                  f"got {getattr(cfg, name)}")
+        if cfg.budget is not None and not 0 < cfg.budget <= MAX_SECONDS:
+            raise UsageError(f"budget must be more than 0 s and at most 30 days, got "
+                             f"{cfg.budget} s")
         if cfg.limit is not None and cfg.limit < 1:
             raise UsageError(f"limit must be at least 1, got {cfg.limit}")
         if not (cfg.lr > 0 and math.isfinite(cfg.lr)):
@@ -207,5 +214,8 @@ def validation_size(train_images: int) -> int:
 
 
 def config_from_args(model: str, **kwargs) -> TrainConfig:
-    """A TrainConfig from keyword arguments, ignoring ``None`` (the CLI's unset options)."""
+    """A TrainConfig from keyword arguments, ignoring ``None`` (the CLI's unset options); a
+    budget may be written as people write durations (``"10m"``)."""
+    if kwargs.get("budget") is not None:
+        kwargs["budget"] = parse_duration(kwargs["budget"])
     return replace(TrainConfig(model=model), **{k: v for k, v in kwargs.items() if v is not None})

@@ -28,10 +28,19 @@ import torch
 
 from ..core.errors import SeqmnistError, UsageError
 from ..core.signals import handling
+from ..core.units import format_duration
 from ..data.views import VIEWS
 from .config import TrainConfig
 from .metrics import Evaluation, evaluate_tensors
-from .update import Update
+from .update import Update, budget_lr
+
+# A budget run validates, keeps a checkpoint and writes a history row after each tenth of it.
+BUDGET_ROUNDS = 10
+
+
+def clock() -> float:
+    """Seconds, for measuring training time (a test replaces it with a clock of its own)."""
+    return time.perf_counter()
 
 
 class TrainingInterrupted(SeqmnistError):
@@ -161,13 +170,19 @@ class Trainer:
         self.history: list[dict] = []
         self.best: dict | None = None  # research protocol: the best validation epoch's weights
         self.epochs_done = 0
+        # a budget run's place in its shuffled order of the training set, and its last batch's
+        # seconds (the estimate that decides which batch is the last)
+        self.order: torch.Tensor | None = None
+        self.position = 0
+        self.batch_seconds = 0.0
 
     def checkpoint(self) -> dict:
         """Everything a resume needs to continue exactly where this epoch ended."""
         return dict(model=self.model.state_dict(), **self.step.state_dict(),
                     rng_torch=torch.get_rng_state(), rng_shuffle=self.shuffle.get_state(),
                     epoch=self.epochs_done, history=list(self.history),
-                    config=asdict(self.cfg), best=self.best)
+                    config=asdict(self.cfg), best=self.best, order=self.order,
+                    position=self.position, batch_seconds=self.batch_seconds)
 
     def restore(self, state: dict) -> None:
         """Continue from ``checkpoint()``'s dict."""
@@ -177,20 +192,28 @@ class Trainer:
         self.shuffle.set_state(state["rng_shuffle"])
         self.history, self.epochs_done = list(state["history"]), int(state["epoch"])
         self.best = state.get("best")
+        order = state.get("order")
+        self.order = order.to(self.x.device) if order is not None else None
+        self.position = int(state.get("position", 0))
+        self.batch_seconds = float(state.get("batch_seconds", 0.0))
 
     def fit(self, keep: Callable[[dict], None], folder: Path) -> Evaluation | None:
-        """Train the remaining epochs; after each complete one, ``keep(self.checkpoint())`` (the
-        dict holds the live tensors: write it, or copy it, before returning).
+        """Train the remaining epochs (or, with a budget, the remaining rounds: tenths of it);
+        after each complete one, ``keep(self.checkpoint())`` (the dict holds the live tensors:
+        write it, or copy it, before returning).
         Returns the last epoch's validation (None when no epoch was left to train). ``folder``
         names the run in messages and hook rows only."""
         cfg, val = self.cfg, None
+        rounds = BUDGET_ROUNDS if cfg.budget is not None else cfg.epochs
         threads = torch.get_num_threads()
         with stop_on_signals() as flag:
-            for epoch in range(self.epochs_done, cfg.epochs):
-                t0 = time.perf_counter()
+            for epoch in range(self.epochs_done, rounds):
                 torch.set_num_threads(self.step.threads)  # evaluation uses every thread again
                 try:
-                    loss, acc, complete = self._epoch(epoch, flag)
+                    if cfg.budget is None:
+                        loss, acc, complete, seconds, images = self._epoch(epoch, flag)
+                    else:
+                        loss, acc, complete, seconds, images = self._round(epoch, flag)
                 finally:
                     torch.set_num_threads(threads)
                 if not complete:  # stopped between batches: this epoch is not kept
@@ -200,12 +223,14 @@ class Trainer:
                         f"training diverged: the loss became {loss} in epoch {epoch + 1}; the run "
                         f"keeps its last good checkpoint (epoch {epoch}) in {folder}. Try a lower "
                         "--lr or another --seed")
-                seconds = time.perf_counter() - t0
-                last = cfg.protocol == "tutorial" and epoch + 1 == cfg.epochs  # on the test set
+                last = cfg.protocol == "tutorial" and epoch + 1 == rounds  # on the test set
                 val = evaluate_tensors(self.model, self.x_val, self.y_val, cfg.eval_batch_size,
                                        cfg.precision, anytime=last)
+                before = self.history[-1] if self.history else {}
                 row = dict(epoch=epoch + 1, loss=loss, accuracy=acc, val_loss=val.loss,
-                           val_accuracy=val.accuracy, seconds=round(seconds, 3), lr=self.step.lr)
+                           val_accuracy=val.accuracy, seconds=round(seconds, 3), lr=self.step.lr,
+                           elapsed=round(before.get("elapsed", 0.0) + seconds, 3),
+                           images=before.get("images", 0) + images)
                 self.history.append(row)
                 self.epochs_done = epoch + 1
                 if cfg.protocol == "research" and (self.best is None
@@ -216,26 +241,87 @@ class Trainer:
                 keep(self.checkpoint())
                 for w in self.watchers:
                     w.epoch(row)
-                self.log(f"Epoch {epoch + 1}/{cfg.epochs} - {seconds:.1f}s - loss: {loss:.4f} - "
-                         f"accuracy: {acc:.4f} - val_loss: {val.loss:.4f} - "
-                         f"val_accuracy: {val.accuracy:.4f}")
+                where = (f"Epoch {epoch + 1}/{cfg.epochs} - {seconds:.1f}s" if cfg.budget is None
+                         else f"Round {epoch + 1}/{rounds} - {row['elapsed']:.1f}s of "
+                              f"{format_duration(cfg.budget)} - {row['images']:,} images")
+                self.log(f"{where} - loss: {loss:.4f} - accuracy: {acc:.4f} - val_loss: "
+                         f"{val.loss:.4f} - val_accuracy: {val.accuracy:.4f}")
                 for hook in list(EPOCH_HOOKS):
                     _ask_to_stop(flag, hook(dict(row, folder=folder, model=cfg.model,
                                                  seed=cfg.seed)))
                 if _stop_asked(flag):
                     raise TrainingInterrupted(flag["signum"], folder, epoch + 1)
-                if self.best is not None and epoch + 1 - self.best["epoch"] >= cfg.patience:
+                if (cfg.budget is None and self.best is not None
+                        and epoch + 1 - self.best["epoch"] >= cfg.patience):
                     self.log(f"Early stop: no better validation accuracy than epoch "
                              f"{self.best['epoch']}'s {self.best['val_accuracy']:.4f} for "
                              f"{cfg.patience} epochs")
                     break
         return val
 
-    def _epoch(self, epoch: int, flag: dict) -> tuple[float, float, bool]:
-        """One pass over the training set: (mean loss, accuracy, whether every batch ran)."""
+    def _round(self, k: int, flag: dict) -> tuple[float, float, bool, float, int]:
+        """A budget run's round ``k``: batches until the training seconds spent reach the end of
+        the round's tenth of the budget, the learning rate set before each batch from the share
+        of the budget spent (``budget_lr``). In the last round the batch expected to reach the
+        budget (the last batch's time as the estimate) is the last one, at the schedule's
+        lowest rate: the run ends within one batch of its budget. Batches run through a
+        shuffled order of the training set, reshuffled at its end; the order and the place in
+        it are part of the checkpoint. Returns (mean loss, accuracy, whether the round ran to
+        its end, training seconds, images)."""
+        from tqdm.auto import tqdm
+
+        x, y, cfg = self.x, self.y, self.cfg
+        budget = cfg.budget
+        end = budget * (k + 1) / BUDGET_ROUNDS
+        spent = self.history[-1]["elapsed"] if self.history else 0.0
+        start = spent
+        self.step.train()
+        total_loss = torch.zeros((), device=x.device)
+        correct = torch.zeros((), device=x.device, dtype=torch.long)
+        seen = 0
+        watched = bool(BATCH_HOOKS or self.watchers)
+        bar = tqdm(total=round(end - start, 1), desc=f"Round {k + 1}/{BUDGET_ROUNDS}", unit="s",
+                   disable=None if self.progress else True, leave=False,
+                   bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s{postfix}")
+        step, finished = 0, False
+        while spent < end and not finished:
+            if self.order is None or self.position >= len(x):
+                self.order = torch.randperm(len(x), generator=self.shuffle).to(x.device)
+                self.position = 0
+            idx = self.order[self.position:self.position + cfg.batch_size]
+            finished = k + 1 == BUDGET_ROUNDS and spent + self.batch_seconds >= budget
+            self.step.lr = budget_lr(cfg, 1.0 if finished else spent / budget)
+            t0 = clock()
+            loss_sum, hits = self.step(x.index_select(0, idx), y.index_select(0, idx))
+            if x.device.type == "cuda":  # the budget is time the device spent, not queued work
+                torch.cuda.synchronize(x.device)
+            if watched:
+                self._batch_event(dict(epoch=k, step=step, loss=float(loss_sum) / len(idx)), flag)
+            self.batch_seconds = clock() - t0
+            spent += self.batch_seconds
+            self.position += len(idx)
+            total_loss += loss_sum
+            correct += hits
+            seen += len(idx)
+            if step % 50 == 0:
+                bar.set_postfix(loss=f"{total_loss.item() / seen:.4f}",
+                                acc=f"{correct.item() / seen:.4f}", refresh=False)
+            bar.update(min(self.batch_seconds, bar.total - bar.n))
+            step += 1
+            if _stop_asked(flag):
+                bar.close()
+                return float("nan"), 0.0, False, spent - start, seen
+        bar.close()
+        return (total_loss.item() / max(seen, 1), correct.item() / max(seen, 1), True,
+                spent - start, seen)
+
+    def _epoch(self, epoch: int, flag: dict) -> tuple[float, float, bool, float, int]:
+        """One pass over the training set: (mean loss, accuracy, whether every batch ran,
+        seconds, images)."""
         from tqdm.auto import tqdm
 
         x, y, cfg, steps = self.x, self.y, self.cfg, self.steps_per_epoch
+        t0 = clock()
         self.step.train()
         perm = torch.randperm(len(x), generator=self.shuffle).to(x.device)
         total_loss = torch.zeros((), device=x.device)
@@ -261,7 +347,8 @@ class Trainer:
             if _stop_asked(flag):
                 break
         bar.close()
-        return total_loss.item() / max(seen, 1), correct.item() / max(seen, 1), done == steps
+        return (total_loss.item() / max(seen, 1), correct.item() / max(seen, 1), done == steps,
+                clock() - t0, seen)
 
     def _batch_event(self, row: dict, flag: dict) -> None:
         for w in self.watchers:

@@ -13,6 +13,7 @@ each OpenMP call) and ``lr`` (the learning rate the next batch is trained with).
 
 from __future__ import annotations
 
+import math
 import time
 
 import torch
@@ -44,6 +45,25 @@ def step_seconds(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor | None
     return best
 
 
+def budget_lr(cfg: TrainConfig, done: float) -> float:
+    """The learning rate of a budget run once ``done`` (0..1) of its budget is spent: one-cycle
+    over time for the one-cycle recipes (PyTorch's OneCycleLR's shape: up from lr/25 over the
+    first 30%, cosine down to lr/25/1e4), else a linear decay to lr/1000. Its lowest value,
+    ``budget_lr(cfg, 1)``, is the rate of the last step."""
+    done = min(max(done, 0.0), 1.0)
+    if cfg.schedule == "onecycle":
+        start, top = cfg.lr / 25, cfg.lr
+        end = start / 1e4
+        if done < 0.3:
+            return _cosine(start, top, done / 0.3)
+        return _cosine(top, end, (done - 0.3) / 0.7)
+    return cfg.lr * (1 - done * 0.999)
+
+
+def _cosine(a: float, b: float, t: float) -> float:
+    return b + (a - b) * (1 + math.cos(math.pi * t)) / 2
+
+
 class Update:
     """One model's update per batch: its replicas (one per core for recurrent models on CPU), Adam
     over replica 0's weights, and the one-cycle schedule when the recipe asks for it."""
@@ -54,7 +74,7 @@ class Update:
         self.optimizer = make_adam(self.replicas.params[0], cfg.lr, cfg.adam_eps)
         self.scheduler = torch.optim.lr_scheduler.OneCycleLR(
             self.optimizer, max_lr=cfg.lr, total_steps=cfg.epochs * steps_per_epoch) \
-            if cfg.schedule == "onecycle" else None
+            if cfg.schedule == "onecycle" and cfg.budget is None else None
         # Replicas run one core each (their own threads); one model uses all of them.
         self.threads = 1 if len(self.replicas) > 1 else threads
 
@@ -70,6 +90,12 @@ class Update:
     @property
     def lr(self) -> float:
         return self.optimizer.param_groups[0]["lr"]
+
+    @lr.setter
+    def lr(self, value: float) -> None:
+        """A budget run's schedule sets the rate itself, batch by batch (``budget_lr``)."""
+        for group in self.optimizer.param_groups:
+            group["lr"] = value
 
     def train(self) -> None:
         self.replicas.train()

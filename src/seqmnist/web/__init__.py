@@ -29,7 +29,7 @@ from ..data.images import decode_image, ink, prepare_array
 from ..data.views import VIEWS
 from ..evaluation.predict import predict_arrays
 from ..models.registry import get_entry
-from ..reports.explainer import Cancelled
+from ..reports.explainer import Cancelled, explain, stop_when
 from ..runs.storage import Run, latest_runs, load_run
 
 MAX_BODY = 2 * 1024 * 1024
@@ -231,7 +231,6 @@ def predict_all(runs: list[Run], image: np.ndarray) -> dict:
 def explain_all(runs: list[Run], image: np.ndarray) -> dict:
     """Every model's inside view of one prepared uint8 image (explain.json's entries); a model
     that cannot read this image says so in its own entry."""
-    from ..reports.explainer import explain
 
     images = []
     for run in runs:
@@ -366,7 +365,6 @@ def create_app(runs: list[Run], allowed_hosts: list[str] | None = None):
         return predict_all(runs, _prepare(kind, payload))
 
     def look_inside(kind: str, payload, stop) -> dict:
-        from ..reports.explainer import stop_when
 
         with stop_when(stop):  # in the worker thread: explanations stop once the client left
             return explain_all(runs, _prepare(kind, payload))
