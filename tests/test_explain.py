@@ -153,7 +153,8 @@ def test_every_registered_model_and_view_is_explained(model, view):
     for name, values in d["state"].items():
         assert len(values) == steps, name
     expected = {"lstm": "layer2.c", "gru": "layer2.update_gate", "rnn": "layer2.h",
-                "transformer": "layer2.attention", "s4d": "layer4.state", "lru": "layer4.state"}
+                "transformer": "layer2.attention", "s4d": "layer4.state", "lru": "layer4.state",
+                "mingru": "layer3.state", "minlstm": "layer3.state"}
     if model in expected:
         assert expected[model] in d["state"]
     if view in ("pixels", "permuted"):

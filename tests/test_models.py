@@ -16,7 +16,8 @@ from seqmnist.models.summary import summary_text
 KERAS_PARAMS = {"lstm": 36_510, "gru": 27_810, "rnn": 9_510, "cnn": 3_274_634}
 # seqmnist's own defaults for the research models on 28 x 28 rows (their docstrings give the
 # published configurations and how far these are from them).
-OWN_PARAMS = {"transformer": 71_370, "tcn": 71_910, "s4d": 53_066, "lru": 102_986}
+OWN_PARAMS = {"transformer": 71_370, "tcn": 71_910, "s4d": 53_066, "lru": 102_986,
+              "mingru": 102_474, "minlstm": 127_434}
 
 
 @pytest.mark.parametrize("name", list_models())
@@ -435,3 +436,40 @@ def test_a_second_registration_of_a_name_is_an_error_naming_both_places(monkeypa
     with pytest.raises(UsageError, match="view 'rows' is already registered by seqmnist.data.views"):
         views.register_view("rows", "sequence", "again", lambda h, w: (h, w))(lambda x, s: x)
     assert register_view is not None
+
+
+@pytest.mark.parametrize("name", ["mingru", "minlstm"])
+def test_min_rnns_parallel_scan_equals_their_recurrence_in_float64(name):
+    """Feng et al.'s minGRU and minLSTM train by a log-space parallel scan and answer step by
+    step by the plain recurrence: the same states (float64, so rounding cannot hide a slip),
+    over a sequence long enough (300 steps) for the running log sums to grow large."""
+    torch.manual_seed(4)
+    model = create_model(name, (300, 2), 10).double().eval()
+    layer = model.blocks[0].rnn
+    u = torch.randn(3, 300, 64, dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(layer(u), layer.recurrent(u), rtol=1e-9, atol=1e-12)
+        x = torch.rand(3, 300, 2, dtype=torch.float64)
+        torch.testing.assert_close(model.forward_steps(x), model.forward_steps(x, recurrent=True),
+                                   rtol=1e-9, atol=1e-10)
+
+
+@pytest.mark.parametrize("name", ["mingru", "minlstm"])
+def test_min_rnns_gates_are_the_papers(name):
+    """One step from h_0 = 0 by hand: minGRU's h_1 = z g(h~), minLSTM's h_1 = i' g(h~) with
+    i' = i / (f + i) (the normalised input gate), g(x) = x + 1/2 for x >= 0, else sigmoid(x)."""
+    from seqmnist.models.minrnn import g
+
+    torch.manual_seed(5)
+    layer = create_model(name, (5, 3), 10).blocks[0].rnn.double()
+    u = torch.randn(2, 1, 64, dtype=torch.float64)
+    parts = layer.proj(u).chunk(2 if name == "mingru" else 3, dim=-1)
+    if name == "mingru":
+        expected = torch.sigmoid(parts[0]) * g(parts[1])
+    else:
+        f, i = torch.sigmoid(parts[0]), torch.sigmoid(parts[1])
+        expected = i / (f + i) * g(parts[2])
+    with torch.no_grad():
+        torch.testing.assert_close(layer(u), expected, rtol=1e-12, atol=1e-12)
+    assert bool((g(torch.tensor([-3.0, 0.0, 2.0])) == torch.tensor(
+        [torch.sigmoid(torch.tensor(-3.0)).item(), 0.5, 2.5])).all())

@@ -58,7 +58,7 @@ from .summary import keras_shape, summary_rows, summary_text  # noqa: F401
 
 # The model modules register themselves when imported, in the order the command line lists them;
 # then the models of installed packages (entry points in the group "seqmnist.models").
-for _module in ("recurrent", "cnn", "transformer", "tcn", "s4d", "lru"):
+for _module in ("recurrent", "cnn", "transformer", "tcn", "s4d", "lru", "minrnn"):
     importlib.import_module(f".{_module}", __name__)
 from .plugins import load_installed, load_plugin, source  # noqa: E402, F401
 
