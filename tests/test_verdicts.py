@@ -198,3 +198,42 @@ def test_a_quick_run_says_so_beside_its_verdict(tmp_path, small_mnist_dir):
     assert summary["caveat"].startswith("Quick run, not a result (rnn (rows): trained on 200 of")
     text = "\n".join(lines)
     assert f"{summary['caveat']}\n{summary['verdict']}" in text
+
+
+def _timed(run: Run, points: list[tuple[float, int, float]]) -> Run:
+    """``run`` with a history of (elapsed seconds, images, validation accuracy) rows."""
+    run.history = [dict(epoch=k, loss=0.1, accuracy=a, val_loss=0.1, val_accuracy=a,
+                        seconds=0.0, lr=1e-3, elapsed=e, images=n)
+                   for k, (e, n, a) in enumerate(points, 1)]
+    return run
+
+
+def test_time_to_accuracy_is_recomputed_from_the_runs_histories(tmp_path):
+    """Three lstm seeds and one gru seed with known histories: the thresholds are the highest
+    three some run reached (99% is reached by none), and each time is the first validation
+    point at or over the threshold: median and range over the seeds that got there."""
+    lstm = [_timed(fake_run(tmp_path / f"l{s}", "lstm", s, 100), pts) for s, pts in enumerate([
+        [(10, 100, 0.85), (20, 200, 0.96), (30, 300, 0.981)],
+        [(12, 100, 0.91), (24, 200, 0.95), (36, 300, 0.97)],
+        [(11, 100, 0.80), (22, 200, 0.97), (33, 300, 0.985)]])]
+    gru = [_timed(fake_run(tmp_path / "g0", "gru", 0, 100), [(5, 50, 0.5), (9, 90, 0.92)])]
+    table = analyse(lstm + gru)["time_to_accuracy"]
+    assert table["thresholds"] == [0.95, 0.97, 0.98]
+    l95, l97, l98 = table["groups"]["lstm (rows)"]
+    assert (l95["median"], l95["low"], l95["high"], l95["reached"], l95["of"]) == \
+        (22, 20, 24, 3, 3)
+    assert (l97["median"], l97["low"], l97["high"], l97["reached"]) == (30, 22, 36, 3)
+    assert (l98["median"], l98["low"], l98["high"], l98["reached"]) == (31.5, 30, 33, 2)
+    assert l98["median_images"] == 300
+    assert [r["reached"] for r in table["groups"]["gru (rows)"]] == [0, 0, 0]
+
+
+def test_older_histories_get_their_times_from_the_epochs_seconds(tmp_path):
+    from seqmnist.evaluation.analysis import timeline
+
+    run = fake_run(tmp_path / "old", "lstm", 0, 100)
+    run.history = [dict(epoch=k, loss=0.1, accuracy=0.9, val_loss=0.1, val_accuracy=0.9,
+                        seconds=s) for k, s in ((1, 4.0), (2, 6.0))]
+    run.metrics.train_images = 1000
+    line = timeline(run)
+    assert line["elapsed"] == [4.0, 10.0] and line["images"] == [1000, 2000]

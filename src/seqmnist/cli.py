@@ -142,6 +142,9 @@ def add_training_options(p: argparse.ArgumentParser) -> None:
         "recipe", [f"{k} ({v})" for k, v in PRESET_HELP.items() if k in PRESETS], "tutorial"))
     p.add_argument("--protocol", type=one_of(PROTOCOL_HELP, "protocol"), help=choices_help(
         "evaluation protocol", [f"{k} ({v})" for k, v in PROTOCOL_HELP.items()], "tutorial"))
+    p.add_argument("--validation-images", type=whole_number, metavar="N", help="research "
+                   "protocol: hold out the last N training images for validation (default: "
+                   "5,000, or a tenth of fewer than 20,000)")
     p.add_argument("--patience", type=whole_number, help="research protocol: stop after "
                    "this many epochs without a better validation accuracy (default: 5)")
     p.add_argument("--precision", type=one_of(PRECISIONS, "precision"), help=choices_help(
@@ -165,7 +168,7 @@ def add_training_options(p: argparse.ArgumentParser) -> None:
 
 
 TRAIN_FIELDS = ("dataset", "view", "epochs", "budget", "batch_size", "lr", "seed", "permutation",
-                "limit", "preset",
+                "limit", "preset", "validation_images",
                 "precision", "schedule", "backend", "threads", "device", "deterministic",
                 "protocol", "patience")
 

@@ -108,6 +108,55 @@ def _curves(group: Group) -> dict:
     return out
 
 
+# Accuracies whose time to reach is worth a column; a report shows the highest few reached.
+THRESHOLDS = (0.5, 0.8, 0.9, 0.95, 0.97, 0.98, 0.99, 0.995)
+SHOWN_THRESHOLDS = 3
+
+
+def timeline(run: Run) -> dict:
+    """A run's validation accuracy against its cumulative training seconds and images seen, one
+    point per history row (an epoch, or a tenth of a budget). Runs made before rows recorded
+    ``elapsed`` and ``images`` get them from the rows' seconds and the training set's size."""
+    per_epoch = run.metrics.train_images or 0
+    elapsed, images, total = [], [], 0.0
+    for k, row in enumerate(run.history, 1):
+        total += row.get("seconds") or 0.0
+        elapsed.append(float(row.get("elapsed", total)))
+        images.append(int(row.get("images", k * per_epoch)))
+    return dict(seed=run.config.seed, elapsed=elapsed, images=images,
+                accuracy=[float(r["val_accuracy"]) for r in run.history])
+
+
+def reached_at(line: dict, threshold: float) -> tuple[float, int] | None:
+    """(training seconds, images seen) at the first point of ``line`` (``timeline``) whose
+    validation accuracy is at least ``threshold``; None if it never got there."""
+    for seconds, images, accuracy in zip(line["elapsed"], line["images"], line["accuracy"]):
+        if accuracy >= threshold:
+            return seconds, images
+    return None
+
+
+def time_to_accuracy(entries: list[dict]) -> dict:
+    """For the highest SHOWN_THRESHOLDS of THRESHOLDS that some run reached, each group's time to
+    reach it: median and range over the seeds that reached it, and how many of its seeds did."""
+    best = max((a for g in entries for line in g["timeline"] for a in line["accuracy"]),
+               default=0.0)
+    chosen = [t for t in THRESHOLDS if t <= best][-SHOWN_THRESHOLDS:]
+    table = {}
+    for g in entries:
+        rows = []
+        for t in chosen:
+            hits = [h for h in (reached_at(line, t) for line in g["timeline"]) if h is not None]
+            seconds = [h[0] for h in hits]
+            rows.append(dict(threshold=t, reached=len(hits), of=len(g["timeline"]),
+                             median=float(np.median(seconds)) if hits else None,
+                             low=min(seconds) if hits else None,
+                             high=max(seconds) if hits else None,
+                             median_images=int(np.median([h[1] for h in hits])) if hits else None))
+        table[g["name"]] = rows
+    return dict(thresholds=chosen, groups=table)
+
+
 def _anytime(group: Group) -> dict | None:
     found = [r.metrics.get("anytime") for r in group.runs]
     if not all(found):
@@ -164,6 +213,7 @@ def _group_entry(group: Group, correct: np.ndarray, seed: int) -> dict:
         published=[dict(model=p.model, accuracy=p.accuracy, source=p.source)
                    for p in published(cfg.model, cfg.view, cfg.dataset)],
         anytime=_anytime(group), provenance=_provenance(group),
+        budget=cfg.budget, timeline=[timeline(r) for r in runs],
         confusion=np.sum([np.array(m["confusion"]) for m in metric], axis=0).tolist(),
         misclassified=metric[0].get("misclassified", []), classes=classes)
 
@@ -352,6 +402,7 @@ def analyse(runs: list[Run], seed: int = 0, labels: np.ndarray | None = None) ->
     return dict(
         dataset=datasets[0], test_images=int(len(labels)), groups=entries,
         pairs=list(pairs.values()), verdict=verdict(entries, pairs), quick=quick, caveat=caveat,
+        time_to_accuracy=time_to_accuracy(entries),
         methods=METHODS.format(resamples=stats.BOOTSTRAP_RESAMPLES, seed=seed))
 
 

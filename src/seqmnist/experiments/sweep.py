@@ -34,7 +34,7 @@ else:  # Python 3.10: the same parser, from PyPI
 
 from ..core.errors import SeqmnistError, UsageError
 from ..core.fileio import output_folder, read_regular_file, write_json
-from ..core.units import parse_duration
+from ..core.units import format_duration, parse_duration
 from ..data.datasets import get_spec, load_dataset
 from ..data.views import get_view
 from ..models.plugins import load_plugin
@@ -313,7 +313,9 @@ def describe(spec: Spec) -> str:
                     "one core, evaluation not counted):")
     for r in spec.runs:
         c = r.config
-        lines.append(f"  {r.key}: {c.epochs} epochs, batch {c.batch_size}, lr {c.lr:g} "
+        length = f"{c.epochs} epochs" if c.budget is None else \
+            f"a budget of {format_duration(c.budget)}"
+        lines.append(f"  {r.key}: {length}, batch {c.batch_size}, lr {c.lr:g} "
                      f"({c.schedule}), preset {c.preset}" + (f", limit {c.limit}" if c.limit else ""))
     lines += [f"skipped: {s}" for s in spec.skipped]
     return "\n".join(lines)

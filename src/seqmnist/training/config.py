@@ -78,6 +78,8 @@ class TrainConfig:
     backend: str = "auto"  # auto, torch or native (see backends.py); the resolved one is stored
     protocol: str | None = None  # tutorial or research: see PROTOCOL_HELP, validation_size()
     patience: int = 5  # research protocol: epochs without a better validation accuracy
+    # research protocol: training images held out for validation (None: validation_size's rule)
+    validation_images: int | None = None
     adam_eps: float = 1e-7  # Keras's default (PyTorch's is 1e-8)
     eval_batch_size: int = 1000
     deterministic: bool = False
@@ -149,6 +151,8 @@ class TrainConfig:
         if cfg.budget is not None and not 0 < cfg.budget <= MAX_SECONDS:
             raise UsageError(f"budget must be more than 0 s and at most 30 days, got "
                              f"{cfg.budget} s")
+        if cfg.validation_images is not None and cfg.validation_images < 1:
+            raise UsageError(f"validation-images must be at least 1, got {cfg.validation_images}")
         if cfg.limit is not None and cfg.limit < 1:
             raise UsageError(f"limit must be at least 1, got {cfg.limit}")
         if not (cfg.lr > 0 and math.isfinite(cfg.lr)):
@@ -207,9 +211,12 @@ def _check_type(name: str, value, annotation: str, what: str = "config field") -
         raise UsageError(f"{what} {name!r} must be {want}, got {str(value)[:40]!r}")
 
 
-def validation_size(train_images: int) -> int:
-    """Images the research protocol holds out from the end of the training set: the last 5,000
-    (as the sequential-MNIST papers do) when there are at least 20,000, else the last tenth."""
+def validation_size(train_images: int, asked: int | None = None) -> int:
+    """Images the research protocol holds out from the end of the training set: ``asked``
+    (``--validation-images``), else the last 5,000 (as the sequential-MNIST papers do) when there
+    are at least 20,000, else the last tenth."""
+    if asked is not None:
+        return asked
     return 5000 if train_images >= 20000 else max(1, train_images // 10)
 
 
