@@ -91,7 +91,9 @@ def tables(record: dict) -> str:
         mine = [r for r in runs if r["view"] == view]
         if not mine:
             continue
-        models = list(dict.fromkeys(r["model"] for r in mine))
+        listed = _spec_models(record.get("spec", ""))  # the spec's order, then any other
+        models = [m for m in listed if any(r["model"] == m for r in mine)] + \
+            sorted({r["model"] for r in mine} - set(listed))
         thresholds = [0.9, 0.95, 0.98] if view == "rows" else [0.8, 0.9, 0.95]
         head = ["model", "parameters", "seeds", "test accuracy (mean)", "95% interval (t)",
                 *[f"time to {t:.0%} (median; seeds)" for t in thresholds], "published"]
@@ -101,6 +103,7 @@ def tables(record: dict) -> str:
             rs = [r for r in mine if r["model"] == model]
             acc = [r["test_accuracy"] for r in rs]
             ci = stats.t_interval(acc)
+            ci = [min(max(v, 0.0), 1.0) for v in ci] if ci else None  # two seeds: wide
             cells = [model, f"{rs[0]['params']:,}", str(len(rs)), f"{np.mean(acc):.2%}",
                      f"{ci[0]:.2%} to {ci[1]:.2%}" if ci else "–"]
             for t in thresholds:
@@ -125,6 +128,17 @@ def tables(record: dict) -> str:
         out.append(f"| {ref.model} | {_pct(ref.pixels)} | {_pct(ref.permuted)} | {ref.source} | "
                    f"{ref.budget} |")
     return "\n".join(out) + "\n"
+
+
+def _spec_models(text: str) -> list[str]:
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:
+        import tomli as tomllib
+    try:
+        return list(tomllib.loads(text).get("models", []))
+    except tomllib.TOMLDecodeError:
+        return []
 
 
 def _pct(v: float | None) -> str:

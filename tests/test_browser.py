@@ -3,6 +3,7 @@ reads both models' answers. Needs `apt-get install chromium` and `pip install pl
 skipped without them unless SEQMNIST_REQUIRE_BROWSER=1 (as in CI), where it fails instead."""
 
 import os
+import re
 import shutil
 import socket
 import threading
@@ -159,7 +160,14 @@ def test_explain_html_works_offline_from_a_file(small_runs, small_mnist_dir, tmp
         expect(page.locator("#x-step-label")).to_have_text("step 1 of 28")
         page.locator("#x-step").fill("20")
         expect(page.locator("#x-step-label")).to_have_text("step 20 of 28")
-        expect(page.locator("#x-belief-now")).to_contain_text("after step 20:")
+        expect(page.locator("#x-belief-now")).to_contain_text("After step 20 of 28, the most "
+                                                              "probable class is")
+        # the belief's rows are labelled with the classes, the scatter has a legend, and the
+        # "when it knows" line says over how many test images it was counted
+        expect(page.locator("#x-belief-labels div")).to_have_count(10)
+        expect(page.locator("#x-belief-labels div").nth(3)).to_have_text("3")
+        expect(page.locator("#x-pca-legend span")).to_have_count(10)
+        expect(page.locator("#x-median-n")).to_have_text(re.compile(r"^\d+$"))
         expect(page.locator("#x-occlusion-now")).to_contain_text("occlusion at step 20:")
         expect(page.locator("#x-states canvas")).to_have_count(10)  # 2 layers x h, c and 3 gates
         expect(page.locator("#x-dataset-panel")).to_be_visible()

@@ -237,3 +237,34 @@ def test_older_histories_get_their_times_from_the_epochs_seconds(tmp_path):
     run.metrics.train_images = 1000
     line = timeline(run)
     assert line["elapsed"] == [4.0, 10.0] and line["images"] == [1000, 2000]
+
+
+def test_the_time_figure_has_one_panel_per_view(tmp_path):
+    """A sweep's report holds several views: accuracy against time is drawn per view, each
+    model in one colour in every panel; a comparison of one view is one panel."""
+    from seqmnist.reports.report import time_figure
+
+    runs = [_timed(fake_run(tmp_path / f"{m}-{v}", m, 0, 100, view=v),
+                   [(5, 50, 0.5), (9, 90, 0.9)])
+            for m in ("lstm", "gru") for v in ("rows", "pixels")]
+    groups = analyse(runs)["groups"]
+    fig = time_figure(groups)
+    assert [ax.get_title() for ax in fig.axes] == ["rows view", "pixels view"]
+    colours = [{line.get_label(): line.get_color() for line in ax.get_lines()}
+               for ax in fig.axes]
+    assert colours[0] == colours[1] and set(colours[0]) == {"lstm", "gru"}
+    assert len(time_figure([g for g in groups if g["view"] == "rows"]).axes) == 1
+
+
+def test_the_images_one_model_gets_right_carry_the_true_class_and_both_answers(tmp_path):
+    """The report's galleries of disagreements label each image: its true class and each
+    model's answer with its confidence (from the first seed pair's stored predictions)."""
+    runs = [fake_run(tmp_path / "a", "lstm", 0, 100), fake_run(tmp_path / "b", "gru", 0, 300)]
+    (pair,) = analyse(runs)["pairs"]
+    answers = pair["flips"]["a_only"]["answers"]
+    assert [a[0] for a in answers] == pair["flips"]["a_only"]["images"] and answers
+    for index, true, a, conf_a, b, conf_b in answers:
+        assert 100 <= index < 300 and true == LABELS[index]
+        assert a == LABELS[index] and b == (LABELS[index] + 1) % 10  # lstm right, gru wrong
+        assert conf_a == conf_b == 1.0
+    assert pair["flips"]["b_only"]["answers"] == []

@@ -237,6 +237,16 @@ def _flips(ca: np.ndarray, cb: np.ndarray) -> dict:
     return out
 
 
+def _answered(flips: dict, labels: np.ndarray, pa: dict, pb: dict) -> dict:
+    """Each listed image's true class and both models' answers with their confidence (the first
+    seed pair's runs): [index, true, a's answer, a's confidence, b's answer, b's confidence]."""
+    for found in flips.values():
+        found["answers"] = [[i, int(labels[i]), int(pa["predictions"][i]),
+                             float(pa["probabilities"][i].max()), int(pb["predictions"][i]),
+                             float(pb["probabilities"][i].max())] for i in found["images"]]
+    return flips
+
+
 def _pairing_note(pair: dict) -> str:
     """Which seeds the pair's evidence rests on, when not every run of both took part."""
     left = {name: seeds for name, seeds in pair["left_out"].items() if seeds}
@@ -392,7 +402,8 @@ def analyse(runs: list[Run], seed: int = 0, labels: np.ndarray | None = None) ->
                           seed_pairs=[[a.seeds[x], b.seeds[y]] for x, y in zip(ia, ib)],
                           left_out={a.name: [s for k, s in enumerate(a.seeds) if k not in ia],
                                     b.name: [s for k, s in enumerate(b.seeds) if k not in ib]},
-                          flips=_flips(correct[a.name], correct[b.name]))
+                          flips=_answered(_flips(correct[a.name], correct[b.name]), labels,
+                                          preds[id(a.runs[ia[0]])], preds[id(b.runs[ib[0]])]))
             pairs[(a.name, b.name)] = result
     quick = {g["name"]: g["quick"] for g in entries if g["quick"]}
     # said wherever the verdict is (terminal, notebook, report): a quick look is not a result

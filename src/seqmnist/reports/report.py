@@ -109,7 +109,19 @@ def _provenance_row(g: dict) -> list[str]:
     hardware = p.get("gpu") or p.get("cpu")
     return [g["name"], _fmt(p.get("seqmnist")), _fmt(p.get("torch")), _fmt(p.get("python")),
             _fmt(p.get("os")), _fmt(hardware), _fmt(p.get("device")), _fmt(p.get("threads")),
-            _fmt(p.get("replicas")), _fmt(p.get("started"))]
+            _fmt(p.get("replicas")), _started(p.get("started"))]
+
+
+def _started(value) -> str:
+    """When the runs started, as a date and a minute that do not wrap in a table cell (hyphens
+    and spaces that do not break); several runs: the first and the last."""
+    values = sorted(v for v in (value if isinstance(value, list) else [value]) if v)
+    if not values:
+        return "–"
+    short = [str(v).replace("T", " ")[:16] for v in (values[0], values[-1])]
+    text = short[0] if short[0] == short[1] else f"{short[0]} to " + (
+        short[1][11:] if short[1][:10] == short[0][:10] else short[1])
+    return text.replace("-", "\u2011").replace(" ", "\u00a0")
 
 
 def _per_class_table(groups: list[dict]) -> tuple[list[str], list[list[str]]]:
@@ -150,14 +162,28 @@ def anytime_figure(groups: list[dict]) -> Figure | None:
 def time_figure(groups: list[dict]) -> Figure:
     """Validation accuracy against cumulative training seconds: a thin line per seed, and with
     several seeds the band from the lowest to the highest seed (each seed's points joined by
-    straight lines, the band up to the time the shortest seed ends)."""
-    fig = figure()
-    ax = fig.add_subplot()
-    for i, g in enumerate(groups):
-        lines = g["timeline"]
+    straight lines, the band up to the time the shortest seed ends). Groups of several views (a
+    sweep's report): one panel per view, each model in the same colour in every panel."""
+    views = list(dict.fromkeys(g["view"] for g in groups))
+    fig = figure(6.4 if len(views) == 1 else 4.6 * len(views), 4.2)
+    axes = fig.subplots(1, len(views), squeeze=False, sharey=True)[0]
+    colour = {m: f"C{k}" for k, m in enumerate(dict.fromkeys(g["model"] for g in groups))}
+    for ax, view in zip(axes, views):
+        _time_panel(ax, [g for g in groups if g["view"] == view], colour,
+                    view if len(views) > 1 else None)
+    axes[0].set_ylabel("validation accuracy")
+    fig.suptitle("Accuracy against training time (a line per seed; band: lowest to highest)",
+                 fontsize=10)
+    return fig
+
+
+def _time_panel(ax, groups: list[dict], colour: dict, view: str | None) -> None:
+    for g in groups:
+        lines, c = g["timeline"], colour[g["model"]]
+        label = g["model"] if view else g["name"]
         for k, line in enumerate(lines):
             ax.plot(line["elapsed"], line["accuracy"], "-o", markersize=2, linewidth=1,
-                    color=f"C{i}", alpha=0.8, label=g["name"] if k == 0 else None)
+                    color=c, alpha=0.8, label=label if k == 0 else None)
         if len(lines) > 1 and all(len(line["elapsed"]) > 1 for line in lines):
             start = max(line["elapsed"][0] for line in lines)
             end = min(line["elapsed"][-1] for line in lines)
@@ -165,14 +191,12 @@ def time_figure(groups: list[dict]) -> Figure:
                 grid = np.linspace(start, end, 100)
                 at = np.array([np.interp(grid, line["elapsed"], line["accuracy"])
                                for line in lines])
-                ax.fill_between(grid, at.min(0), at.max(0), color=f"C{i}", alpha=0.15,
-                                linewidth=0)
+                ax.fill_between(grid, at.min(0), at.max(0), color=c, alpha=0.15, linewidth=0)
     ax.set_xlabel("training seconds (validation not counted)")
-    ax.set_ylabel("validation accuracy")
-    ax.set_title("Accuracy against training time (a line per seed; band: lowest to highest)")
+    if view:
+        ax.set_title(f"{view} view", fontsize=9)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    return fig
+    ax.legend(fontsize=7)
 
 
 def _time_rows(result: dict) -> tuple[list[str], list[list[str]]] | None:
@@ -269,6 +293,7 @@ def importance_figure(result: dict) -> Figure | None:
         ax.set_title(name, fontsize=9)
         ax.set_xticks(range(len(classes)), classes, fontsize=7,
                       rotation=90 if max(map(len, classes)) > 2 else 0)
+        ax.set_xlabel("class")
         ax.set_ylabel("step" if v["block"] == 1 else f"stretch of {v['block']} steps")
     fig.colorbar(im, ax=list(axes), label="drop of the class's probability when zeroed")
     return fig
@@ -288,20 +313,28 @@ def _figures(result: dict, test_images: np.ndarray | None) -> list[tuple[str, st
         figs.append(("importance", "Which steps matter for each class (occlusion of stretches "
                      "of steps, first seed of each sequence model)", importance))
     seeds = {len(g["seeds"]) for g in groups}
-    summed = "" if seeds == {1} else " (summed over seeds)"
-    figs.append(("confusion", "Confusion matrices" + summed, confusions_figure(
-        {g["name"] + summed: np.array(g["confusion"]) for g in groups}, groups[0]["classes"])))
+    per_seed = "" if seeds == {1} else " (test images per seed: the mean over seeds, rounded)"
+    figs.append(("confusion", "Confusion matrices" + per_seed, confusions_figure(
+        {g["name"]: np.rint(np.array(g["confusion"]) / len(g["seeds"])).astype(int)
+         for g in groups}, groups[0]["classes"])))
     if test_images is None:
         return figs
     classes = groups[0]["classes"]
+    short = {g["name"]: g["model"] for g in groups}
     for k, p in enumerate(result["pairs"]):
+        a, b = short[p["a"]], short[p["b"]]
+        if a == b:  # one model read two ways: the views tell them apart
+            a, b = p["a"], p["b"]
         for key, right, wrong in (("a_only", p["a"], p["b"]), ("b_only", p["b"], p["a"])):
             flips = p["flips"][key]
             if flips["images"]:
                 caption = f"Images {right} gets right and {wrong} wrong in most seeds " \
-                          f"({flips['count']:,} in all)"
-                fig = gallery_figure(test_images, [[i] for i in flips["images"]], classes,
-                                     caption, caption=lambda item: f"#{item[0]}")
+                          f"({flips['count']:,} in all; each with its true class and both " \
+                          "answers of the first seeds, with their confidence)"
+                fig = gallery_figure(
+                    test_images, flips.get("answers") or [[i] for i in flips["images"]],
+                    classes, caption, caption=lambda item, a=a, b=b: _flip_caption(
+                        item, classes, a, b))
                 figs.append((f"flips-{k}-{key}", caption, fig))
     for k, g in enumerate(groups):
         if g["misclassified"]:
@@ -309,6 +342,16 @@ def _figures(result: dict, test_images: np.ndarray | None) -> list[tuple[str, st
             figs.append((f"mistakes-{k}", caption, gallery_figure(
                 test_images, g["misclassified"], classes, caption)))
     return figs
+
+
+def _flip_caption(item: list, classes: list[str], a: str, b: str) -> str:
+    """#index, the true class, and each model's answer and confidence (reports written before
+    the answers were kept show the index only)."""
+    if len(item) < 6:
+        return f"#{item[0]}"
+    index, true, pa, ca, pb, cb = item
+    return (f"#{index}: {classes[true][:7]}\n{a[:9]} {classes[pa][:7]} {ca:.0%}\n"
+            f"{b[:9]} {classes[pb][:7]} {cb:.0%}")
 
 
 @dataclass(frozen=True)

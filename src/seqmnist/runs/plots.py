@@ -133,7 +133,10 @@ def gallery_figure(images: np.ndarray, items: list[list], classes: list[str], ti
     """A grid of test images: ``items`` are [index, true, predicted, confidence] (the most
     confident mistakes) unless ``caption(item)`` gives each image's own caption."""
     shown = items[:cols * rows]
-    fig = figure(cols * 1.1, max(1, -(-len(shown) // cols)) * 1.35 + 0.4)
+    lines = max((caption(item).count("\n") + 1 for item in shown), default=2) \
+        if caption is not None else 2
+    fig = figure(cols * 1.1 + (0.5 if lines > 2 else 0),
+                 max(1, -(-len(shown) // cols)) * (1.1 + 0.15 * lines) + 0.4)
     fig.suptitle(title)
     for k, item in enumerate(shown):
         ax = fig.add_subplot(max(1, -(-len(shown) // cols)), cols, k + 1)

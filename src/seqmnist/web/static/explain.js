@@ -79,8 +79,12 @@ function drawBelief(it) {
   ctx.fillStyle = 'rgba(255,140,0,0.55)'; ctx.fillRect(step - 1, 0, 1, C);
   ctx.fillStyle = 'rgba(0,160,0,0.8)'; ctx.fillRect(it.decided_at, 0, Math.min(1, 3 / sx), C);
   const now = it.belief[step - 1], top = now.indexOf(Math.max(...now));
-  $('belief-now').textContent = `after step ${step}: ${it.classes[top]} ${(100 * now[top]).toFixed(1)}%`;
-  $('belief-labels').textContent = it.classes.join(' · ');
+  $('belief-now').textContent = `After step ${step} of ${T}, the most probable class is ` +
+    `${it.classes[top]} (${(100 * now[top]).toFixed(1)}%).`;
+  const ticks = $('belief-labels');          // one label beside each row of the canvas
+  ticks.replaceChildren(...it.classes.map((c) => {
+    const d = document.createElement('div'); d.textContent = c; d.title = c; return d;
+  }));
 }
 
 function drawBars(id, values, label) {
@@ -155,6 +159,11 @@ function drawDataset(it) {
     ctx.fillStyle = '#ff8c00'; ctx.beginPath(); ctx.arc(px(x, 0), px(y, 1), 5, 0, 7); ctx.fill();
   }
   $('pca-n').textContent = d.images; $('pca-var').textContent = (100 * d.pca.explained).toFixed(0) + '%';
+  $('pca-legend').replaceChildren(...d.classes.map((c, k) => {
+    const s = document.createElement('span'), dot = document.createElement('i');
+    dot.style.background = PALETTE[k % PALETTE.length]; s.append(dot, c); return s;
+  }));
+  $('median-n').textContent = d.images;
   const B = d.importance.length, C = d.classes.length, m = absmax(d.importance);
   const ic = canvas($('importance'), C, B, 16, Math.max(4, Math.floor(220 / B)));
   for (let b = 0; b < B; b++) for (let c = 0; c < C; c++) {
