@@ -70,19 +70,13 @@ def collect() -> dict:
     return record
 
 
-def _reached(line: dict, threshold: float) -> float | None:
-    for seconds, accuracy in zip(line["elapsed"], line["accuracy"]):
-        if accuracy >= threshold:
-            return seconds
-    return None
-
-
 def tables(record: dict) -> str:
     """The board as Markdown: one table per view, then the published references."""
     import numpy as np
 
     from seqmnist.core import stats
     from seqmnist.core.units import format_duration
+    from seqmnist.evaluation.analysis import reached_at
     from seqmnist.evaluation.published import REFERENCES, published
 
     runs = record["runs"]
@@ -107,7 +101,7 @@ def tables(record: dict) -> str:
             cells = [model, f"{rs[0]['params']:,}", str(len(rs)), f"{np.mean(acc):.2%}",
                      f"{ci[0]:.2%} to {ci[1]:.2%}" if ci else "–"]
             for t in thresholds:
-                hits = [s for s in (_reached(r["timeline"], t) for r in rs) if s is not None]
+                hits = [h[0] for h in (reached_at(r["timeline"], t) for r in rs) if h]
                 cells.append(f"{np.median(hits):.0f} s; {len(hits)} of {len(rs)}" if hits
                              else f"not reached; 0 of {len(rs)}")
             pub = published(model, view)

@@ -109,26 +109,13 @@ def check_explainer(device: str, tiny: bool) -> list[dict]:
                         problems.append(f"state {k} differs")
         try:
             ia, _ = integrated_gradients(cpu, x.clone(), 0)
-            dev_ig, _ = integrated_gradients(dev, x.to(device), 0) if device == "cpu" else \
-                _ig_on(dev, x.to(device))
+            dev_ig, _ = integrated_gradients(dev, x.to(device), 0)
             if not (abs(ia - dev_ig).max() <= 1e-2 * (abs(ia).max() + 1e-6)):
                 problems.append("integrated gradients differ")
         except Exception as exc:  # Captum missing, or failing on the device
             problems.append(f"integrated gradients: {exc}")
         rows.append(dict(check="explainer", model=name, ok=not problems, problems=problems))
     return rows
-
-
-def _ig_on(model, x):
-    """Integrated gradients on the device, brought back as the explainer's numbers."""
-    from captum.attr import IntegratedGradients
-
-    from seqmnist.reports.explainer import IG_STEPS
-
-    attr, delta = IntegratedGradients(model).attribute(
-        x, baselines=torch.zeros_like(x), target=0, n_steps=IG_STEPS,
-        internal_batch_size=IG_STEPS, return_convergence_delta=True)
-    return attr.detach()[0].sum(-1).cpu().numpy(), float(delta.abs().max())
 
 
 def epoch_seconds(model: str, device: str, limit: int | None, out: Path,

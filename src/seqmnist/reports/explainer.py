@@ -168,7 +168,7 @@ def integrated_gradients(model, x: torch.Tensor, answer: int) -> tuple[np.ndarra
         attr, delta = ig.attribute(x, baselines=torch.zeros_like(x), target=answer,
                                    n_steps=IG_STEPS, internal_batch_size=IG_STEPS,
                                    return_convergence_delta=True)
-    per_step = attr.detach()[0].sum(-1).numpy()
+    per_step = attr.detach()[0].sum(-1).cpu().numpy()
     return per_step, float(delta.abs().max())
 
 
