@@ -242,3 +242,20 @@ def test_a_comparison_run_again_says_what_it_did_with_each_run(small_mnist_dir, 
     (group,) = json.loads(Path(summary["report"]).with_name("comparison.json").read_text())[
         "groups"]
     assert [Path(r).parent for r in group["runs"]] == [slot]
+
+
+def test_seeds_with_equal_validation_accuracy_draw_their_band():
+    """Three seeds stuck at the same accuracy (0.101: chance on a hard view): their mean rounds
+    a hair above their max, and the band's error bar used to be negative, a ValueError that
+    ended a whole sweep's report (81 runs of the board) in a traceback."""
+    import numpy as np
+
+    from seqmnist.reports.report import curves_figure
+
+    values = np.array([0.101, 0.101, 0.101])
+    assert values.mean() > values.max()  # the rounding this guards against
+    curves = {"epoch": [1], **{k: dict(mean=[float(values.mean())], low=[float(values.min())],
+                                        high=[float(values.max())])
+                               for k in ("loss", "accuracy", "val_loss", "val_accuracy")}}
+    group = dict(name="gru (pixels)", curves=curves, seeds=[0, 1, 2])
+    assert curves_figure([group], "accuracy").axes  # drawn, no ValueError

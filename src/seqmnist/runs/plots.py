@@ -66,8 +66,10 @@ def history_figure(series: dict[str, list[dict]], metric: str, title: str,
             ax.fill_between(band["epoch"], band["low"], band["high"], color=colour, alpha=0.15,
                             linewidth=0)
             mid = [h[f"val_{metric}"] for h in history]
-            ax.errorbar(band["epoch"], mid, yerr=[[m - lo for m, lo in zip(mid, band["low"])],
-                                                  [hi - m for m, hi in zip(mid, band["high"])]],
+            # a mean of equal values can round a hair outside their min and max: no negative bar
+            ax.errorbar(band["epoch"], mid,
+                        yerr=[[max(0.0, m - lo) for m, lo in zip(mid, band["low"])],
+                              [max(0.0, hi - m) for m, hi in zip(mid, band["high"])]],
                         fmt="none", ecolor=colour, capsize=3, linewidth=1)
     ax.set_title(title)
     epoch_axis(ax, last)
