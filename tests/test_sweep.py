@@ -101,7 +101,8 @@ def test_a_tiny_sweep_reports_like_compare_and_a_rerun_skips_what_is_done(tmp_pa
         sweep(parse_spec(GRID), out=out, progress=False, log=quiet)
     assert len(models) == 2
     lines = []
-    monkeypatch.setattr("tqdm.auto.tqdm.write", lambda line, *a, **k: lines.append(line))
+    monkeypatch.setattr("seqmnist.experiments.sweep.print_beside",
+                        lambda bar, line: lines.append(line))
     summary = sweep(parse_spec(GRID), out=out, progress=False, log=quiet)
     what = [line.split()[0] for line in lines]
     assert what == ["skipped", "trained", "trained", "trained"]  # the killed one had no checkpoint
@@ -130,7 +131,8 @@ def test_an_interrupted_run_with_a_checkpoint_is_resumed(tmp_path, monkeypatch):
         sweep(spec, out=tmp_path, progress=False, log=quiet)
     undo()
     lines = []
-    monkeypatch.setattr("tqdm.auto.tqdm.write", lambda line, *a, **k: lines.append(line))
+    monkeypatch.setattr("seqmnist.experiments.sweep.print_beside",
+                        lambda bar, line: lines.append(line))
     sweep(spec, out=tmp_path, progress=False, log=quiet)
     assert lines[0].startswith("resumed")
     (run,) = (tmp_path / "runs" / "rnn-digits-rows-seed0").iterdir()

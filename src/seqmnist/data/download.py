@@ -24,6 +24,7 @@ from pathlib import Path
 
 from ..core.errors import DataError, DownloadError
 from ..core.fileio import atomic_write, follow_umask
+from ..core.progress import bar as progress_bar
 
 CHUNK = 1 << 16
 
@@ -87,8 +88,6 @@ def limits_for(size: int | None) -> tuple[int | None, float | None]:
 
 def _stream(url: str, target: Path, timeout: float, progress: bool,
             max_bytes: int | None = None, seconds: float | None = None) -> None:
-    from tqdm.auto import tqdm
-
     deadline = time.monotonic() + seconds if seconds else None
     req = urllib.request.Request(url, headers={"User-Agent": "seqmnist"})
     with urllib.request.urlopen(req, timeout=timeout) as resp, open(target, "wb") as out:
@@ -96,8 +95,8 @@ def _stream(url: str, target: Path, timeout: float, progress: bool,
         if max_bytes is not None and total is not None and total > max_bytes:
             raise TooBig(f"the mirror offers {total:,} bytes, more than the {max_bytes:,} this "
                          "file can be")
-        with tqdm(total=total, unit="B", unit_scale=True, desc=Path(url).name,
-                  disable=not progress, leave=False) as bar:
+        with progress_bar(total=total, unit="B", desc=Path(url).name, enabled=progress,
+                          unit_scale=True, leave=False) as bar:
             while chunk := resp.read1(CHUNK):  # whatever has arrived: deadlines are checked
                 out.write(chunk)
                 bar.update(len(chunk))

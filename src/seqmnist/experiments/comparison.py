@@ -13,6 +13,8 @@ from pathlib import Path
 
 from ..core.errors import CheckpointError, UsageError
 from ..core.fileio import output_folder
+from ..core.progress import bar as progress_bar
+from ..core.progress import print_beside
 from ..core.system import keep_freed_memory
 from ..data.datasets import load_dataset
 from ..data.views import VIEWS
@@ -124,7 +126,7 @@ def longest_first(configs: list[TrainConfig], ds) -> list[int]:
 
 
 def train_side_by_side(configs: list[TrainConfig], jobs: int, runs_dir, data_dir, tensorboard,
-                       log, ds, slots: Path | None = None) -> list[Path]:
+                       log, ds, slots: Path | None = None, progress: bool = True) -> list[Path]:
     """Train ``configs`` ``jobs`` at a time, each on its share of the cores, the most expensive
     first (``longest_first``); a line per finished run. Returns the run folders in the order of
     ``configs``. A failed run stops the comparison with its error.
@@ -155,7 +157,7 @@ def train_side_by_side(configs: list[TrainConfig], jobs: int, runs_dir, data_dir
                 initargs=(threads,)) as pool:
             futures = {pool.submit(_train_here, configs[i], runs_dir, data_dir, threads,
                                    tensorboard, slots, ds, together): i for i in order}
-            _collect(futures, configs, paths, log)
+            _collect(futures, configs, paths, log, progress)
         return paths
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
@@ -166,25 +168,42 @@ def train_side_by_side(configs: list[TrainConfig], jobs: int, runs_dir, data_dir
                                None if data_dir is None else str(data_dir), threads,
                                tensorboard, None if slots is None else str(slots), together): i
                    for i in order}
-        _collect(futures, configs, paths, log)
+        _collect(futures, configs, paths, log, progress)
     return paths
 
 
-def _collect(futures: dict, configs: list[TrainConfig], paths: list[Path], log) -> None:
-    from concurrent.futures import as_completed
+def _collect(futures: dict, configs: list[TrainConfig], paths: list[Path], log,
+             progress: bool = True) -> None:
+    """Wait for the runs, a line per finished one; meanwhile a bar of runs on a terminal, or a
+    line every few seconds naming the runs in training where output is not a terminal."""
+    from concurrent.futures import FIRST_COMPLETED, wait
 
-    for done, future in enumerate(as_completed(futures), 1):
-        i = futures[future]
-        try:
-            what, path, seconds = future.result()
-        except BaseException:  # a failed or interrupted run: start no other
-            for f in futures:
-                f.cancel()
-            raise
-        took = f"{seconds:.1f} s, " if what != "skipped" else "already finished: "
-        log(f"{what} {configs[i].model}, seed {configs[i].seed} ({done} of "
-            f"{len(configs)}): {took}{path}")
-        paths[i] = Path(path)
+    pending, done = set(futures), 0
+    with progress_bar(total=len(configs), desc="runs", unit="run", enabled=progress) as bar:
+        while pending:
+            finished, pending = wait(pending, timeout=1.0, return_when=FIRST_COMPLETED)
+            for future in finished:
+                i = futures[future]
+                try:
+                    what, path, seconds = future.result()
+                except BaseException:  # a failed or interrupted run: start no other
+                    for f in futures:
+                        f.cancel()
+                    raise
+                done += 1
+                took = f"{seconds:.1f} s, " if what != "skipped" else "already finished: "
+                line = (f"{what} {configs[i].model}, seed {configs[i].seed} ({done} of "
+                        f"{len(configs)}): {took}{path}")
+                if log is print:
+                    print_beside(bar, line)
+                else:
+                    log(line)
+                paths[i] = Path(path)
+                bar.update()
+            running = [configs[futures[f]] for f in pending if f.running()]
+            bar.set_postfix(training=", ".join(f"{c.model} seed {c.seed}" for c in running) or "-",
+                            refresh=False)
+            bar.refresh()
 
 
 def compare(models: list[str] | None = None, *, runs: list[str | Path] | None = None,
@@ -224,6 +243,7 @@ def compare(models: list[str] | None = None, *, runs: list[str | Path] | None = 
         paths = _train_all(configs, seeds, jobs, slots, Path(runs_dir or "runs"), data_dir, ds,
                            progress, log, tensorboard)
         finished += [load_run(path) for path in paths]
+        log(f"Writing the report on {len(finished)} runs (paired tests, figures, galleries)...")
         summary = write_report(finished, folder, ds.x_test, test_labels=ds.y_test)
     caveat = f"{summary['caveat']}\n" if summary.get("caveat") else ""
     log(f"\n{caveat}{summary['verdict']}\nReport: {summary['report']}")
@@ -239,7 +259,8 @@ def _train_all(configs: list[TrainConfig], seeds: int, jobs: int | None, slots: 
     if jobs > 1:
         log(f"Training {len(configs)} runs, {jobs} at a time (one per core, one thread each: "
             "measured faster for several seeds, BENCHMARKS.md), the longest first")
-        return train_side_by_side(configs, jobs, runs_dir, data_dir, tensorboard, log, ds, slots)
+        return train_side_by_side(configs, jobs, runs_dir, data_dir, tensorboard, log, ds, slots,
+                                  progress)
     paths = []
     for i, cfg in enumerate(configs, 1):
         log(f"\n=== {cfg.model}, seed {cfg.seed} ({i} of {len(configs)}) ===")

@@ -34,6 +34,8 @@ else:  # Python 3.10: the same parser, from PyPI
 
 from ..core.errors import SeqmnistError, UsageError
 from ..core.fileio import output_folder, read_regular_file, write_json
+from ..core.progress import bar as progress_bar
+from ..core.progress import print_beside
 from ..core.units import format_duration, parse_duration
 from ..data.datasets import get_spec, load_dataset
 from ..data.views import get_view
@@ -223,17 +225,15 @@ def sweep(spec: Spec | str | Path, out: str | Path | None = None,
 
 
 def _sweep_locked(spec: Spec, out: Path, data_dir, progress: bool, log, runner) -> dict:
-    from tqdm.auto import tqdm
-
     for line in spec.skipped:
         log(f"skipped: {line}")
     done: dict[str, Path] = {}
-    bar = tqdm(total=len(spec.runs), unit="run", desc="sweep", disable=None if progress else True)
+    bar = progress_bar(total=len(spec.runs), unit="run", desc="sweep", enabled=progress)
 
     def finished(grid_run: GridRun, what: str, path: Path, note: str) -> None:
         done[grid_run.key] = Path(path)
         bar.update()
-        tqdm.write(f"{what:8s} {grid_run.key} ({note}) -> {path}")
+        print_beside(bar, f"{what:8s} {grid_run.key} ({note}) -> {path}")
 
     try:
         (runner or run_here)(spec.runs, out, data_dir, finished)

@@ -28,6 +28,7 @@ import torch
 
 from ..core.errors import SeqmnistError, UsageError
 from ..core.fileio import atomic_write, dumps
+from ..core.progress import bar as progress_bar
 from ..data.datasets import load_dataset
 from ..data.images import prepare_image
 from ..data.views import VIEWS, to_input
@@ -314,9 +315,6 @@ def explain_runs(runs: list[str | Path | Run], indices: list[int] | None = None,
                  progress: bool = True, dataset=None) -> list[Explanation]:
     """Every run explained on every chosen image (the default set when none is given).
     ``dataset``: the runs' dataset, when already loaded."""
-    from tqdm.auto import tqdm
-
-
     loaded = [r if isinstance(r, Run) else load_run(r) for r in runs]
     datasets = {r.config.dataset for r in loaded}
     if len(datasets) > 1:
@@ -335,8 +333,8 @@ def explain_runs(runs: list[str | Path | Run], indices: list[int] | None = None,
                              f"(0..{len(ds.x_test) - 1})")
     private = [torch_copy(run) for run in loaded]  # one copy per run, for every image
     out = []
-    with tqdm(total=len(chosen) * len(loaded), unit="image", desc="explain",
-              disable=None if progress else True) as bar:
+    with progress_bar(total=len(chosen) * len(loaded), unit="image", desc="explain",
+                      enabled=progress) as bar:
         for item in chosen:
             for run in private:
                 out.append(_explain(run, *_image(run, item, data_dir, ds)))

@@ -150,6 +150,9 @@ def _train(cfg: TrainConfig, recorder: Recorder | None, state: dict | None, out,
         val = trainer.fit(recorder.epoch, folder)
     finally:
         step.close()
+    if cfg.protocol == "research" or val is None:
+        log(f"Testing on the {len(x_test):,} test images, and how early it knows (anytime "
+            "accuracy)...")
     if cfg.protocol == "research":  # the best validation epoch's weights, then the test set once
         if trainer.best is not None:
             model.load_state_dict(trainer.best["state"])
@@ -159,6 +162,7 @@ def _train(cfg: TrainConfig, recorder: Recorder | None, state: dict | None, out,
         val = evaluate_tensors(model, x_test, y_test, cfg.eval_batch_size, cfg.precision,
                                anytime=True)
     history = trainer.history
+    log("Writing its weights, test predictions, metrics and plots...")
     metrics = recorder.finish(model, cfg, ds, input_shape, history, val, x_test, y_test)
     if board is not None:
         board.finish(np.array(metrics.confusion), ds.classes, len(history))

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from ..core import progress
 from ..core.errors import SeqmnistError, UsageError
 from ..core.signals import handling
 from ..core.units import format_duration
@@ -268,8 +269,6 @@ class Trainer:
         shuffled order of the training set, reshuffled at its end; the order and the place in
         it are part of the checkpoint. Returns (mean loss, accuracy, whether the round ran to
         its end, training seconds, images)."""
-        from tqdm.auto import tqdm
-
         x, y, cfg = self.x, self.y, self.cfg
         budget = cfg.budget
         end = budget * (k + 1) / BUDGET_ROUNDS
@@ -280,9 +279,9 @@ class Trainer:
         correct = torch.zeros((), device=x.device, dtype=torch.long)
         seen = 0
         watched = bool(BATCH_HOOKS or self.watchers)
-        bar = tqdm(total=round(end - start, 1), desc=f"Round {k + 1}/{BUDGET_ROUNDS}", unit="s",
-                   disable=None if self.progress else True, leave=False,
-                   bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s{postfix}")
+        bar = progress.bar(total=round(end - start, 1), unit="s", enabled=self.progress,
+                           desc=f"{cfg.model} round {k + 1}/{BUDGET_ROUNDS}", leave=False,
+                           bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s{postfix}")
         step, finished = 0, False
         while spent < end and not finished:
             if self.order is None or self.position >= len(x):
@@ -318,8 +317,6 @@ class Trainer:
     def _epoch(self, epoch: int, flag: dict) -> tuple[float, float, bool, float, int]:
         """One pass over the training set: (mean loss, accuracy, whether every batch ran,
         seconds, images)."""
-        from tqdm.auto import tqdm
-
         x, y, cfg, steps = self.x, self.y, self.cfg, self.steps_per_epoch
         t0 = clock()
         self.step.train()
@@ -328,8 +325,8 @@ class Trainer:
         correct = torch.zeros((), device=x.device, dtype=torch.long)
         seen = done = 0
         watched = bool(BATCH_HOOKS or self.watchers)
-        bar = tqdm(total=steps, desc=f"Epoch {epoch + 1}/{cfg.epochs}", unit="batch",
-                   disable=None if self.progress else True, leave=False)
+        bar = progress.bar(total=steps, desc=f"{cfg.model} epoch {epoch + 1}/{cfg.epochs}",
+                           unit="batch", enabled=self.progress, leave=False)
         for step, i in enumerate(range(0, len(x), cfg.batch_size)):
             idx = perm[i:i + cfg.batch_size]
             loss_sum, hits = self.step(x.index_select(0, idx), y.index_select(0, idx))
