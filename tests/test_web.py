@@ -116,7 +116,12 @@ def test_cross_origin_post_refused(client, digit_png):
     assert client.post("/api/predict", content=digit_png, headers=headers).status_code == 200
 
 
-def test_no_runs_is_a_clear_message(tmp_path):
+def test_no_runs_is_a_clear_message(tmp_path, monkeypatch):
+    """No runs of the user's and no pretrained ones (an installation without them): what to
+    do, in one message. (With the shipped pretrained runs they are served: test_pretrained.)"""
+    from seqmnist.runs import pretrained
+
+    monkeypatch.setattr(pretrained, "FOLDER", tmp_path / "no-pretrained")
     with pytest.raises(SeqmnistError, match="seqmnist compare --epochs 1"):
         resolve_runs(None, tmp_path)
 

@@ -361,7 +361,11 @@ def build_sweep(p: argparse.ArgumentParser) -> None:
 
 
 def build_explain(p: argparse.ArgumentParser) -> None:
-    p.add_argument("runs", nargs="+", type=Path, metavar="RUN", help="finished run folders")
+    p.add_argument("runs", nargs="*", type=Path, metavar="RUN", help="finished run folders "
+                   "(or pretrained:NAME)")
+    p.add_argument("--pretrained", nargs="+", default=[], metavar="NAME",
+                   help="the pretrained runs shipped with seqmnist to explain (lstm, gru, cnn), "
+                   "beside any RUN given (default: none)")
     p.add_argument("--index", nargs="+", type=nonnegative_int, default=[], metavar="N",
                    help="test images to explain (default: one read right per class, the most "
                    "confident mistakes and, with several runs, images they disagree on)")
@@ -628,16 +632,22 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
+    from .core.errors import UsageError
     from .core.fileio import output_folder
     from .reports.explainer import explain_set, write_explanations
+    from .runs.pretrained import path_of
 
+    runs = [*args.runs, *(path_of(name) for name in args.pretrained)]
+    if not runs:
+        raise UsageError("give the runs to explain (run folders), or --pretrained lstm (the "
+                         "models shipped with seqmnist)")
     with output_folder(args.out, "explanation", default="explain") as out:
-        explained = explain_set(args.runs, args.index, args.image, args.data_dir,
+        explained = explain_set(runs, args.index, args.image, args.data_dir,
                                 progress=not args.no_progress)
         files = write_explanations(explained, out)
     explanations = explained.explanations
     models = sorted({e.model for e in explanations})
-    print(f"Explained {len(explanations) // max(len(args.runs), 1)} images with "
+    print(f"Explained {len(explanations) // len(runs)} images with "
           f"{', '.join(models)}: {files['html']} (numbers in {files['json']})")
     if args.open:
         import webbrowser

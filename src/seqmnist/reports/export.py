@@ -24,6 +24,7 @@ from ..data.views import VIEWS, permutation
 from ..evaluation.analysis import recipe_key
 from ..kernels.backends import install_backend
 from ..models.registry import MODELS
+from ..runs import pretrained
 from ..runs.storage import PREDICTIONS, WEIGHTS, Run, is_run_folder, load_predictions, load_run
 from ..training.config import TrainConfig
 
@@ -38,6 +39,9 @@ def _place_file(out: Path, run: Run, force: bool) -> Path:
     """Where an exported file may go: never over a run's own files (only ``model.onnx`` is
     written inside a run folder), never over an existing file unless ``force``; the parent
     folder is made if missing. Raises UsageError naming the problem."""
+    if pretrained.is_pretrained(out):
+        raise UsageError(f"{run.path} is a pretrained run shipped with seqmnist and is not "
+                         "written to; give --out FILE")
     if out.is_dir():
         raise UsageError(f"--out {out} is a folder; give the file to write, e.g. "
                          f"{out / ONNX_NAME}")

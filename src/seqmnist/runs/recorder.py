@@ -26,6 +26,7 @@ from ..data.datasets import Dataset
 from ..models.layers import trainable_parameters
 from ..training.config import TrainConfig, validation_size
 from ..training.metrics import Evaluation, anytime_accuracy
+from . import pretrained
 from .plots import confusion_figure, plot_confusion, plot_history
 from .schema import Provenance, RunMetrics
 from .storage import (
@@ -101,6 +102,9 @@ class Recorder:
         """An interrupted run: (its recorder, the config it trains with, its newest readable
         checkpoint). The checkpoint's config is the run's; config.json must agree with it."""
         folder = Path(folder)
+        if pretrained.is_pretrained(folder) or str(folder).startswith(pretrained.PREFIX):
+            raise CheckpointError(f"{folder}: a pretrained run shipped with seqmnist is finished "
+                                  "and read-only; train your own with `seqmnist train MODEL`")
         if not os.path.lexists(folder / "config.json"):
             raise CheckpointError(f"{folder}: not a run folder (no config.json)")
         read_json(folder / "config.json")  # a folder or a pipe there: one line naming it

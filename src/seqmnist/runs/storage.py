@@ -26,6 +26,7 @@ from ..kernels.backends import inference_backend, install_backend
 from ..models.plugins import changed_since, missing_plugin_hint
 from ..models.registry import create_model, list_models
 from ..training.config import TrainConfig
+from . import pretrained
 from .schema import MAX_SIDE, RunMetrics
 
 CHECKPOINT = "checkpoint.pt"
@@ -311,8 +312,8 @@ def check_finite(weights: Path, tensors: dict) -> None:
 def find_run(path: str | Path) -> Path:
     """The run folder ``path`` names: itself, or, for a folder holding exactly one finished run
     one level down (a comparison's or a sweep's slot, ``OUT/runs/lstm-mnist-rows-seed0``),
-    that run."""
-    path = Path(path)
+    that run; ``pretrained:NAME``, the shipped pretrained run of that name."""
+    path = pretrained.resolve(path)
     if (path / WEIGHTS).exists() or not path.is_dir() or path.is_symlink():
         return path
     inside = [p for p in sorted(path.iterdir())

@@ -30,6 +30,7 @@ from ..data.views import VIEWS
 from ..evaluation.predict import predict_arrays
 from ..models.registry import get_entry
 from ..reports.explainer import Cancelled, explain, stop_when
+from ..runs import pretrained
 from ..runs.storage import Run, latest_runs, load_run
 
 MAX_BODY = 2 * 1024 * 1024
@@ -175,6 +176,11 @@ def resolve_runs(runs: list[str | Path] | None, runs_dir: str | Path = "runs",
     cannot be loaded (its weights NaN, its files disagreeing) is left out with one line saying
     why, and the others are served; none left is an error."""
     paths = [Path(r) for r in runs] if runs else list(latest_runs(runs_dir).values())
+    if not paths and not runs and pretrained.names():
+        paths = [pretrained.verify(name) for name in pretrained.names()]
+        log(f"No runs of your own under {runs_dir}/: serving the pretrained runs shipped with "
+            f"seqmnist ({', '.join(pretrained.names())}). Train your own with `seqmnist compare "
+            "--preset fast`, and `seqmnist serve` shows them instead.")
     if not paths:
         raise SeqmnistError(f"no finished runs found under {runs_dir}/; make some with:\n"
                             "  seqmnist compare --epochs 1\nthen run `seqmnist serve` again")
@@ -202,7 +208,7 @@ def model_info(run: Run) -> dict:
     return dict(name=run.name, model=run.config.model, dataset=run.config.dataset,
                 view=run.config.view, test_accuracy=run.metrics.get("test_accuracy"),
                 classes=run.classes, recurrent=answers_each_step(run),
-                unit=VIEWS[run.config.view].unit)
+                unit=VIEWS[run.config.view].unit, pretrained=pretrained.is_pretrained(run.path))
 
 
 def predict_all(runs: list[Run], image: np.ndarray) -> dict:
