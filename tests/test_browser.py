@@ -73,6 +73,19 @@ def server(good_runs):
     thread.join(10)
 
 
+PHONE = {"width": 390, "height": 844}
+
+
+def fits_a_phone(page, shot: Path) -> None:
+    """At a phone's width the page is one column no wider than the screen (nothing to scroll
+    sideways), and its screenshot is taken there."""
+    page.set_viewport_size(PHONE)
+    # reading scrollWidth lays the page out at the new width first
+    wider = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+    assert wider <= 1, f"{wider}px wider than a {PHONE['width']}px phone"
+    page.screenshot(path=str(shot.with_name(shot.stem + "-phone.png")), full_page=True)
+
+
 def draw(page, strokes):
     box = page.locator("#pad").bounding_box()
     for stroke in strokes:
@@ -107,13 +120,22 @@ def test_draw_a_seven_and_both_models_say_seven(server, tmp_path):
         expect(page.locator("#x-title")).to_contain_text("reading your image")
         expect(page.locator("#x-pick option")).to_have_count(2)
         assert page.locator('.card[data-model="cnn"] canvas.belief').count() == 0
-        # The preview shows what the models saw; pointing at a row of the strip highlights it.
-        strip = page.locator('.card[data-model="lstm"] canvas.belief').bounding_box()
-        page.mouse.move(strip["x"] + 50, strip["y"] + strip["height"] * 0.5)
-        expect(page.locator('.card[data-model="lstm"] .row-detail')).to_contain_text("After row")
+        # The belief has one orientation everywhere: a row per class (labelled), a column per
+        # step, as in the inside view; pointing at a column highlights the row of the image read.
+        belief = page.locator('.card[data-model="lstm"] canvas.belief')
+        assert (belief.get_attribute("width"), belief.get_attribute("height")) == ("28", "10")
+        expect(page.locator('.card[data-model="lstm"] .class-axis span')).to_have_count(10)
+        expect(page.locator('.card[data-model="lstm"] .class-axis span').nth(3)).to_have_text("3")
+        strip = belief.bounding_box()
+        page.mouse.move(strip["x"] + strip["width"] * 0.98, strip["y"] + 20)
+        expect(page.locator('.card[data-model="lstm"] .row-detail')).to_contain_text(
+            "After row 28 of 28")
+        expect(page.locator("#pretrained-note")).to_be_hidden()  # the user's own runs: no note
         shot = Path(os.environ.get("SEQMNIST_SCREENSHOT") or tmp_path / "page.png")
         page.screenshot(path=str(shot), full_page=True)
-        expect(page.locator('.card[data-model="lstm"] .row-axis span').first).to_have_text("row 1")
+        expect(page.locator('.card[data-model="lstm"] .step-axis span').first).to_have_text("row 1")
+        fits_a_phone(page, shot)
+        page.set_viewport_size({"width": 1280, "height": 900})
         page.click("#clear")
         expect(page.locator(".card.stale")).to_have_count(2)
         draw(page, [[(140, 140), (141, 141)]])  # a dot is not a digit
@@ -167,6 +189,9 @@ def test_explain_html_works_offline_from_a_file(small_runs, small_mnist_dir, tmp
         expect(page.locator("#x-belief-labels div")).to_have_count(10)
         expect(page.locator("#x-belief-labels div").nth(3)).to_have_text("3")
         expect(page.locator("#x-pca-legend span")).to_have_count(10)
+        # the stretches-of-steps heatmap: a labelled row per class, as the belief
+        expect(page.locator("#x-importance-labels div")).to_have_count(10)
+        assert page.locator("#x-importance").evaluate("c => c.height") == 10 * 14
         expect(page.locator("#x-median-n")).to_have_text(re.compile(r"^\d+$"))
         expect(page.locator("#x-occlusion-now")).to_contain_text("occlusion at step 20:")
         expect(page.locator("#x-states canvas")).to_have_count(10)  # 2 layers x h, c and 3 gates
@@ -180,10 +205,14 @@ def test_explain_html_works_offline_from_a_file(small_runs, small_mnist_dir, tmp
         expect(page.locator("#x-title")).to_contain_text("cnn (image view)")
         expect(page.locator("#x-stepper")).to_be_hidden()
         expect(page.locator("#x-no-steps")).to_be_visible()
+        expect(page.locator("#x-input-note")).to_have_text(
+            "The image as the model sees it: all of it at once, with no steps.")
         expect(page.locator("#x-dataset-panel")).to_be_hidden()
         expect(page.locator("#x-saliency")).to_be_visible()
         cnn_shot = shot.with_name(shot.stem + "-cnn.png")
         page.screenshot(path=str(cnn_shot), full_page=True)
+        page.select_option("#x-pick", index=0)
+        fits_a_phone(page, shot)
         browser.close()
     assert not errors, errors
     assert not requests, requests

@@ -164,35 +164,39 @@ function beliefStrip(m) {
   const note = el("p", { class: "sure" }, sure === null
     ? `It only settles on the last ${unit}s.`
     : `Sure it is ${m.prediction} from ${unit} ${sure + 1} of ${m.steps.length} on.`);
-  const strip = el("canvas", { class: "belief", width: m.classes.length, height: m.steps.length,
-                               "aria-label": `belief per ${unit}` });
+  // one orientation everywhere (as in the inside view below): a row per class, a column per step
+  const n = m.steps.length, k = m.classes.length;
+  const strip = el("canvas", { class: "belief", width: n, height: k,
+                               "aria-label": `belief per ${unit}: a row per class, a column per ${unit}` });
   const g = strip.getContext("2d");
-  m.steps.forEach((p, r) => p.forEach((v, c) => {
+  m.steps.forEach((p, t) => p.forEach((v, c) => {
     const shade = Math.round(255 * (1 - v));
     g.fillStyle = `rgb(${shade},${Math.round(shade * 0.9 + 25)},255)`;
-    g.fillRect(c, r, 1, 1);
+    g.fillRect(t, c, 1, 1);
   }));
-  const legend = el("div", { class: "legend" });
-  legend.style.gridTemplateColumns = `repeat(${m.classes.length}, 1fr)`;  // one per column
-  if (m.classes.length > 10) legend.style.fontSize = ".5rem";
-  m.classes.forEach((c) => legend.append(el("span", {}, c)));
-  const axis = el("div", { class: "row-axis", "aria-hidden": "true" });
-  const n = m.steps.length;
-  for (const r of [1, Math.round(n / 4), Math.round(n / 2), Math.round(3 * n / 4), n]) {
-    const label = el("span", {}, `${unit} ${r}`);
-    label.style.top = `${(100 * (r - 0.5)) / n}%`;
+  const classAxis = el("div", { class: "class-axis", "aria-hidden": "true" });
+  classAxis.style.gridTemplateRows = `repeat(${k}, 1fr)`;  // one label per row of the strip
+  if (k > 10) classAxis.style.fontSize = ".5rem";
+  m.classes.forEach((c) => classAxis.append(el("span", {}, c)));
+  const axis = el("div", { class: "step-axis", "aria-hidden": "true" });
+  for (const t of [...new Set([1, Math.round(n / 4), Math.round(n / 2), Math.round(3 * n / 4), n])]) {
+    const label = el("span", {}, `${unit} ${t}`);
+    label.style.left = `${(100 * (t - 0.5)) / n}%`;
     axis.append(label);
   }
   const plot = el("div", { class: "belief-plot" });
-  plot.append(axis, strip);
+  const column = el("div", { class: "belief-column" });
+  column.append(strip, axis);
+  plot.append(classAxis, column);
+  const legend = el("p", { class: "axis-names" }, `class (rows) · ${unit} read (left to right)`);
   const scale = el("div", { class: "scale" });
   scale.append(el("span", {}, "0%"), el("span", { class: "gradient" }), el("span", {}, "100% belief"));
   const detail = el("p", { class: "row-detail" }, `Point at a ${unit} to see what it believed there.`);
   strip.addEventListener("pointermove", (e) => {
-    const r = Math.min(m.steps.length - 1, Math.floor(e.offsetY / strip.clientHeight * m.steps.length));
-    const p = m.steps[r], best = p.indexOf(Math.max(...p));
-    detail.textContent = `After ${unit} ${r + 1}: ${m.classes[best]} (${(100 * p[best]).toFixed(0)}%)`;
-    highlight = { readAt: m.read_at, step: r };
+    const t = Math.min(n - 1, Math.floor(e.offsetX / strip.clientWidth * n));
+    const p = m.steps[t], best = p.indexOf(Math.max(...p));
+    detail.textContent = `After ${unit} ${t + 1} of ${n}: ${m.classes[best]} (${(100 * p[best]).toFixed(0)}%)`;
+    highlight = { readAt: m.read_at, step: t };
     drawSeen();
   });
   strip.addEventListener("pointerleave", () => { highlight = null; drawSeen(); });
@@ -251,9 +255,11 @@ async function loadModels() {
   const data = await resp.json();
   for (const m of data.models) {
     const card = el("article", { class: "card stale", "data-model": m.model });
-    card.append(el("h3", {}, `${m.model} (${m.view})`), el("div", { class: "meta" }, `${m.dataset} · ${m.name}`));
+    card.append(el("h3", {}, `${m.model} (${m.view})`), el("div", { class: "meta" }, `${m.dataset} · ${m.pretrained ? "pretrained" : m.name}`));
     modelsPanel.append(card);
   }
+  // runs shipped with seqmnist stand in until the user has trained their own: say so
+  document.getElementById("pretrained-note").hidden = !data.models.some((m) => m.pretrained);
 }
 
 clearPad();

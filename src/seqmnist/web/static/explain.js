@@ -165,13 +165,15 @@ function drawDataset(it) {
   }));
   $('median-n').textContent = d.images;
   const B = d.importance.length, C = d.classes.length, m = absmax(d.importance);
-  const ic = canvas($('importance'), C, B, 16, Math.max(4, Math.floor(220 / B)));
+  // a row per class (14 px, as the belief's rows and their labels), a column per stretch
+  const ic = canvas($('importance'), B, C, Math.max(4, Math.floor(220 / B)), 14);
   for (let b = 0; b < B; b++) for (let c = 0; c < C; c++) {
-    ic.fillStyle = diverge(d.importance[b][c], m); ic.fillRect(c, b, 1, 1);
+    ic.fillStyle = diverge(d.importance[b][c], m); ic.fillRect(b, c, 1, 1);
   }
-  $('importance-classes').textContent = d.classes.join(' · ');
-  $('importance-block').textContent = d.block === 1 ? 'one step; rows are steps'
-    : `${d.block} steps; rows are stretches, first at the top`;
+  $('importance-labels').replaceChildren(...d.classes.map((c) => {
+    const div = document.createElement('div'); div.textContent = c; div.title = c; return div;
+  }));
+  $('importance-block').textContent = d.block === 1 ? 'one step' : `${d.block} steps`;
   $('median').textContent = d.classes.map((c) => `${c}: ` +
     (d.median_decided_at[c] == null ? '-' : `step ${d.median_decided_at[c] + 1}`)).join(' · ');
 }
@@ -186,6 +188,11 @@ function show() {
   $('stepper').style.display = seq ? '' : 'none';
   for (const id of ['belief-panel', 'steps-panel']) $(id).style.display = seq ? '' : 'none';
   $('no-steps').style.display = seq ? 'none' : '';
+  $('input-note').textContent = seq
+    ? `Bright: read so far; the marker is the current step. This ${it.view} view reads ` +
+      `${it.steps} steps in the order it names (rows top to bottom, columns left to right, ` +
+      'pixels one by one).'
+    : 'The image as the model sees it: all of it at once, with no steps.';
   if (seq) {
     $('step').max = it.steps; step = Math.min(Math.max(step, 1), it.steps); $('step').value = step;
     $('step-label').textContent = `step ${step} of ${it.steps}`;
