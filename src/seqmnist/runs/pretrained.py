@@ -11,10 +11,10 @@ read-only: nothing seqmnist does writes inside them.
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 from ..core.errors import CheckpointError, UsageError
+from ..data.download import sha256_of_file
 
 FOLDER = Path(__file__).resolve().parent.parent / "pretrained"
 PREFIX = "pretrained:"
@@ -50,17 +50,9 @@ def is_pretrained(path: str | Path) -> bool:
         return False
 
 
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def write_sums(folder: Path) -> str:
     """The ``SHA256SUMS`` text for every file in ``folder`` (``sha256sum`` writes the same)."""
-    return "".join(f"{sha256(p)}  {p.name}\n" for p in sorted(folder.iterdir())
+    return "".join(f"{sha256_of_file(p)}  {p.name}\n" for p in sorted(folder.iterdir())
                    if p.is_file() and p.name != SUMS)
 
 
@@ -78,7 +70,7 @@ def verify(name: str) -> Path:
         raise CheckpointError(f"{folder}: files and {SUMS} disagree ({', '.join(odd[:3])}): "
                               "reinstall seqmnist")
     for file, digest in sorted(listed.items()):
-        if sha256(folder / file) != digest:
+        if sha256_of_file(folder / file) != digest:
             raise CheckpointError(f"{folder / file}: checksum differs from {SUMS}: the file was "
                                   "changed after it was shipped; reinstall seqmnist")
     return folder
