@@ -5,7 +5,11 @@
   ``vmap(grad_and_value(...))`` over the K batches, one Adam over the stacked parameters
   (Adam is elementwise: K independent ones);
 - side by side: K ordinary steps in threads, one thread each, cores shared out
-  (what ``seqmnist compare --seeds K`` does).
+  (what ``seqmnist compare --seeds K --no-stack`` does), with autograd and Adam, and with
+  seqmnist's own update (``Update``, the model's backend: the LSTM kernel for the LSTM);
+- together: seqmnist's stacked step (training/together.py, kernels/stacked.py), one group of
+  K/cores seeds per core, each seed's update driven by its own thread as the trainers drive
+  them (what ``seqmnist compare --seeds K`` does for a model whose registry entry ``stacks``).
 
     python benchmarks/stacked.py --models gru lstm --seeds 4 --steps 30
 
@@ -19,18 +23,24 @@ import argparse
 import copy
 import json
 import os
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
 import torch
+from stacked_step import SeedGroup
 from torch.func import functional_call, grad_and_value, stack_module_state, vmap
 from torch.nn import functional as F
 
-from seqmnist.kernels.backends import install_backend
+from seqmnist.kernels.backends import install_backend, resolve_backend
 from seqmnist.models.registry import create_model
+from seqmnist.training.config import TrainConfig
+from seqmnist.training.update import Update
 
 OUT = Path(__file__).resolve().parent / "out"
+STACKED = ("gru", "rnn")  # the models stacked_step stacks
 
 
 def timed(step, n: int) -> float:
@@ -84,9 +94,54 @@ def measure(name: str, k: int, batch: int, steps: int, cores: int) -> dict:
         side_by_side = timed(threaded, steps)
     torch.set_num_threads(cores)
     one = timed(lambda: solo(0), steps)
+    own = [Update(create_model(name, (28, 28), 10, dropout=0.0),
+                  replace(config(name, i, batch), backend=resolve_backend("auto", models[i])),
+                  1000, 1) for i in range(k)]
+    with ThreadPoolExecutor(cores, initializer=torch.set_num_threads, initargs=(1,)) as pool:
+        def own_threaded() -> None:
+            jobs = [pool.submit(lambda g: [own[i](x[i], y[i]) for i in g], g) for g in groups]
+            for f in jobs:
+                f.result()
+        side_by_side_own = timed(own_threaded, steps)
     return dict(model=name, seeds=k, batch=batch, cores=cores, one_seed_ms=one,
                 one_after_another_ms=sequential, stacked_vmap_ms=vmapped,
-                side_by_side_threads_ms=side_by_side)
+                side_by_side_threads_ms=side_by_side,
+                side_by_side_own_update_ms=side_by_side_own,
+                backend=own[0].replicas.steps[0].__class__.__name__,
+                together_ms=together(name, k, batch, steps, cores, x, y)
+                if name in STACKED else None)
+
+
+def config(name: str, seed: int, batch: int) -> TrainConfig:
+    return TrainConfig(model=name, seed=seed, batch_size=batch, epochs=1, replicas=1,
+                       precision="fp32", backend="torch", lr=1e-3)
+
+
+def together(name: str, k: int, batch: int, steps: int, cores: int, x, y) -> float:
+    """ms per step of K seeds in SeedGroups, one group per core (K/cores seeds each, one
+    thread), each seed's update called by its own thread as the trainers call them."""
+    per = -(-k // cores)
+    groups = [SeedGroup(min(per, k - start), 1) for start in range(0, k, per)]
+    updates = [groups[i // per].join(i % per, create_model(name, (28, 28), 10, dropout=0.0),
+                                     config(name, i, batch), 1000) for i in range(k)]
+    barrier = threading.Barrier(k + 1)
+
+    def drive(i: int) -> None:
+        torch.set_num_threads(1)
+        for count in (3, steps):  # three to warm up, then the timed ones
+            barrier.wait()
+            for _ in range(count):
+                updates[i](x[i], y[i])
+
+    threads = [threading.Thread(target=drive, args=(i,)) for i in range(k)]
+    for t in threads:
+        t.start()
+    barrier.wait()  # warm-up
+    barrier.wait()
+    start = time.perf_counter()
+    for t in threads:
+        t.join()
+    return (time.perf_counter() - start) / steps * 1000
 
 
 def main() -> None:
@@ -102,7 +157,9 @@ def main() -> None:
         print(f"{r['model']}: one seed {r['one_seed_ms']:.1f} ms; {r['seeds']} seeds one after "
               f"another {r['one_after_another_ms']:.1f} ms, stacked (vmap) "
               f"{r['stacked_vmap_ms']:.1f} ms, side by side in threads "
-              f"{r['side_by_side_threads_ms']:.1f} ms per step")
+              f"{r['side_by_side_threads_ms']:.1f} ms (seqmnist's update, {r['backend']}: "
+              f"{r['side_by_side_own_update_ms']:.1f} ms), together (stacked step) "
+              + (f"{r['together_ms']:.1f} ms" if r['together_ms'] else "-") + " per step")
     OUT.mkdir(exist_ok=True)
     (OUT / "stacked.json").write_text(json.dumps(dict(args=vars(args), rows=rows), indent=2))
 

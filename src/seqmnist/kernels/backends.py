@@ -110,7 +110,9 @@ class TorchStep:
     def forward_backward(self, x: torch.Tensor, y: torch.Tensor, total: int):
         with autocast(x.device, self.precision):
             logits = self.model(x)
-        loss = F.cross_entropy(logits.float(), y, reduction="sum")
+        # bf16 logits in fp32 (a float64 model keeps float64)
+        loss = F.cross_entropy(logits.to(torch.promote_types(logits.dtype, torch.float32)), y,
+                               reduction="sum")
         self.model.zero_grad(set_to_none=True)
         (loss / total).backward()
         return loss.detach(), (logits.argmax(-1) == y).sum()

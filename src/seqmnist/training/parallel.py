@@ -22,11 +22,16 @@ from ..kernels.backends import training_step
 from ..models.layers import set_dropout_generator
 
 
+def dropout_generator(seed: int, replica: int) -> torch.Generator:
+    """The generator replica ``replica`` of a run with ``seed`` draws its dropout masks from."""
+    return torch.Generator().manual_seed(seed * 7919 + replica + 1)
+
+
 class Replicas:
     def __init__(self, model: torch.nn.Module, n: int, seed: int, backend: str = "torch",
                  precision: str = "fp32"):
         self.models = [model] + [copy.deepcopy(model) for _ in range(n - 1)]
-        self.generators = [torch.Generator().manual_seed(seed * 7919 + i + 1) for i in range(n)]
+        self.generators = [dropout_generator(seed, i) for i in range(n)]
         for m, g in zip(self.models, self.generators):
             set_dropout_generator(m, g)
         self.params = [[p for p in m.parameters() if p.requires_grad] for m in self.models]
