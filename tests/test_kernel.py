@@ -21,6 +21,18 @@ if not lstm_kernel.available():
     pytest.skip("the compiled LSTM kernel is not available here", allow_module_level=True)
 
 
+# Every instruction set this CPU runs: on an AVX-512 machine the AVX2 code is tested too (the
+# kernel limited to it), as an AVX2-only laptop runs it.
+RUNS_HERE = ["avx512", "avx2"] if lstm_kernel.status()[1] == "avx512" else ["avx2"]
+
+
+@pytest.fixture(params=RUNS_HERE)
+def isa(request):
+    with lstm_kernel.limited_isa(request.param) as running:
+        assert running == request.param and lstm_kernel.status() == (True, request.param)
+        yield running
+
+
 def _step(model, generator=None):
     return backends.training_step(model, "native", "fp32", generator)
 
@@ -28,7 +40,7 @@ def _step(model, generator=None):
 @pytest.mark.parametrize("n,steps,features,hidden", [
     (32, 28, 28, 50), (5, 28, 50, 50), (7, 9, 13, 37), (3, 5, 3, 100), (1, 1, 4, 16), (6, 1, 28, 50),
     (4, 3, 9, 3)])  # hidden 3: every vector is a tail
-def test_lstm_layer_matches_nn_lstm(n, steps, features, hidden):
+def test_lstm_layer_matches_nn_lstm(n, steps, features, hidden, isa):
     torch.manual_seed(0)
     ref = torch.nn.LSTM(features, hidden, batch_first=True)
     with torch.no_grad():
@@ -76,7 +88,7 @@ def test_installed_backend_computes_the_model_and_agrees_with_torch(monkeypatch)
     (dict(hidden=20), 3, (1, 7)),  # one step
     (dict(hidden=16), 2, (100, 1)),  # pixel by pixel
 ])
-def test_classifier_step_gives_autograds_gradients(options, n, shape):
+def test_classifier_step_gives_autograds_gradients(options, n, shape, isa):
     """The fused step against autograd through nn.LSTM with the same dropout masks."""
     torch.manual_seed(1)
     model = create_model("lstm", shape, 10, **options).train()
@@ -141,11 +153,29 @@ def _reference_keep(n: int, p: float, seed: int) -> np.ndarray:
 
 
 @pytest.mark.parametrize("n, p, seed", [(1000, 0.3, 2**40 + 12345), (37, 0.5, 7), (16, 0.2, 0)])
-def test_dropout_masks_are_the_documented_hash_on_every_instruction_set(n, p, seed):
+def test_dropout_masks_are_the_documented_hash_on_every_instruction_set(n, p, seed, isa):
     """Whatever instruction set runs it (AVX-512 or AVX2), the mask is exactly the hash above,
     so a seed gives the same masks on every machine the native backend runs on."""
     _, mask = lstm_kernel.dropout(torch.ones(n), p, seed)
     assert ((mask > 0).numpy() == _reference_keep(n, p, seed)).all()
+
+
+def test_the_instruction_set_can_be_limited_and_a_wrong_one_is_refused():
+    """SEQMNIST_LSTM_ISA=avx2 runs the AVX2 code on any CPU that has it; a name that is no
+    instruction set leaves the kernel unavailable with the reason, and auto chooses torch."""
+    code = ("from seqmnist.kernels import backends, lstm_kernel; from seqmnist.models import "
+            "create_model; print(lstm_kernel.status()); "
+            "print(backends.resolve_backend('auto', create_model('lstm')))")
+
+    def run(value):
+        env = dict(os.environ, SEQMNIST_LSTM_ISA=value)
+        return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                              text=True, check=True).stdout.splitlines()
+
+    assert run("AVX2") == ["(True, 'avx2')", "native"]
+    status, chosen = run("sse4")
+    assert status.startswith("(False, 'SEQMNIST_LSTM_ISA=sse4 is not an instruction set")
+    assert chosen == "torch"
 
 
 def test_disabling_the_kernel_makes_auto_choose_torch():

@@ -20,7 +20,9 @@ The library is plain C loaded with ctypes (which releases the GIL during calls);
 from __future__ import annotations
 
 import ctypes
+import os
 import sys
+from contextlib import contextmanager
 from functools import cache
 from pathlib import Path
 
@@ -32,6 +34,9 @@ _P, _I, _L = ctypes.c_void_p, ctypes.c_int, ctypes.c_long
 LIBRARY = Path(__file__).with_name(
     "libseqmnist_lstm" + (".dylib" if sys.platform == "darwin" else ".so"))
 ISAS = {2: "avx512", 1: "avx2"}
+CODES = {name: code for code, name in ISAS.items()}
+# The most the kernel may use: "avx2" runs its AVX2 code on an AVX-512 CPU (to test or measure it)
+ISA_VARIABLE = "SEQMNIST_LSTM_ISA"
 MAX_CLASSES = 256  # the dense layer's logits live on the C stack
 
 
@@ -47,6 +52,13 @@ def _load() -> tuple[ctypes.CDLL | None, str]:
     isa = lib.seqmnist_lstm_isa()
     if isa not in ISAS:
         return None, "this CPU has neither AVX-512 nor AVX2 with FMA"
+    asked = os.environ.get(ISA_VARIABLE, "").strip().lower()
+    if asked:
+        if asked not in CODES:
+            return None, f"{ISA_VARIABLE}={asked} is not an instruction set: give avx2 or avx512"
+        if not hasattr(lib, "seqmnist_lstm_limit_isa"):
+            return None, f"built before {ISA_VARIABLE} existed: reinstall seqmnist to rebuild it"
+        lib.seqmnist_lstm_limit_isa(CODES[asked])
     signatures = {
         "seqmnist_lstm_forward": [_I] * 4 + [_P, _I] + [_P] * 9,
         "seqmnist_lstm_backward": [_I] * 4 + [_P, _I] + [_P] * 13,
@@ -69,9 +81,26 @@ def _library() -> ctypes.CDLL:
 
 
 def status() -> tuple[bool, str]:
-    """(True, instruction set) when the kernel can run here, else (False, the reason)."""
+    """(True, the instruction set it runs) when the kernel can run here, else (False, the
+    reason)."""
     lib, reason = _load()
-    return (True, ISAS[lib.seqmnist_lstm_isa()]) if lib is not None else (False, reason)
+    if lib is None:
+        return False, reason
+    return True, ISAS[lib.seqmnist_lstm_limit_isa(0) if hasattr(lib, "seqmnist_lstm_limit_isa")
+                      else lib.seqmnist_lstm_isa()]
+
+
+@contextmanager
+def limited_isa(name: str):
+    """Within the block the kernel runs at most instruction set ``name`` (avx2 or avx512) in
+    every thread; the one it ran before afterwards. Yields the set now in use."""
+    lib = _library()
+    before = lib.seqmnist_lstm_limit_isa(0)
+    try:
+        yield ISAS[lib.seqmnist_lstm_limit_isa(CODES[name])]
+    finally:
+        lib.seqmnist_lstm_limit_isa(2)  # back to what the CPU has, then down to before
+        lib.seqmnist_lstm_limit_isa(before)
 
 
 def available() -> bool:

@@ -160,12 +160,24 @@ int seqmnist_lstm_isa(void)
     return 0;
 }
 
+static int cached_isa = -1;
+
 static int isa(void)
 {
-    static int cached = -1;
-    if (cached < 0)
-        cached = seqmnist_lstm_isa();
-    return cached;
+    if (cached_isa < 0)
+        cached_isa = seqmnist_lstm_isa();
+    return cached_isa;
+}
+
+/* Run the kernels with at most instruction set `most` (2: AVX-512, 1: AVX2 + FMA) even where the
+ * CPU has more: the AVX2 code tested and measured on an AVX-512 machine. 0 changes nothing.
+ * Returns the set in use. Not to be called while a kernel runs in another thread. */
+int seqmnist_lstm_limit_isa(int most)
+{
+    int have = seqmnist_lstm_isa();
+    if (most > 0)
+        cached_isa = most < have ? most : have;
+    return isa();
 }
 
 /* Forward over all steps. Outputs are time-major (T, B, ...), so each step's rows are
