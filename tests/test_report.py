@@ -259,3 +259,47 @@ def test_seeds_with_equal_validation_accuracy_draw_their_band():
                                for k in ("loss", "accuracy", "val_loss", "val_accuracy")}}
     group = dict(name="gru (pixels)", curves=curves, seeds=[0, 1, 2])
     assert curves_figure([group], "accuracy").axes  # drawn, no ValueError
+
+
+def test_a_report_of_many_models_draws_galleries_against_the_best_only():
+    """Up to five models every pair gets its galleries; with six (15 pairs) only the five pairs
+    with the most accurate model do, so a sweep's report does not draw hundreds of them."""
+    from itertools import combinations
+
+    from seqmnist.reports.report import gallery_pairs
+
+    def groups(n):
+        return [dict(name=f"m{i}", accuracy=dict(mean=0.5 + 0.01 * ((i * 7) % n))) for i in range(n)]
+
+    def pairs(gs):
+        return [dict(a=a["name"], b=b["name"]) for a, b in combinations(gs, 2)]
+
+    five = groups(5)
+    assert gallery_pairs(five, pairs(five)) == list(range(10))
+    six = groups(6)
+    best = max(six, key=lambda g: g["accuracy"]["mean"])["name"]
+    assert best != "m0"  # the best is not simply the first
+    drawn = gallery_pairs(six, pairs(six))
+    assert len(drawn) == 5 and all(best in (pairs(six)[k]["a"], pairs(six)[k]["b"]) for k in drawn)
+
+
+def test_the_inside_view_covers_the_five_most_accurate_sequence_models():
+    """Seven sequence models and a CNN: the occlusion passes run for the five most accurate
+    sequence models only, in the report's order, and the report can say 'of 7'; with three, all
+    three. Fails if the CNN is counted, or the five are the first instead of the best."""
+    from types import SimpleNamespace
+
+    from seqmnist.reports.report import inside_readers
+    from seqmnist.training.config import TrainConfig
+
+    def run(i, model, view):
+        return SimpleNamespace(path=Path(f"runs/{i}"), config=TrainConfig(model=model, view=view))
+
+    runs = [run(i, "gru", "rows") for i in range(7)] + [run(7, "cnn", "image")]
+    accuracy = [0.90, 0.95, 0.91, 0.97, 0.96, 0.92, 0.99, 0.999]
+    groups = [dict(name=f"g{i}", runs=[f"runs/{i}"], accuracy=dict(mean=a))
+              for i, a in enumerate(accuracy)]
+    shown, of = inside_readers(runs, groups)
+    assert [g["name"] for g in shown] == ["g1", "g3", "g4", "g5", "g6"] and of == 7
+    shown, of = inside_readers(runs[:3], groups[:3])
+    assert [g["name"] for g in shown] == ["g0", "g1", "g2"] and of == 3

@@ -301,3 +301,35 @@ def test_the_pmnist_preset_is_the_recipe_the_readme_measured_and_only_where_one_
     with pytest.raises(UsageError, match="model 'lstm' has no 'pmnist' recipe; models with one: "
                                          "tcn"):
         TrainConfig(model="lstm", preset="pmnist").resolved()
+
+
+def test_long_sequences_are_evaluated_in_batches_of_bounded_length():
+    """100 sequences of 784 steps at batch_size 1000 are read 35 at a time (as many steps as
+    1,000 images of 28 rows), and 100 of 28 steps in one batch; the evaluation is the same as
+    in one batch. Fails if evaluate_tensors reads whole batch_size batches of long sequences
+    (1,000 x 784 steps of a minGRU's states were gigabytes)."""
+    import torch
+
+    from seqmnist.training.metrics import evaluate_tensors
+
+    class Mean(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.head = torch.nn.Linear(3, 10)
+            self.seen = []
+
+        def forward(self, x):
+            self.seen.append(len(x))
+            return self.head(x.mean(1))
+
+    torch.manual_seed(0)
+    model, y = Mean(), torch.randint(0, 10, (100,))
+    for steps, batches in ((784, [35, 35, 30]), (28, [100])):
+        x = torch.rand(100, steps, 3)
+        model.seen.clear()
+        got = evaluate_tensors(model, x, y, batch_size=1000)
+        assert model.seen == batches
+        with torch.no_grad():
+            whole = model.head(x.mean(1))
+        assert (got.predictions == whole.argmax(-1).numpy()).all()
+        assert got.loss == pytest.approx(torch.nn.functional.cross_entropy(whole, y).item())

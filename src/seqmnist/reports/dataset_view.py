@@ -27,6 +27,12 @@ def step_features(model, x: torch.Tensor, batch: int = 500) -> torch.Tensor:
     return torch.cat(found)
 
 
+def reads_steps(cfg) -> bool:
+    """Whether a run's model reads a sequence and answers after every step (what
+    ``dataset_view`` looks at)."""
+    return VIEWS[cfg.view].kind == "sequence" and MODELS[cfg.model].steps
+
+
 def dataset_view(run: Run, ds, images: int = 1000, per_class: int = 20) -> dict | None:
     """How a sequence model reads the test set: per class, the median step at which it knows
     (over the images of that class it reads right); the mean importance of each stretch of steps
@@ -36,7 +42,7 @@ def dataset_view(run: Run, ds, images: int = 1000, per_class: int = 20) -> dict 
     model without steps (the CNN)."""
 
     cfg = run.config
-    if VIEWS[cfg.view].kind != "sequence" or not MODELS[cfg.model].steps:
+    if not reads_steps(cfg):
         return None
     model = torch_copy(run).model
     classes = run.classes

@@ -19,7 +19,7 @@ from ..core.fileio import atomic_write, write_json
 from ..core.units import format_duration
 from ..evaluation.analysis import analyse
 from ..runs.plots import confusions_figure, figure, gallery_figure, history_figure, png
-from .dataset_view import dataset_view
+from .dataset_view import dataset_view, reads_steps
 
 
 def _interval(ci, scale: float = 100, unit: str = "") -> str:
@@ -245,12 +245,28 @@ def curves_figure(groups: list[dict], metric: str) -> Figure:
 
 
 INSIDE_IMAGES, INSIDE_PER_CLASS = 500, 10  # test images behind the report's inside view
+# The inside view covers at most this many sequence models, the most accurate: each is an
+# occlusion pass over test images (seconds at 784 steps), and a sweep has dozens of them.
+INSIDE_GROUPS = 5
+
+
+def inside_readers(runs: list, groups: list[dict]) -> tuple[list[dict], int]:
+    """(the groups the inside view covers, how many groups of sequence models there are): every
+    sequence model's group up to INSIDE_GROUPS of them, else the INSIDE_GROUPS most accurate,
+    in the report's order."""
+    by_path = {str(r.path): r for r in runs}
+    readers = [g for g in groups if reads_steps(by_path[g["runs"][0]].config)]
+    if len(readers) <= INSIDE_GROUPS:
+        return readers, len(readers)
+    best = sorted(readers, key=lambda g: -g["accuracy"]["mean"])[:INSIDE_GROUPS]
+    return [g for g in readers if g in best], len(readers)
 
 
 def inside_view(runs: list, groups: list[dict], test_images, test_labels) -> dict:
-    """For each group of a sequence model, how its first seed reads the test set
-    (``evaluation.dataset_view`` on the first INSIDE_IMAGES test images): when it knows, per
-    class, and which stretches of steps matter per class. Empty without the test set."""
+    """For each group of a sequence model (``inside_readers``), how its first seed reads the
+    test set (``evaluation.dataset_view`` on the first INSIDE_IMAGES test images): when it
+    knows, per class, and which stretches of steps matter per class. Empty without the test
+    set."""
     if test_images is None or test_labels is None:
         return {}
     from types import SimpleNamespace
@@ -258,13 +274,19 @@ def inside_view(runs: list, groups: list[dict], test_images, test_labels) -> dic
     by_path = {str(r.path): r for r in runs}
     ds = SimpleNamespace(x_test=test_images, y_test=test_labels)
     out = {}
-    for g in groups:
+    for g in inside_readers(runs, groups)[0]:
         view = dataset_view(by_path[g["runs"][0]], ds, INSIDE_IMAGES, INSIDE_PER_CLASS)
         if view is not None:
             out[g["name"]] = dict(seed=g["seeds"][0], steps=view["steps"], block=view["block"],
                                   images=view["images"], median_decided_at=view["median_decided_at"],
                                   importance=np.round(view["importance"], 5).tolist())
     return out
+
+
+def _inside_of(result: dict) -> str:
+    """'; the 5 most accurate of 18 sequence models' where the inside view left some out."""
+    shown, of = len(result.get("inside") or {}), result.get("inside_of", 0)
+    return f"; the {shown} most accurate of {of} sequence models" if of > shown else ""
 
 
 def _inside_rows(result: dict) -> tuple[list[str], list[list[str]]]:
@@ -299,6 +321,20 @@ def importance_figure(result: dict) -> Figure | None:
     return fig
 
 
+# Galleries of the images one model gets right and the other wrong, for every pair of up to five
+# models; beyond, for each model against the most accurate (the pairs the verdict speaks of): a
+# sweep of 27 models and views has 351 pairs, 702 galleries, minutes of drawing.
+GALLERY_PAIRS = 10
+
+
+def gallery_pairs(groups: list[dict], pairs: list[dict]) -> list[int]:
+    """The indices of ``pairs`` whose galleries the report draws."""
+    if len(pairs) <= GALLERY_PAIRS:
+        return list(range(len(pairs)))
+    best = max(groups, key=lambda g: g["accuracy"]["mean"])["name"]
+    return [k for k, p in enumerate(pairs) if best in (p["a"], p["b"])]
+
+
 def _figures(result: dict, test_images: np.ndarray | None) -> list[tuple[str, str, Figure]]:
     """(file stem, caption, figure) for every figure of the report, in order."""
     groups = result["groups"]
@@ -311,7 +347,8 @@ def _figures(result: dict, test_images: np.ndarray | None) -> list[tuple[str, st
     importance = importance_figure(result)
     if importance is not None:
         figs.append(("importance", "Which steps matter for each class (occlusion of stretches "
-                     "of steps, first seed of each sequence model)", importance))
+                     f"of steps, first seed of each sequence model{_inside_of(result)})",
+                     importance))
     seeds = {len(g["seeds"]) for g in groups}
     per_seed = "" if seeds == {1} else " (test images per seed: the mean over seeds, rounded)"
     figs.append(("confusion", "Confusion matrices" + per_seed, confusions_figure(
@@ -321,7 +358,10 @@ def _figures(result: dict, test_images: np.ndarray | None) -> list[tuple[str, st
         return figs
     classes = groups[0]["classes"]
     short = {g["name"]: g["model"] for g in groups}
+    drawn = gallery_pairs(groups, result["pairs"])
     for k, p in enumerate(result["pairs"]):
+        if k not in drawn:
+            continue
         a, b = short[p["a"]], short[p["b"]]
         if a == b:  # one model read two ways: the views tell them apart
             a, b = p["a"], p["b"]
@@ -509,8 +549,8 @@ def _sections(result: dict) -> list[tuple[str, list[str], list[list[str]]]]:
     sections.append(("Per-class test accuracy", *_per_class_table(groups)))
     if result.get("inside"):
         sections.append(("When each sequence model knows (median step from which its answer "
-                         "stays, over the test images of the class it reads right; first seed)",
-                         *_inside_rows(result)))
+                         "stays, over the test images of the class it reads right; first seed"
+                         f"{_inside_of(result)})", *_inside_rows(result)))
     sections.append(("Training recipe", RECIPE_HEADERS, [_recipe_row(g) for g in groups]))
     sections.append(("Where and how each model ran", PROVENANCE_HEADERS,
                      [_provenance_row(g) for g in groups]))
@@ -532,6 +572,7 @@ def write_report(runs: list, out: str | Path, test_images: np.ndarray | None = N
     out = Path(out)
     result = analyse(runs, seed=seed, labels=test_labels)
     result["inside"] = inside_view(runs, result["groups"], test_images, test_labels)
+    result["inside_of"] = inside_readers(runs, result["groups"])[1]
     out.mkdir(parents=True, exist_ok=True)
     figs = [(stem, caption, png(fig)) for stem, caption, fig in _figures(result, test_images)]
     for stem, _, data in figs:  # each figure rendered once: the file and the page share it
