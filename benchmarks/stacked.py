@@ -40,7 +40,7 @@ from seqmnist.training.config import TrainConfig
 from seqmnist.training.update import Update
 
 OUT = Path(__file__).resolve().parent / "out"
-STACKED = ("gru", "rnn")  # the models stacked_step stacks
+STACKED = ("gru", "rnn", "mingru", "minlstm")  # the models stacked_step stacks
 
 
 def timed(step, n: int) -> float:
