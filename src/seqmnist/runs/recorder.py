@@ -101,8 +101,8 @@ class Recorder:
     def reopen(cls, folder: str | Path, log=print) -> tuple[Recorder, TrainConfig, dict]:
         """An interrupted run: (its recorder, the config it trains with, its newest readable
         checkpoint). The checkpoint's config is the run's; config.json must agree with it."""
-        folder = Path(folder)
-        if pretrained.is_pretrained(folder) or str(folder).startswith(pretrained.PREFIX):
+        folder = pretrained.resolve(folder)  # pretrained:NAME, to be refused by its folder
+        if pretrained.is_pretrained(folder):
             raise CheckpointError(f"{folder}: a pretrained run shipped with seqmnist is finished "
                                   "and read-only; train your own with `seqmnist train MODEL`")
         if not os.path.lexists(folder / "config.json"):
