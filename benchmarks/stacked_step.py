@@ -247,12 +247,6 @@ class Stacked(nn.Module):
         return self.net(x)
 
     @torch.no_grad()
-    def load(self, k: int) -> None:
-        """Copy model k's weights into its slice of the stacked ones."""
-        for stacked, own in self.pairs:
-            stacked[k].copy_(own[k])
-
-    @torch.no_grad()
     def unstack(self, seeds: list[int]) -> None:
         """Copy the stacked weights of ``seeds`` back into their models."""
         for stacked, own in self.pairs:
@@ -282,7 +276,6 @@ class SeedGroup:
         self.stacked = None
         self.order: list[int] = []  # slot k of the stack -> member
         self.adam: dict | None = None
-        self.steps_run = 0
 
     def join(self, k: int, model: torch.nn.Module, cfg: TrainConfig, steps_per_epoch: int
              ) -> SeedUpdate:
@@ -402,7 +395,6 @@ class SeedGroup:
         stacked.unstack(live)
         hits = ((logits.detach().argmax(-1) == y_all).view(len(order), rows).float()
                 * weights_t).sum(1).long()
-        self.steps_run += 1
         return {k: (per_seed[i].detach(), hits[i]) for i, k in enumerate(order) if k in batches}
 
     @torch.no_grad()
@@ -447,7 +439,6 @@ class SeedUpdate:
         # checkpoint, the seed's Adam state. One step with no gradients changes nothing but
         # tells the scheduler that the optimizer is stepped.
         self.optimizer.step()
-        self.replicas = [model]  # one model: what the run's announcement counts
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor):
         result = self.group.submit(self.k, x, y, len(y))
