@@ -127,3 +127,25 @@ def test_a_comparison_waiting_for_its_runs_names_those_in_training(monkeypatch):
     assert paths == [Path("runs/a"), Path("runs/b")]
     assert lines[0].startswith("trained cnn, seed 1 (1 of 2)")
     assert lines[1].startswith("trained lstm, seed 0 (2 of 2)")
+
+
+def test_a_line_written_beside_a_bar_starts_on_a_cleared_line(monkeypatch):
+    """Any writer (here print, as a logger would) inside ``beside`` finds the terminal's bar
+    cleared, so its line does not glue onto the bar, and the bar is drawn again after it. Fails
+    if ``beside`` leaves a tqdm bar as it is (as ``Lines``, which needs nothing)."""
+    import io
+    import sys
+
+    from tqdm import tqdm
+
+    terminal = io.StringIO()  # stdout and stderr mixed, as on a terminal
+    monkeypatch.setattr(sys, "stdout", terminal)
+    monkeypatch.setattr(sys, "stderr", terminal)
+    with tqdm(total=3, desc="runs", file=sys.stderr, mininterval=0) as bar:
+        bar.update()
+        with progress.beside(bar):
+            print("trained lstm, seed 0")
+        bar.update()
+    before, after = terminal.getvalue().split("trained lstm, seed 0\n")
+    assert "runs" in before and before.endswith("\r")  # the bar, then cleared
+    assert "runs" in after  # drawn again

@@ -12,6 +12,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable
+from contextlib import contextmanager
 
 INTERVAL = 5.0  # seconds between two progress lines when output is not a terminal
 
@@ -107,9 +108,19 @@ def bar(total: float | None = None, desc: str = "", unit: str = "it", enabled: b
     return tqdm(total=total, desc=desc, unit=unit, disable=not enabled, **tqdm_options)
 
 
+@contextmanager
+def beside(bar):
+    """Around output written while ``bar`` is shown, by any writer (print, a logger): a tqdm bar
+    is cleared first and drawn again after (tqdm's own ``write`` does the same); ``Lines``
+    need nothing."""
+    if isinstance(bar, Lines):
+        yield
+    else:
+        with type(bar).external_write_mode():
+            yield
+
+
 def print_beside(bar, text: str) -> None:
     """Print a line to standard output without breaking a bar drawn on the terminal."""
-    if isinstance(bar, Lines):
+    with beside(bar):
         print(text, flush=True)
-    else:
-        type(bar).write(text)

@@ -14,7 +14,7 @@ from pathlib import Path
 from ..core.errors import CheckpointError, UsageError
 from ..core.fileio import output_folder
 from ..core.progress import bar as progress_bar
-from ..core.progress import print_beside
+from ..core.progress import beside
 from ..core.system import keep_freed_memory
 from ..data.datasets import load_dataset
 from ..data.views import VIEWS
@@ -194,9 +194,7 @@ def _collect(futures: dict, configs: list[TrainConfig], paths: list[Path], log,
                 took = f"{seconds:.1f} s, " if what != "skipped" else "already finished: "
                 line = (f"{what} {configs[i].model}, seed {configs[i].seed} ({done} of "
                         f"{len(configs)}): {took}{path}")
-                if log is print:
-                    print_beside(bar, line)
-                else:
+                with beside(bar):  # whatever log writes to, the bar is redrawn after it
                     log(line)
                 paths[i] = Path(path)
                 bar.update()
