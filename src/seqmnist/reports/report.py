@@ -260,8 +260,8 @@ def inside_readers(runs: list, groups: list[dict]) -> tuple[list[dict], int]:
     return [g for g in readers if g in best], len(readers)
 
 
-def inside_view(runs: list, groups: list[dict], test_images, test_labels) -> dict:
-    """For each group of a sequence model (``inside_readers``), how its first seed reads the
+def inside_view(runs: list, readers: list[dict], test_images, test_labels) -> dict:
+    """For each of the ``readers`` (``inside_readers``' groups), how its first seed reads the
     test set (``evaluation.dataset_view`` on the first INSIDE_IMAGES test images): when it
     knows, per class, and which stretches of steps matter per class. Empty without the test
     set."""
@@ -272,7 +272,7 @@ def inside_view(runs: list, groups: list[dict], test_images, test_labels) -> dic
     by_path = {str(r.path): r for r in runs}
     ds = SimpleNamespace(x_test=test_images, y_test=test_labels)
     out = {}
-    for g in inside_readers(runs, groups)[0]:
+    for g in readers:
         view = dataset_view(by_path[g["runs"][0]], ds, INSIDE_IMAGES, INSIDE_PER_CLASS)
         if view is not None:
             out[g["name"]] = dict(seed=g["seeds"][0], steps=view["steps"], block=view["block"],
@@ -461,8 +461,8 @@ def write_report(runs: list, out: str | Path, test_images: np.ndarray | None = N
     ``test_labels``: the test set's labels, which every run's stored predictions must match."""
     out = Path(out)
     result = analyse(runs, seed=seed, labels=test_labels)
-    result["inside"] = inside_view(runs, result["groups"], test_images, test_labels)
-    result["inside_of"] = inside_readers(runs, result["groups"])[1]
+    readers, result["inside_of"] = inside_readers(runs, result["groups"])
+    result["inside"] = inside_view(runs, readers, test_images, test_labels)
     out.mkdir(parents=True, exist_ok=True)
     figs = [(stem, caption, png(fig)) for stem, caption, fig in _figures(result, test_images)]
     for stem, _, data in figs:  # each figure rendered once: the file and the page share it
